@@ -1,0 +1,27 @@
+//! The kernel mechanisms that isolab teaches, one module per concept.
+//!
+//! Every stage binary under `stages/` is a short orchestration of these modules, and the
+//! book's chapters include their code by `ANCHOR`. The library never prints and never exits:
+//! it returns errors ([`Error`]) that name the system call, the path and what to do about it,
+//! and the binaries decide how to report them.
+//!
+//! The modules are ordered by the chapter that introduces them ([`CHAPTERS`]); a stage may
+//! only use modules of its own chapter or earlier ones (a test in `tests/` checks this).
+
+pub mod chroot;
+pub mod error;
+pub mod exit;
+pub mod process;
+pub mod user;
+
+pub use error::{Error, Result};
+
+/// Which chapter of the book introduces each module. Stage N may use a module only if its
+/// chapter is ≤ N: the dependency graph is the curriculum.
+pub const CHAPTERS: &[(&str, u8)] = &[
+    ("error", 1),
+    ("exit", 1),
+    ("process", 1),
+    ("user", 1),
+    ("chroot", 1),
+];

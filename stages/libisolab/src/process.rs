@@ -1,0 +1,418 @@
+//! Starting the contained process: fork, set it up, exec — and report what went wrong.
+//!
+//! A runtime does its set-up (chroot, dropping privileges, and in later chapters namespaces,
+//! mounts and cgroups) in the *child*, between `fork(2)` and `execve(2)`, because those calls
+//! change the calling process and the runtime itself must stay on the host. That creates a
+//! problem: if a step fails in the child, the parent must learn which step and why, and the
+//! child's exit code alone cannot say it. The classic answer (used by runc, crun and Rust's own
+//! `std::process`) is an *error pipe*: a pipe whose write end is `O_CLOEXEC`. If `execve`
+//! succeeds the kernel closes it and the parent reads end-of-file; if a step fails, the child
+//! writes the error into it before exiting.
+
+use std::convert::Infallible;
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{self, ForkResult, Pid};
+
+use crate::error::{Error, Result, SysResultExt};
+use crate::exit;
+
+/// The PATH a contained command gets unless `--env PATH=…` says otherwise.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Why the child did not reach its command, and the exit code that says so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// 125, 126 or 127 (see [`crate::exit`]).
+    pub code: u8,
+    /// What failed, in words.
+    pub message: String,
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        Failure { code: exit::RUNTIME_ERROR, message: error.to_string() }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// What the child runs after its set-up: argv, environment, working directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// The program (a path, or a name looked up in the environment's PATH) and its arguments.
+    pub argv: Vec<OsString>,
+    /// `KEY=VALUE` pairs, exactly what the command will see.
+    pub env: Vec<(OsString, OsString)>,
+    /// The directory to start in, inside the new root.
+    pub workdir: PathBuf,
+}
+
+impl Command {
+    /// A command with the minimal environment a contained process gets: PATH, HOME and TERM
+    /// (the host's TERM, so that an interactive shell draws correctly), then `extra` on top.
+    pub fn new(argv: Vec<OsString>, home: &str, extra: &[(OsString, OsString)]) -> Self {
+        let term = std::env::var_os("TERM").unwrap_or_else(|| "xterm".into());
+        let mut env: Vec<(OsString, OsString)> = vec![
+            ("PATH".into(), DEFAULT_PATH.into()),
+            ("HOME".into(), home.into()),
+            ("TERM".into(), term),
+        ];
+        for (key, value) in extra {
+            env.retain(|(existing, _)| existing != key);
+            env.push((key.clone(), value.clone()));
+        }
+        Command { argv, env, workdir: PathBuf::from("/") }
+    }
+
+    fn env_value(&self, key: &str) -> Option<&OsStr> {
+        self.env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_os_str())
+    }
+}
+
+/// Parses `KEY=VALUE` (as given to `--env`); the key must be non-empty.
+pub fn parse_env(text: &str) -> Result<(OsString, OsString)> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.into(), value.into())),
+        _ => Err(Error::Invalid(format!("invalid --env '{text}': expected KEY=VALUE"))),
+    }
+}
+
+/// A started child: its pid, and the signal mask to restore once it is gone.
+#[derive(Debug)]
+pub struct Child {
+    /// The child's pid, as the parent sees it.
+    pub pid: Pid,
+    saved_mask: SigSet,
+}
+
+/// The signals the runtime passes on to its child instead of dying of them itself.
+pub fn forwarded_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGWINCH,
+    ] {
+        set.add(signal);
+    }
+    set
+}
+
+// ANCHOR: spawn
+/// Forks; the child runs `child_main` (which ends by exec'ing the command) and the parent gets
+/// the child's pid once the command is running — or the child's [`Failure`] if it is not.
+///
+/// The parent must be single-threaded: after `fork(2)` only the calling thread exists in the
+/// child, and a lock held by another thread would never be released.
+pub fn spawn<F>(child_main: F) -> Result<Child, Failure>
+where
+    F: FnOnce() -> Result<Infallible, Failure>,
+{
+    // Block the signals we forward (and SIGCHLD) *before* forking, so none is lost between
+    // fork and the wait loop; the child unblocks them again before its command runs.
+    let mut blocked = forwarded_signals();
+    blocked.add(Signal::SIGCHLD);
+    let saved_mask = block(&blocked)?;
+
+    let (error_read, error_write) = error_pipe()?;
+    // SAFETY: the stage binaries are single-threaded (see above), so the child may allocate
+    // and run ordinary Rust code until it execs.
+    match unsafe { unistd::fork() } {
+        Err(errno) => {
+            restore(&saved_mask);
+            Err(Error::sys("fork", "", errno).into())
+        }
+        Ok(ForkResult::Child) => {
+            drop(error_read);
+            restore(&saved_mask);
+            let failure = match child_main() {
+                Ok(never) => match never {},
+                Err(failure) => failure,
+            };
+            report_and_exit(error_write, &failure)
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(error_write);
+            let child = Child { pid: child, saved_mask };
+            match read_failure(error_read) {
+                None => Ok(child),
+                Some(failure) => {
+                    // Reap the child, which exits right after writing its failure.
+                    let _ = waitpid(child.pid, None);
+                    restore(&child.saved_mask);
+                    Err(failure)
+                }
+            }
+        }
+    }
+}
+// ANCHOR_END: spawn
+
+/// Creates the error pipe: both ends close on exec (`man 2 pipe2`).
+pub fn error_pipe() -> Result<(OwnedFd, OwnedFd)> {
+    unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).sys("pipe2", "")
+}
+
+/// In the child: writes `failure` to the error pipe and exits with its code.
+pub fn report_and_exit(error_write: OwnedFd, failure: &Failure) -> ! {
+    let mut pipe = File::from(error_write);
+    let mut message = vec![failure.code];
+    message.extend_from_slice(failure.message.as_bytes());
+    let _ = pipe.write_all(&message);
+    drop(pipe);
+    // _exit, not exit: the child must not run the parent's atexit handlers or flush the
+    // parent's stdio buffers a second time (man 2 _exit).
+    // SAFETY: _exit never returns and is async-signal-safe.
+    unsafe { libc::_exit(i32::from(failure.code)) }
+}
+
+/// In the parent: reads the error pipe to its end. `None` means the exec succeeded.
+pub fn read_failure(error_read: OwnedFd) -> Option<Failure> {
+    let mut bytes = Vec::new();
+    let _ = File::from(error_read).read_to_end(&mut bytes);
+    let (&code, message) = bytes.split_first()?;
+    Some(Failure { code, message: String::from_utf8_lossy(message).into_owned() })
+}
+
+fn block(set: &SigSet) -> Result<SigSet> {
+    let mut saved = SigSet::empty();
+    signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(set), Some(&mut saved))
+        .sys("sigprocmask", "")?;
+    Ok(saved)
+}
+
+fn restore(saved: &SigSet) {
+    let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(saved), None);
+}
+
+// ANCHOR: exec
+/// Replaces the child with the command (`man 2 execve`); returns only on failure.
+///
+/// The name is looked up in the *command's* PATH, not the runtime's: after `chroot` the files
+/// are the jail's. Failures carry the shell's codes: 127 when nothing is found, 126 when a file
+/// is found but cannot be executed.
+pub fn exec(command: &Command) -> Result<Infallible, Failure> {
+    let program = command.argv.first().ok_or_else(|| Failure {
+        code: exit::RUNTIME_ERROR,
+        message: "no command given".to_string(),
+    })?;
+    let argv = to_cstrings(command.argv.iter().map(|arg| arg.as_bytes().to_vec()))?;
+    let envp = to_cstrings(command.env.iter().map(|(key, value)| {
+        let mut pair = key.as_bytes().to_vec();
+        pair.push(b'=');
+        pair.extend_from_slice(value.as_bytes());
+        pair
+    }))?;
+
+    // Signals the runtime ignores stay ignored across execve (man 7 signal); Rust ignores
+    // SIGPIPE, so without this `yes | head` would misbehave inside the container.
+    // SAFETY: setting a default disposition has no memory-safety implications.
+    let _ = unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+
+    let candidates = candidates(program, command.env_value("PATH"));
+    let mut denied = None;
+    for path in &candidates {
+        let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else { continue };
+        let errno = match unistd::execve(&c_path, &argv, &envp) {
+            Err(errno) => errno,
+            Ok(never) => match never {},
+        };
+        match errno {
+            // Not here: try the next PATH entry (execvp does the same, man 3 execvp).
+            Errno::ENOENT | Errno::ENOTDIR => {
+                if path.exists() {
+                    // The file is there, but the kernel could not find what it needs to run
+                    // it: the ELF loader (PT_INTERP) or the script's #! interpreter.
+                    return Err(missing_interpreter(path));
+                }
+            }
+            Errno::EACCES | Errno::ENOEXEC | Errno::EISDIR | Errno::ETXTBSY => {
+                denied.get_or_insert((path.clone(), errno));
+            }
+            other => return Err(Error::sys("execve", path.display(), other).into()),
+        }
+    }
+    Err(match denied {
+        Some((path, errno)) => Failure {
+            code: exit::NOT_EXECUTABLE,
+            message: format!(
+                "execve {} failed: {} (the file exists but cannot be executed: check its mode \
+                 and format)",
+                path.display(),
+                crate::error::errno_name(errno)
+            ),
+        },
+        None => not_found(program, &candidates),
+    })
+}
+// ANCHOR_END: exec
+
+fn to_cstrings(items: impl Iterator<Item = Vec<u8>>) -> Result<Vec<CString>, Failure> {
+    items
+        .map(|bytes| {
+            CString::new(bytes).map_err(|_| Failure {
+                code: exit::RUNTIME_ERROR,
+                message: "an argument or environment entry contains a NUL byte".to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The paths `execvp` would try for `program` with this PATH.
+fn candidates(program: &OsStr, path_var: Option<&OsStr>) -> Vec<PathBuf> {
+    if program.as_bytes().contains(&b'/') {
+        return vec![PathBuf::from(program)];
+    }
+    let path_var = path_var.map(OsStr::as_bytes).unwrap_or(DEFAULT_PATH.as_bytes());
+    path_var
+        .split(|&byte| byte == b':')
+        .map(|dir| if dir.is_empty() { Path::new(".") } else { Path::new(OsStr::from_bytes(dir)) })
+        .map(|dir| dir.join(program))
+        .collect()
+}
+
+fn missing_interpreter(path: &Path) -> Failure {
+    Failure {
+        code: exit::NOT_FOUND,
+        message: format!(
+            "execve {} failed: ENOENT: the file exists, but the interpreter it names is missing \
+             inside the root filesystem (the dynamic loader in its ELF PT_INTERP, or its #! line): \
+             copy it in with `rootfs-builder copy`",
+            path.display()
+        ),
+    }
+}
+
+fn not_found(program: &OsStr, candidates: &[PathBuf]) -> Failure {
+    let looked = if candidates.len() == 1 {
+        String::new()
+    } else {
+        let dirs: Vec<String> = candidates
+            .iter()
+            .filter_map(|c| c.parent().map(|p| p.display().to_string()))
+            .collect();
+        format!(" (looked in {})", dirs.join(":"))
+    };
+    Failure {
+        code: exit::NOT_FOUND,
+        message: format!(
+            "{}: command not found inside the root filesystem{looked}",
+            program.to_string_lossy()
+        ),
+    }
+}
+
+// ANCHOR: wait
+/// Waits for the child to end, passing on the signals the runtime receives, and returns its
+/// final status.
+///
+/// Without forwarding, `kill <runtime>` would end the runtime and leave the command running
+/// with nobody to report its exit. Signals that the kernel sends to the whole foreground
+/// process group (Ctrl-C from the terminal) already reach the child, so they are not sent a
+/// second time.
+pub fn wait_forwarding_signals(child: Child) -> Result<WaitStatus> {
+    let mut waited = forwarded_signals();
+    waited.add(Signal::SIGCHLD);
+    let result = loop {
+        // The child may already be gone (a SIGCHLD delivered before we got here is pending,
+        // but check first anyway, so a fast exit is never missed).
+        match waitpid(child.pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => break Ok(status),
+            Ok(_) => {}
+            Err(Errno::EINTR) => continue,
+            Err(errno) => break Err(Error::sys("waitpid", child.pid, errno)),
+        }
+        match wait_signal(&waited) {
+            Ok((signal, from_kernel)) if signal != Signal::SIGCHLD && !from_kernel => {
+                let _ = signal::kill(child.pid, signal);
+            }
+            Ok(_) => {}
+            Err(error) => break Err(error),
+        }
+    };
+    restore(&child.saved_mask);
+    result
+}
+// ANCHOR_END: wait
+
+/// Waits for one of `set` (which must be blocked) with `sigwaitinfo(2)`; also says whether
+/// the kernel sent it (a terminal's Ctrl-C) rather than a process (`kill`).
+fn wait_signal(set: &SigSet) -> Result<(Signal, bool)> {
+    loop {
+        // SAFETY: siginfo_t is plain data, zeroes are a valid value for it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a valid sigset_t and `info` a valid, writable siginfo_t.
+        let number = unsafe { libc::sigwaitinfo(set.as_ref(), &mut info) };
+        if number < 0 {
+            match Errno::last() {
+                Errno::EINTR => continue,
+                errno => return Err(Error::sys("sigwaitinfo", "", errno)),
+            }
+        }
+        let Ok(signal) = Signal::try_from(number) else { continue };
+        return Ok((signal, info.si_code == libc::SI_KERNEL));
+    }
+}
+
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_starts_minimal_and_extra_overrides() {
+        let command = Command::new(
+            vec!["sh".into()],
+            "/root",
+            &[parse_env("PATH=/bin").unwrap(), parse_env("GREETING=hi").unwrap()],
+        );
+        let keys: Vec<_> = command.env.iter().map(|(k, _)| k.to_str().unwrap()).collect();
+        assert_eq!(keys, ["HOME", "TERM", "PATH", "GREETING"]);
+        assert_eq!(command.env_value("PATH"), Some(OsStr::new("/bin")));
+        assert_eq!(command.env_value("HOME"), Some(OsStr::new("/root")));
+    }
+
+    #[test]
+    fn env_needs_a_key() {
+        assert!(parse_env("=x").is_err());
+        assert!(parse_env("novalue").is_err());
+        assert_eq!(parse_env("A=").unwrap(), ("A".into(), "".into()));
+    }
+
+    #[test]
+    fn path_lookup_is_the_commands_path() {
+        let found = candidates(OsStr::new("sh"), Some(OsStr::new("/bin:/usr/bin")));
+        assert_eq!(found, [PathBuf::from("/bin/sh"), PathBuf::from("/usr/bin/sh")]);
+        let direct = candidates(OsStr::new("./run"), Some(OsStr::new("/bin")));
+        assert_eq!(direct, [PathBuf::from("./run")]);
+    }
+
+    #[test]
+    fn not_found_names_the_dirs() {
+        let failure = not_found(OsStr::new("nope"), &candidates(OsStr::new("nope"), None));
+        assert_eq!(failure.code, 127);
+        assert!(failure.message.starts_with("nope: command not found inside the root filesystem"));
+        assert!(failure.message.contains("/usr/bin:"));
+    }
+}

@@ -1,0 +1,214 @@
+//! Helpers for isolab's end-to-end tests: find the real binaries, give each test its own
+//! temporary directory, build a rootfs in it, and run commands as a learner would.
+//!
+//! Every test runs the binaries as subprocesses (black box). The test runner itself never
+//! unshares, mounts or chroots: it is multi-threaded, and such calls would change the state of
+//! every test at once.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// Where cargo put the workspace's binaries (`target/debug` or `target/release`).
+pub fn bin_dir() -> PathBuf {
+    // The test executable lives in target/<profile>/deps/; the binaries one level up.
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
+    dir
+}
+
+/// The path of a workspace binary, e.g. `bin("stage1-chroot")`.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace`, which the README's \
+         test command does)",
+        path.display()
+    );
+    path
+}
+
+/// The workspace root (where Cargo.toml, book/ and tests/ are).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// Are we root? Most of isolab needs it.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Call at the top of a test that needs root. Returns false (and says so) when the test must
+/// be skipped; under CI (`CI=true`) a skip is a failure, because CI runs as root.
+pub fn require_root(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test} needs root and CI runs as root: a privileged test must not skip under CI"
+    );
+    eprintln!("skipping {test}: needs root (run the tests with sudo, as the README says)");
+    false
+}
+
+/// Serialises tests that change state shared by the whole host (its hostname, for a moment,
+/// during `isolab compare`), so that a test checking that state never sees another's change.
+/// Held until dropped; works across test binaries (an flock on a file in /tmp).
+pub struct HostLock(File);
+
+/// Takes the [`HostLock`].
+pub fn host_lock() -> HostLock {
+    let file = File::create(std::env::temp_dir().join("isolab-tests-host.lock")).expect("lock");
+    // SAFETY: flock on a valid, open fd.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(rc, 0, "flock failed");
+    HostLock(file)
+}
+
+/// A test's own temporary directory; commands run with it as their working directory, so
+/// paths in their output are short and relative (and snapshots stable).
+pub struct TestEnv {
+    /// The directory; removed when the TestEnv is dropped.
+    pub dir: tempfile::TempDir,
+}
+
+impl Default for TestEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestEnv {
+    /// A fresh directory under the system's temp dir.
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new().prefix("isolab-test-").tempdir().expect("tempdir");
+        TestEnv { dir }
+    }
+
+    /// The directory's path.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A command for workspace binary `name`, run in this directory.
+    pub fn cmd(&self, name: &str) -> Command {
+        let mut command = Command::new(bin(name));
+        command.current_dir(self.path()).stdin(Stdio::null());
+        command
+    }
+
+    /// Builds the default busybox rootfs at `<dir>/<name>` and returns its path.
+    pub fn busybox_rootfs(&self, name: &str) -> PathBuf {
+        let output = self.cmd("rootfs-builder").args(["busybox", name]).output().expect("run");
+        assert!(output.status.success(), "rootfs-builder busybox failed: {}", text(&output.stderr));
+        self.path().join(name)
+    }
+}
+
+/// Runs `command` and returns its output (panics if it cannot be started at all).
+pub fn run(command: &mut Command) -> Output {
+    command.output().unwrap_or_else(|error| panic!("cannot run {command:?}: {error}"))
+}
+
+/// The exit code a shell would show (128 + N for a signal).
+pub fn code(output: &Output) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    match (output.status.code(), output.status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => 128 + signal,
+        (None, None) => -1,
+    }
+}
+
+/// Bytes as text (lossy).
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A terminal transcript of one command, as the book shows it: the command line a learner
+/// types, what it printed (stdout, then stderr), and its exit code when it is not 0.
+///
+/// `shown` is the command as the reader would type it (with the binary's bare name).
+pub fn transcript(shown: &str, output: &Output) -> String {
+    let mut out = format!("$ {shown}\n");
+    out.push_str(&text(&output.stdout));
+    out.push_str(&text(&output.stderr));
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    let code = code(output);
+    if code != 0 {
+        out.push_str(&format!("[exit status {code}]\n"));
+    }
+    out
+}
+
+/// Runs workspace binary `name` with `args` in `env` and returns its transcript, shown with
+/// the bare binary name.
+pub fn transcript_of(env: &TestEnv, name: &str, args: &[&str]) -> (String, Output) {
+    let output = run(env.cmd(name).args(args));
+    let shown = std::iter::once(name.to_string())
+        .chain(args.iter().map(|arg| shell_quote(arg)))
+        .collect::<Vec<_>>()
+        .join(" ");
+    (transcript(&shown, &output), output)
+}
+
+/// Quotes an argument the way a reader would type it in a shell.
+pub fn shell_quote(arg: &str) -> String {
+    let plain = !arg.is_empty()
+        && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+%".contains(c));
+    if plain {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
+/// insta settings shared by every snapshot: filters for what varies between runs (temporary
+/// paths, pids, inode and device numbers, durations), and the snapshot dir beside the tests.
+pub fn snapshot_settings(env: Option<&TestEnv>) -> insta::Settings {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(workspace_root().join("tests/snapshots"));
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_omit_expression(true);
+    if let Some(env) = env {
+        let real = std::fs::canonicalize(env.path()).unwrap_or_else(|_| env.path().to_path_buf());
+        settings.add_filter(&regex_escape(&real.display().to_string()), "[TMP]");
+        settings.add_filter(&regex_escape(&env.path().display().to_string()), "[TMP]");
+    }
+    settings.add_filter(r"/tmp/\.tmp[A-Za-z0-9]+", "[TMP]");
+    settings.add_filter(r"/tmp/isolab-[a-z]+-[A-Za-z0-9]+", "[TMP]");
+    settings.add_filter(r"\.isolab-escape-\d+", ".isolab-escape-[PID]");
+    settings.add_filter(r"device \d+:\d+, inode \d+", "device [DEV], inode [INO]");
+    settings.add_filter(r"\b\d+(\.\d+)? ?(ms|µs|s)\b", "[DURATION]");
+    settings
+}
+
+fn regex_escape(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// True if `needle` occurs in the host's mount table (`/proc/self/mountinfo`).
+pub fn host_mounts_contain(needle: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().contains(needle)
+}
+
+/// Is `program` on the host's PATH?
+pub fn host_has(program: impl AsRef<OsStr>) -> bool {
+    let program = program.as_ref();
+    std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+        .unwrap_or(false)
+}
