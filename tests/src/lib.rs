@@ -58,7 +58,7 @@ pub fn require_root(test: &str) -> bool {
 /// Serialises tests that change state shared by the whole host (its hostname, for a moment,
 /// during `isolab compare`), so that a test checking that state never sees another's change.
 /// Held until dropped; works across test binaries (an flock on a file in /tmp).
-pub struct HostLock(File);
+pub struct HostLock(#[allow(dead_code)] File);
 
 /// Takes the [`HostLock`].
 pub fn host_lock() -> HostLock {

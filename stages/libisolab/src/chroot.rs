@@ -78,21 +78,16 @@ pub struct DirId {
 impl DirId {
     /// The identity of `path` as this process sees it.
     pub fn of(path: &Path) -> Result<DirId> {
-        let metadata = fs::metadata(path)
-            .map_err(|e| Error::Invalid(format!("stat {}: {}", path.display(), lowercase_io(&e))))?;
+        let metadata = fs::metadata(path).map_err(|e| {
+            Error::Invalid(format!("stat {}: {}", path.display(), lowercase_io(&e)))
+        })?;
         Ok(DirId { dev: metadata.dev(), ino: metadata.ino() })
     }
 }
 
 impl fmt::Display for DirId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "device {}:{}, inode {}",
-            libc::major(self.dev),
-            libc::minor(self.dev),
-            self.ino
-        )
+        write!(f, "device {}:{}, inode {}", libc::major(self.dev), libc::minor(self.dev), self.ino)
     }
 }
 

@@ -306,10 +306,8 @@ fn not_found(program: &OsStr, candidates: &[PathBuf]) -> Failure {
     let looked = if candidates.len() == 1 {
         String::new()
     } else {
-        let dirs: Vec<String> = candidates
-            .iter()
-            .filter_map(|c| c.parent().map(|p| p.display().to_string()))
-            .collect();
+        let dirs: Vec<String> =
+            candidates.iter().filter_map(|c| c.parent().map(|p| p.display().to_string())).collect();
         format!(" (looked in {})", dirs.join(":"))
     };
     Failure {
@@ -373,8 +371,6 @@ fn wait_signal(set: &SigSet) -> Result<(Signal, bool)> {
         return Ok((signal, info.si_code == libc::SI_KERNEL));
     }
 }
-
-
 
 #[cfg(test)]
 mod tests {
