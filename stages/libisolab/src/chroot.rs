@@ -124,9 +124,13 @@ pub const ESCAPE_DEPTH: usize = 64;
 /// The classic chroot break-out, run from *inside* a jail by a process that may call chroot.
 ///
 /// `scratch` is a writable directory inside the jail (e.g. `/tmp`), where a fresh directory is
-/// made for step 2 and removed again at the end if it can still be reached.
+/// made for step 2. It is removed again at the end through a file descriptor opened on
+/// `scratch` beforehand: a descriptor keeps pointing at the jail's directory wherever our root
+/// has moved to.
 pub fn attempt_escape(scratch: &Path) -> EscapeAttempt {
-    let hideout = scratch.join(format!(".isolab-escape-{}", std::process::id()));
+    let name = format!(".isolab-escape-{}", std::process::id());
+    let hideout = scratch.join(&name);
+    let scratch_dir = fs::File::open(scratch);
     let mut steps = Vec::new();
     let mut run = |call: String, why: &'static str, result: Result<()>| {
         let ok = result.is_ok();
@@ -164,9 +168,13 @@ pub fn attempt_escape(scratch: &Path) -> EscapeAttempt {
         unistd::chdir("/").sys("chdir", "/"),
     );
 
-    // Tidy up: the hideout is reachable either from inside the jail (escape failed early) or,
-    // after a successful escape, nowhere we know the path of; callers remove it then.
-    let _ = fs::remove_dir(&hideout);
+    if let Ok(scratch_dir) = scratch_dir {
+        let _ = unistd::unlinkat(
+            Some(std::os::fd::AsRawFd::as_raw_fd(&scratch_dir)),
+            name.as_str(),
+            unistd::UnlinkatFlags::RemoveDir,
+        );
+    }
     EscapeAttempt { steps }
 }
 // ANCHOR_END: escape

@@ -9,6 +9,7 @@
 //! only use modules of its own chapter or earlier ones (a test in `tests/` checks this).
 
 pub mod chroot;
+pub mod cli;
 pub mod error;
 pub mod exit;
 pub mod process;

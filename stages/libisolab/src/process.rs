@@ -228,6 +228,11 @@ pub fn exec(command: &Command) -> Result<Infallible, Failure> {
     // SAFETY: setting a default disposition has no memory-safety implications.
     let _ = unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 
+    // The working directory is entered last, as the user the command runs as.
+    unistd::chdir(&command.workdir).sys("chdir", command.workdir.display()).map_err(|error| {
+        error.hint("the working directory must exist inside the root filesystem")
+    })?;
+
     let candidates = candidates(program, command.env_value("PATH"));
     let mut denied = None;
     for path in &candidates {

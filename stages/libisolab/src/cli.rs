@@ -1,0 +1,62 @@
+//! What every stage binary does around its real work: parse the command line, and turn the
+//! outcome into an exit code with one line on stderr.
+//!
+//! This is the one place that knows the exit-code convention of [`crate::exit`] from the
+//! user's side: bad usage is a runtime error (125), so that a typo is never mistaken for the
+//! command's own exit status. (The library never prints; this module only builds the line.)
+
+use std::process::ExitCode;
+
+use clap::error::ErrorKind;
+use clap::Parser;
+
+use crate::exit;
+use crate::process::Failure;
+
+/// Parses the command line. `--help` and `--version` print and give `Err(0)`; bad usage gives
+/// `Err(125)` after printing one line: `<program>: error: <what>`.
+pub fn parse<T: Parser>(program: &str) -> Result<T, ExitCode> {
+    match T::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(error)
+            if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) =>
+        {
+            let _ = error.print();
+            Err(ExitCode::SUCCESS)
+        }
+        Err(error) if error.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = error.print();
+            Err(ExitCode::from(exit::RUNTIME_ERROR))
+        }
+        Err(error) => {
+            eprintln!("{program}: error: {} (see `{program} --help`)", usage_line(&error));
+            Err(ExitCode::from(exit::RUNTIME_ERROR))
+        }
+    }
+}
+
+/// clap's message on one line, without its `error: ` prefix and its usage footer. For a value
+/// our own parser refused, our message alone (it already names the flag and the value).
+fn usage_line(error: &clap::Error) -> String {
+    if error.kind() == ErrorKind::ValueValidation {
+        if let Some(source) = std::error::Error::source(error) {
+            return source.to_string();
+        }
+    }
+    let rendered = error.render().to_string();
+    let text: Vec<&str> =
+        rendered.lines().take_while(|line| !line.trim().is_empty()).map(str::trim).collect();
+    let text = text.join(" ");
+    text.strip_prefix("error: ").unwrap_or(&text).to_string()
+}
+
+/// Turns a stage's result into its exit code, printing a failure as one line.
+pub fn finish(program: &str, result: Result<u8, Failure>) -> ExitCode {
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            eprintln!("{program}: error: {failure}");
+            ExitCode::from(failure.code)
+        }
+    }
+}
