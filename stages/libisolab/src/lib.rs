@@ -20,4 +20,4 @@ pub use error::{Error, Result};
 /// Which chapter of the book introduces each module. Stage N may use a module only if its
 /// chapter is ≤ N: the dependency graph is the curriculum.
 pub const CHAPTERS: &[(&str, u8)] =
-    &[("error", 1), ("exit", 1), ("process", 1), ("user", 1), ("chroot", 1)];
+    &[("error", 1), ("cli", 1), ("exit", 1), ("process", 1), ("user", 1), ("chroot", 1)];

@@ -1,0 +1,37 @@
+# The classroom's verbs. Nothing in the README needs `just`; these are shortcuts.
+# `just --list` shows them.
+
+default:
+    @just --list
+
+# Install what is missing and build everything (debug)
+setup:
+    scripts/setup
+
+# Build the default busybox rootfs into DIR
+rootfs DIR="rootfs": setup
+    target/debug/rootfs-builder busybox {{DIR}}
+
+# The isolation matrix: host vs each stage (needs root)
+compare *ARGS:
+    scripts/isolab compare {{ARGS}}
+
+# What this machine supports
+doctor:
+    scripts/isolab doctor
+
+# Stage 1: a shell in a chroot jail built from DIR
+stage1 DIR="rootfs": (rootfs DIR)
+    sudo target/debug/stage1-chroot run --rootfs {{DIR}} -- /bin/sh
+
+# Stage 1: watch root break out of the jail
+escape DIR="rootfs": (rootfs DIR)
+    sudo target/debug/stage1-chroot escape --rootfs {{DIR}}
+
+# Render the book to book/build (open book/build/index.html)
+book:
+    cargo run --quiet -p isolab-tests --bin build-book
+
+# Every test, as the README and CI run them
+test:
+    scripts/test
