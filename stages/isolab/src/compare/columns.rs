@@ -1,0 +1,148 @@
+//! The columns of the matrix, as data: the host first, then one line per stage.
+//!
+//! A column says how to start the probe: directly on the host, or through a stage binary (found
+//! next to `isolab`'s own executable) with the arguments that stage needs to run a command in
+//! its sandbox. When a chapter adds a stage, it adds one [`Column`] here; columns whose binary
+//! has not been built yet are left out, so the matrix grows with the course.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+/// What every column's arguments may refer to.
+#[derive(Debug)]
+pub struct Setup<'a> {
+    /// The busybox rootfs built for this run (with the probe at [`PROBE_INSIDE`]).
+    pub rootfs: &'a Path,
+    /// The run's working directory on the host, which holds the rootfs and the markers.
+    pub workdir: &'a Path,
+}
+
+/// One column: a name, and how to run the probe there.
+#[derive(Debug)]
+pub struct Column {
+    /// The column's id in JSON (`stage1-nobody`).
+    pub id: &'static str,
+    /// Its heading in tables (`stage1 (as nobody)`).
+    pub title: &'static str,
+    /// `None`: the probe runs on the host itself. `Some`: under this stage binary.
+    pub runtime: Option<Runtime>,
+}
+
+/// A stage binary and the arguments that make it run a command in its sandbox.
+#[derive(Debug)]
+pub struct Runtime {
+    /// The binary's name, next to `isolab`'s own executable.
+    pub binary: &'static str,
+    /// The arguments between the binary and the probe's command line.
+    pub args: fn(&Setup) -> Vec<OsString>,
+}
+
+/// Where `rootfs-builder` puts the probe inside every rootfs it builds.
+pub const PROBE_INSIDE: &str = "/isolab/probe";
+
+/// The host's probe binary, next to `isolab`'s own executable.
+pub const PROBE_ON_HOST: &str = "isolab-probe";
+
+// ANCHOR: columns
+/// Every column, in matrix order. Stage N's chapter adds its line at the end.
+pub const COLUMNS: &[Column] = &[
+    Column { id: "host", title: "host", runtime: None },
+    Column {
+        id: "stage1",
+        title: "stage1",
+        runtime: Some(Runtime { binary: "stage1-chroot", args: stage1 }),
+    },
+    Column {
+        id: "stage1-nobody",
+        title: "stage1 (as nobody)",
+        runtime: Some(Runtime { binary: "stage1-chroot", args: stage1_as_nobody }),
+    },
+];
+
+fn stage1(setup: &Setup) -> Vec<OsString> {
+    vec!["run".into(), "--rootfs".into(), setup.rootfs.into(), "--".into()]
+}
+
+fn stage1_as_nobody(setup: &Setup) -> Vec<OsString> {
+    // 65534 is `nobody` on Debian and most distributions: a uid that owns nothing.
+    let rootfs = setup.rootfs.into();
+    vec![
+        "run".into(),
+        "--rootfs".into(),
+        rootfs,
+        "--user".into(),
+        "65534:65534".into(),
+        "--".into(),
+    ]
+}
+// ANCHOR_END: columns
+
+impl Column {
+    /// The program and arguments that run the probe in this column, with `probe_flags`
+    /// (the markers) at the end; `None` when the stage binary is not built.
+    pub fn command(
+        &self,
+        bin_dir: &Path,
+        setup: &Setup,
+        probe_flags: &[OsString],
+    ) -> Option<(PathBuf, Vec<OsString>)> {
+        let (program, mut args) = match &self.runtime {
+            None => {
+                let scratch: Vec<OsString> =
+                    vec!["--on-host".into(), "--scratch".into(), setup.workdir.into()];
+                (bin_dir.join(PROBE_ON_HOST), scratch)
+            }
+            Some(runtime) => {
+                let mut args = (runtime.args)(setup);
+                args.push(PROBE_INSIDE.into());
+                (bin_dir.join(runtime.binary), args)
+            }
+        };
+        if !program.is_file() {
+            return None;
+        }
+        args.extend(probe_flags.iter().cloned());
+        Some((program, args))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_and_host_comes_first() {
+        assert_eq!(COLUMNS[0].id, "host");
+        let mut ids: Vec<_> = COLUMNS.iter().map(|c| c.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), COLUMNS.len());
+    }
+
+    #[test]
+    fn stage_columns_put_the_probe_after_the_runtime_args() {
+        let bin = tempfile::tempdir().unwrap();
+        std::fs::write(bin.path().join("stage1-chroot"), "").unwrap();
+        let setup = Setup { rootfs: Path::new("/w/rootfs"), workdir: Path::new("/w") };
+        let flags = vec![OsString::from("--token"), OsString::from("t")];
+        let (program, args) = COLUMNS[2].command(bin.path(), &setup, &flags).unwrap();
+        assert_eq!(program, bin.path().join("stage1-chroot"));
+        let args: Vec<_> = args.iter().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(
+            args,
+            [
+                "run",
+                "--rootfs",
+                "/w/rootfs",
+                "--user",
+                "65534:65534",
+                "--",
+                "/isolab/probe",
+                "--token",
+                "t"
+            ]
+        );
+        // The host's probe is not built in this fake bin dir: the column is left out.
+        assert!(COLUMNS[0].command(bin.path(), &setup, &flags).is_none());
+    }
+}

@@ -1,0 +1,354 @@
+//! `isolab compare`: run the probe on the host and under every stage, side by side.
+//!
+//! The steps, in order (each a section of the book's "comparing the stages" chapter):
+//! 1. Make a working directory and build a busybox rootfs in it (`rootfs-builder`), which
+//!    carries the probe at `/isolab/probe`.
+//! 2. Plant the markers on the host, all named after a fresh random token ([`markers`]).
+//! 3. For each column ([`columns`]), run the probe there while a thread watches the host
+//!    ([`watch`]), and combine the probe's report with what the host saw ([`verdict`]).
+//! 4. Remove everything (guards, also on error, panic or Ctrl-C), then print the matrix
+//!    ([`render`]).
+
+mod columns;
+mod markers;
+mod render;
+mod verdict;
+mod watch;
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::Read;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use isolab_probe::filesystem::rootfs_write_name;
+use isolab_probe::{CheckId, Report};
+use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::unistd::Pid;
+use serde::Serialize;
+
+use columns::{Setup, COLUMNS};
+use markers::{MarkerInfo, Markers};
+use verdict::Cell;
+use watch::{HostGuard, Watcher, Workdir};
+
+/// How long the probe holds the changes the host should notice.
+const HOLD_MS: u64 = 300;
+/// How long one column (or the rootfs build) may take before it is stopped.
+const COLUMN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Arguments of `isolab compare`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print everything as JSON: markers, each column's command, report and cells
+    #[arg(long, conflicts_with = "markdown")]
+    json: bool,
+    /// Print only the matrix, as a markdown table (for the book)
+    #[arg(long)]
+    markdown: bool,
+    /// Keep the working directory (rootfs, marker directory) and print its path
+    #[arg(long)]
+    keep: bool,
+}
+
+/// The whole comparison, as `--json` prints it.
+#[derive(Debug, Serialize)]
+pub struct Comparison {
+    /// This run's random token.
+    pub token: String,
+    /// The run's working directory on the host.
+    pub workdir: PathBuf,
+    /// Whether it was kept (`--keep`); otherwise it is gone.
+    pub kept: bool,
+    /// The base rootfs the stages ran in.
+    pub rootfs: PathBuf,
+    /// The markers the probe looked for.
+    pub markers: MarkerInfo,
+    /// The rows: each check and its question.
+    pub checks: Vec<CheckInfo>,
+    /// The columns that ran.
+    pub columns: Vec<ColumnResult>,
+}
+
+/// A row of the matrix.
+#[derive(Debug, Serialize)]
+pub struct CheckInfo {
+    /// The check's name.
+    pub name: CheckId,
+    /// The question it answers.
+    pub question: &'static str,
+}
+
+/// One column: how the probe was run, what it said, and the cells.
+#[derive(Debug, Serialize)]
+pub struct ColumnResult {
+    /// The column's id (`stage1-nobody`).
+    pub id: &'static str,
+    /// Its heading (`stage1 (as nobody)`).
+    pub title: &'static str,
+    /// The command line that ran the probe.
+    pub command: Vec<String>,
+    /// Its exit code (128 + N for a signal), if it ended.
+    pub exit_code: Option<i32>,
+    /// Why the probe did not report, if it did not.
+    pub error: Option<String>,
+    /// What the host showed while it ran.
+    pub seen: watch::Seen,
+    /// The probe's own report.
+    pub report: Option<Report>,
+    /// The matrix cells, in check order.
+    pub cells: Vec<Cell>,
+}
+
+/// Runs the comparison and prints it. Exit 0 when every column's probe reported, 1 if one
+/// did not (the matrix is printed anyway).
+pub fn run(args: Args) -> Result<ExitCode> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "isolab compare needs root: the stages chroot, mount and set the hostname (run it \
+             with sudo)"
+        );
+    }
+    catch_interrupts()?;
+    let comparison = compare(args.keep)?;
+    // Every guard has run by now: what is printed below describes a clean host.
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&comparison).context("cannot encode JSON")?);
+    } else if args.markdown {
+        print!("{}", render::markdown(&comparison));
+    } else {
+        print!("{}", render::text(&comparison));
+    }
+    let all_reported = comparison.columns.iter().all(|column| column.error.is_none());
+    Ok(if all_reported { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+// ANCHOR: compare
+/// Steps 1 to 4; the guards are locals, so they run in reverse order when this returns —
+/// markers first, then the host's hostname and mounts, then the working directory.
+fn compare(keep: bool) -> Result<Comparison> {
+    let bin_dir = bin_dir()?;
+    let workdir = Workdir::create(keep)?;
+    let token = markers::random_token();
+    let host_guard = HostGuard::new(&token)?;
+
+    // 1. The rootfs, with the probe inside.
+    let rootfs = workdir.path().join("rootfs");
+    build_rootfs(&bin_dir, &rootfs)?;
+
+    // 2. The markers.
+    let markers = Markers::plant(workdir.path(), &token)?;
+    let probe_flags = markers.probe_flags(HOLD_MS);
+
+    // 3. Each column whose binary exists.
+    let setup = Setup { rootfs: &rootfs, workdir: workdir.path() };
+    let mut columns = Vec::new();
+    for column in COLUMNS {
+        let Some((program, args)) = column.command(&bin_dir, &setup, &probe_flags) else {
+            continue;
+        };
+        let result = run_column(column, &program, &args, &token, &rootfs)?;
+        columns.push(result);
+        // Whatever a probe left (it may have been killed halfway) goes before the next one.
+        for repair in host_guard.restore() {
+            eprintln!("isolab: after the {} column: {repair}", column.title);
+        }
+    }
+
+    // 4. The guards run as this function returns.
+    Ok(Comparison {
+        token: token.clone(),
+        workdir: workdir.path().to_path_buf(),
+        kept: workdir.keep,
+        rootfs,
+        markers: markers.info.clone(),
+        checks: CheckId::ALL
+            .iter()
+            .map(|&name| CheckInfo { name, question: name.question() })
+            .collect(),
+        columns,
+    })
+}
+// ANCHOR_END: compare
+
+/// Where the workspace's binaries are: next to our own executable.
+fn bin_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find isolab's own executable")?;
+    Ok(exe.parent().context("isolab's executable has no directory")?.to_path_buf())
+}
+
+fn build_rootfs(bin_dir: &Path, rootfs: &Path) -> Result<()> {
+    let builder = bin_dir.join("rootfs-builder");
+    if !builder.is_file() {
+        bail!(
+            "{} is missing: build the workspace first (`cargo build --workspace`)",
+            builder.display()
+        );
+    }
+    let mut command = Command::new(&builder);
+    command.arg("busybox").arg(rootfs);
+    let output = run_bounded(&mut command)?;
+    if output.status.success() {
+        return Ok(());
+    }
+    bail!(
+        "`{} busybox {}` failed ({}): {}",
+        builder.display(),
+        rootfs.display(),
+        describe(output.status),
+        last_line(&output.stderr)
+    )
+}
+
+// ANCHOR: run_column
+/// Runs the probe in one column while watching the host, and judges the result.
+fn run_column(
+    column: &columns::Column,
+    program: &Path,
+    args: &[OsString],
+    token: &str,
+    rootfs: &Path,
+) -> Result<ColumnResult> {
+    let written = rootfs.join(rootfs_write_name(token));
+    let watcher = Watcher::start(token, written.clone());
+    let mut command = Command::new(program);
+    command.args(args);
+    let output = run_bounded(&mut command);
+    let seen = watcher.stop();
+    // The probe removes its file itself; if it was killed first, we do.
+    let _ = fs::remove_file(&written);
+    let output = output?;
+
+    let shown = std::iter::once(program.as_os_str())
+        .chain(args.iter().map(OsString::as_os_str))
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect();
+    let parsed = serde_json::from_slice::<Report>(&output.stdout);
+    let program_name = program.file_name().unwrap_or(program.as_os_str()).to_string_lossy();
+    let error = if !output.status.success() {
+        let stderr = last_line(&output.stderr);
+        Some(format!("{program_name} {}: {stderr}", describe(output.status)))
+    } else if let Err(error) = &parsed {
+        Some(format!("the probe's output is not a report: {error}"))
+    } else {
+        None
+    };
+    let report = parsed.ok();
+    let cells = match (&report, &error) {
+        (Some(report), None) => verdict::cells(report, &seen, token, rootfs),
+        (_, error) => verdict::failed_cells(error.as_deref().unwrap_or("no report")),
+    };
+    Ok(ColumnResult {
+        id: column.id,
+        title: column.title,
+        command: shown,
+        exit_code: exit_code(output.status),
+        error,
+        seen,
+        report,
+        cells,
+    })
+}
+// ANCHOR_END: run_column
+
+/// What a bounded command printed and how it ended.
+struct Output {
+    status: ExitStatus,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+/// Runs `command` in a process group of its own, so that Ctrl-C on the terminal reaches only
+/// isolab, which then stops the group and cleans up; stops it as well after
+/// [`COLUMN_TIMEOUT`].
+fn run_bounded(command: &mut Command) -> Result<Output> {
+    if interrupted() {
+        bail!("interrupted: cleaned up before starting {:?}", command.get_program());
+    }
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    let mut child = command.spawn().with_context(|| format!("cannot start {command:?}"))?;
+    let group = Pid::from_raw(-(child.id() as i32));
+    // Read both pipes on threads: a child that fills one pipe while we wait would hang.
+    let mut stdout = child.stdout.take().context("stdout")?;
+    let mut stderr = child.stderr.take().context("stderr")?;
+    let out = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = stdout.read_to_end(&mut bytes);
+        bytes
+    });
+    let err = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = stderr.read_to_end(&mut bytes);
+        bytes
+    });
+    let started = Instant::now();
+    let mut stopped = None;
+    let status = loop {
+        if let Some(status) = child.try_wait().context("waitpid")? {
+            break status;
+        }
+        if stopped.is_none() && (interrupted() || started.elapsed() > COLUMN_TIMEOUT) {
+            // SIGTERM first, so the stage can forward it; SIGKILL if that is not enough.
+            let _ = signal::kill(group, Signal::SIGTERM);
+            stopped = Some(Instant::now());
+        }
+        if stopped.is_some_and(|at| at.elapsed() > Duration::from_secs(2)) {
+            let _ = signal::kill(group, Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let (stdout, stderr) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+    if interrupted() {
+        bail!("interrupted: stopped {:?} and cleaned up", command.get_program());
+    }
+    if stopped.is_some() {
+        bail!(
+            "{:?} took longer than {} s and was stopped",
+            command.get_program(),
+            COLUMN_TIMEOUT.as_secs()
+        );
+    }
+    Ok(Output { status, stdout, stderr })
+}
+
+fn exit_code(status: ExitStatus) -> Option<i32> {
+    status.code().or_else(|| status.signal().map(|signal| 128 + signal))
+}
+
+fn describe(status: ExitStatus) -> String {
+    match exit_code(status) {
+        Some(code) => libisolab::exit::describe(u8::try_from(code).unwrap_or(255)),
+        None => "ended".to_string(),
+    }
+}
+
+fn last_line(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    text.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or("(no output)").trim().into()
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Ctrl-C, `kill` and a closed terminal must not leave the host renamed or a tmpfs mounted:
+/// they only set a flag, and the run stops at the next step with every guard running.
+fn catch_interrupts() -> Result<()> {
+    let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::empty(), SigSet::empty());
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { signal::sigaction(signal, &action) }
+            .with_context(|| format!("sigaction({signal}) failed"))?;
+    }
+    Ok(())
+}

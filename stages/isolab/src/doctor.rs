@@ -1,0 +1,693 @@
+//! `isolab doctor`: can this machine run the course?
+//!
+//! Each stage leans on a kernel feature that a machine may lack or switch off: root for
+//! chroot and mounts, user namespaces (stage 2), a cgroup hierarchy with the memory, pids and
+//! cpu controllers (stage 3), overlayfs (stage 4), and a statically linked busybox for every
+//! rootfs. Doctor looks at each, prints one `ok` / `warn` / `fail` line with what it found,
+//! and for every problem the exact command that fixes it.
+//!
+//! The detection functions read everything under a root directory ([`Machine::root`]) and
+//! get `statfs(2)` passed in ([`Machine::fs_kind`]), so tests run them on fake trees. The
+//! cgroup detection ([`detect_cgroups`]) is what stage 3 needs too; it lives here until it
+//! moves into libisolab's cgroups module with that chapter.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Result;
+use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC, CGROUP_SUPER_MAGIC, TMPFS_MAGIC};
+
+/// Arguments of `isolab doctor` (none yet).
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// Nothing to do.
+    Ok,
+    /// Part of the course may not work; the rest does.
+    Warn,
+    /// A stage cannot run until this is fixed.
+    Fail,
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Level::Ok => "ok",
+            Level::Warn => "warn",
+            Level::Fail => "fail",
+        })
+    }
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// ok, warn or fail.
+    pub level: Level,
+    /// What was checked (`kernel`, `cgroups`).
+    pub topic: &'static str,
+    /// What was found, in words.
+    pub found: String,
+    /// The command that fixes it, for warn and fail.
+    pub fix: Option<String>,
+}
+
+impl Finding {
+    fn ok(topic: &'static str, found: impl Into<String>) -> Self {
+        Finding { level: Level::Ok, topic, found: found.into(), fix: None }
+    }
+
+    fn problem(level: Level, topic: &'static str, found: impl Into<String>, fix: &str) -> Self {
+        Finding { level, topic, found: found.into(), fix: Some(fix.to_string()) }
+    }
+}
+
+/// What `statfs(2)` says a path's filesystem is (its `f_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsKind {
+    /// `CGROUP2_SUPER_MAGIC`: the unified hierarchy.
+    Cgroup2,
+    /// `CGROUP_SUPER_MAGIC`: one v1 hierarchy.
+    Cgroup1,
+    /// `TMPFS_MAGIC`: the tmpfs that v1 and hybrid setups mount their hierarchies in.
+    Tmpfs,
+    /// Anything else.
+    Other,
+}
+
+/// The real `statfs(2)`.
+pub fn statfs_kind(path: &Path) -> Option<FsKind> {
+    let kind = statfs(path).ok()?.filesystem_type();
+    Some(match kind {
+        CGROUP2_SUPER_MAGIC => FsKind::Cgroup2,
+        CGROUP_SUPER_MAGIC => FsKind::Cgroup1,
+        TMPFS_MAGIC => FsKind::Tmpfs,
+        _ => FsKind::Other,
+    })
+}
+
+/// Everything doctor looks at: the real machine, or a fake one in tests.
+pub struct Machine<'a> {
+    /// The directory the machine's files are read under: `/`, or a fake tree.
+    pub root: PathBuf,
+    /// The effective uid doctor runs as.
+    pub euid: u32,
+    /// `uname -r`.
+    pub kernel_release: String,
+    /// `statfs(2)`, passed in so that a fake tree can pretend to be a cgroup2 mount.
+    pub fs_kind: &'a dyn Fn(&Path) -> Option<FsKind>,
+    /// The PATH busybox is looked up in.
+    pub path: OsString,
+}
+
+impl Machine<'static> {
+    /// This machine.
+    pub fn this_one() -> Result<Machine<'static>> {
+        let uts =
+            nix::sys::utsname::uname().map_err(|errno| anyhow::anyhow!("uname failed: {errno}"))?;
+        Ok(Machine {
+            root: PathBuf::from("/"),
+            euid: nix::unistd::geteuid().as_raw(),
+            kernel_release: uts.release().to_string_lossy().into_owned(),
+            fs_kind: &statfs_kind,
+            path: std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+        })
+    }
+}
+
+impl Machine<'_> {
+    /// An absolute machine path (`/proc/filesystems`) under [`Machine::root`].
+    fn at(&self, path: &str) -> PathBuf {
+        self.root.join(path.trim_start_matches('/'))
+    }
+
+    fn read(&self, path: &str) -> Option<String> {
+        fs::read_to_string(self.at(path)).ok()
+    }
+}
+
+/// Runs `isolab doctor`: prints the findings; exit 0 unless one fails.
+pub fn run(_args: Args) -> Result<ExitCode> {
+    let machine = Machine::this_one()?;
+    let findings = examine(&machine);
+    print!("{}", render(&findings));
+    let failed = findings.iter().any(|finding| finding.level == Level::Fail);
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// Every check, in the order the course needs them.
+pub fn examine(machine: &Machine) -> Vec<Finding> {
+    let mut findings = vec![check_root(machine.euid), check_kernel(&machine.kernel_release)];
+    findings.extend(check_user_namespaces(machine));
+    findings.extend(check_cgroups(&detect_cgroups(machine)));
+    findings.push(check_overlay(machine));
+    findings.push(check_busybox(machine));
+    findings
+}
+
+/// The report: one aligned line per finding, the fix under each problem, a verdict.
+pub fn render(findings: &[Finding]) -> String {
+    let width = findings.iter().map(|f| f.topic.len()).max().unwrap_or(0);
+    let mut out = String::from("isolab doctor: can this machine run the course?\n\n");
+    for finding in findings {
+        out.push_str(&format!(
+            "{:4}  {:width$}  {}\n",
+            finding.level, finding.topic, finding.found
+        ));
+        if let Some(fix) = &finding.fix {
+            out.push_str(&format!("{:4}  {:width$}  fix: {fix}\n", "", ""));
+        }
+    }
+    let count = |level| findings.iter().filter(|f| f.level == level).count();
+    let (fails, warns) = (count(Level::Fail), count(Level::Warn));
+    out.push('\n');
+    out.push_str(&match (fails, warns) {
+        (0, 0) => "ready: nothing fails\n".to_string(),
+        (0, w) => format!("ready: nothing fails ({w} warning{}, see the fixes above)\n", plural(w)),
+        (f, _) => format!(
+            "not ready: {f} check{} fail{}; run the fixes above\n",
+            plural(f),
+            if f == 1 { "s" } else { "" }
+        ),
+    });
+    out
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// Root: chroot needs CAP_SYS_CHROOT, mount and the namespaces CAP_SYS_ADMIN.
+pub fn check_root(euid: u32) -> Finding {
+    if euid == 0 {
+        Finding::ok("root", "running as root (uid 0)")
+    } else {
+        Finding::problem(
+            Level::Fail,
+            "root",
+            format!("running as uid {euid}: every stage needs root (chroot, mount, namespaces)"),
+            "sudo isolab doctor   # and run the stages with sudo too",
+        )
+    }
+}
+
+/// `6.1.0-18-amd64` → (6, 1, 0).
+pub fn parse_kernel_release(release: &str) -> Option<(u32, u32, u32)> {
+    let numbers = release.split(|c: char| !c.is_ascii_digit()).filter(|part| !part.is_empty());
+    let mut numbers = numbers.map(|part| part.parse::<u32>().ok());
+    let major = numbers.next()??;
+    let minor = numbers.next()??;
+    let patch = numbers.next().flatten().unwrap_or(0);
+    Some((major, minor, patch))
+}
+
+/// The oldest kernel the course is written against: cgroup v2 with the pids and memory
+/// controllers, and overlayfs with everything stage 4 uses.
+pub const OLDEST_KERNEL: (u32, u32) = (5, 4);
+
+/// The kernel's version.
+pub fn check_kernel(release: &str) -> Finding {
+    let fix = "upgrade the kernel (Debian: apt-get install linux-image-amd64, then reboot)";
+    match parse_kernel_release(release) {
+        Some((major, minor, _)) if (major, minor) >= OLDEST_KERNEL => {
+            Finding::ok("kernel", format!("Linux {release}"))
+        }
+        Some(_) => Finding::problem(
+            Level::Warn,
+            "kernel",
+            format!(
+                "Linux {release} is older than {}.{}, which the course is written for",
+                OLDEST_KERNEL.0, OLDEST_KERNEL.1
+            ),
+            fix,
+        ),
+        None => Finding::problem(
+            Level::Warn,
+            "kernel",
+            format!("cannot read a version in {release:?}"),
+            fix,
+        ),
+    }
+}
+
+/// The sysctls that decide whether user namespaces may be created (`man 7 user_namespaces`).
+pub fn check_user_namespaces(machine: &Machine) -> Vec<Finding> {
+    let topic = "user namespaces";
+    let number = |path: &str| machine.read(path).and_then(|text| text.trim().parse::<i64>().ok());
+    let mut findings = Vec::new();
+    match number("/proc/sys/user/max_user_namespaces") {
+        None => findings.push(Finding::problem(
+            Level::Warn,
+            topic,
+            "no /proc/sys/user/max_user_namespaces: this kernel may lack CONFIG_USER_NS",
+            "install a kernel built with user namespaces (Debian's linux-image-amd64 is)",
+        )),
+        Some(0) => findings.push(Finding::problem(
+            Level::Fail,
+            topic,
+            "user.max_user_namespaces = 0: nobody, not even root, may create one",
+            "sysctl -w user.max_user_namespaces=15000",
+        )),
+        Some(max) => {
+            findings.push(Finding::ok(topic, format!("allowed: user.max_user_namespaces = {max}")))
+        }
+    }
+    // Debian's and Ubuntu's own switches; they only stop *unprivileged* users, so a warning.
+    if number("/proc/sys/kernel/unprivileged_userns_clone") == Some(0) {
+        findings.push(Finding::problem(
+            Level::Warn,
+            topic,
+            "kernel.unprivileged_userns_clone = 0: only root may create user namespaces",
+            "sysctl -w kernel.unprivileged_userns_clone=1",
+        ));
+    }
+    if number("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == Some(1) {
+        findings.push(Finding::problem(
+            Level::Warn,
+            topic,
+            "kernel.apparmor_restrict_unprivileged_userns = 1: AppArmor stops unprivileged ones",
+            "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0",
+        ));
+    }
+    findings
+}
+
+/// How the machine mounts its cgroups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupVersion {
+    /// `/sys/fs/cgroup` is a cgroup2 mount: every controller in one tree.
+    V2,
+    /// `/sys/fs/cgroup` is a tmpfs of v1 hierarchies, plus a cgroup2 mount at `unified/`.
+    Hybrid,
+    /// `/sys/fs/cgroup` is a tmpfs of v1 hierarchies only.
+    V1,
+    /// Nothing usable is mounted at `/sys/fs/cgroup`.
+    Missing,
+}
+
+impl CgroupVersion {
+    /// `v2`, `hybrid`, `v1`, `none`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CgroupVersion::V2 => "v2",
+            CgroupVersion::Hybrid => "hybrid",
+            CgroupVersion::V1 => "v1",
+            CgroupVersion::Missing => "none",
+        }
+    }
+}
+
+/// The cgroup setup of a machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupLayout {
+    /// Which version.
+    pub version: CgroupVersion,
+    /// Controllers on v1 hierarchies (from `/proc/cgroups`: enabled, hierarchy ≠ 0).
+    pub v1_controllers: Vec<String>,
+    /// Controllers the cgroup2 tree offers (its root's `cgroup.controllers`).
+    pub v2_controllers: Vec<String>,
+    /// Controllers the kernel has but were switched off (`cgroup_disable=` at boot).
+    pub disabled: Vec<String>,
+}
+
+impl CgroupLayout {
+    /// Can stage 3 use `controller`, in either version?
+    pub fn has(&self, controller: &str) -> bool {
+        self.v1_controllers.iter().chain(&self.v2_controllers).any(|c| c == controller)
+    }
+}
+
+// ANCHOR: detect_cgroups
+/// Finds the cgroup version the way runtimes do: by the *filesystem type* of
+/// `/sys/fs/cgroup` (`statfs(2)`), not by guessing from which files exist.
+pub fn detect_cgroups(machine: &Machine) -> CgroupLayout {
+    let base = machine.at("/sys/fs/cgroup");
+    let controllers = |dir: &Path| -> Vec<String> {
+        let text = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+        text.split_whitespace().map(String::from).collect()
+    };
+    let (v1, disabled) = parse_proc_cgroups(&machine.read("/proc/cgroups").unwrap_or_default());
+    let mut layout = CgroupLayout {
+        version: CgroupVersion::Missing,
+        v1_controllers: Vec::new(),
+        v2_controllers: Vec::new(),
+        disabled,
+    };
+    match (machine.fs_kind)(&base) {
+        Some(FsKind::Cgroup2) => {
+            layout.version = CgroupVersion::V2;
+            layout.v2_controllers = controllers(&base);
+        }
+        Some(FsKind::Tmpfs) => {
+            layout.v1_controllers = v1;
+            let unified = base.join("unified");
+            if (machine.fs_kind)(&unified) == Some(FsKind::Cgroup2) {
+                layout.version = CgroupVersion::Hybrid;
+                layout.v2_controllers = controllers(&unified);
+            } else {
+                layout.version = CgroupVersion::V1;
+            }
+        }
+        _ => {}
+    }
+    layout
+}
+// ANCHOR_END: detect_cgroups
+
+/// Parses `/proc/cgroups` (`subsys_name hierarchy num_cgroups enabled`, `man 7 cgroups`) into
+/// the controllers mounted on a v1 hierarchy and those disabled.
+pub fn parse_proc_cgroups(text: &str) -> (Vec<String>, Vec<String>) {
+    let mut on_v1 = Vec::new();
+    let mut disabled = Vec::new();
+    for line in text.lines().filter(|line| !line.starts_with('#')) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [name, hierarchy, _, enabled] = fields[..] else { continue };
+        if enabled == "0" {
+            disabled.push(name.to_string());
+        } else if hierarchy != "0" {
+            on_v1.push(name.to_string());
+        }
+    }
+    (on_v1, disabled)
+}
+
+/// The controllers stage 3 uses.
+pub const NEEDED_CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
+
+/// The cgroup version and whether the controllers stage 3 needs are there.
+pub fn check_cgroups(layout: &CgroupLayout) -> Vec<Finding> {
+    let layout_words = match layout.version {
+        CgroupVersion::V2 => "the unified hierarchy at /sys/fs/cgroup",
+        CgroupVersion::Hybrid => {
+            "v1 hierarchies under /sys/fs/cgroup, cgroup2 at /sys/fs/cgroup/unified"
+        }
+        CgroupVersion::V1 => "one hierarchy per controller under /sys/fs/cgroup",
+        CgroupVersion::Missing => {
+            return vec![Finding::problem(
+                Level::Fail,
+                "cgroups",
+                "no cgroup filesystem at /sys/fs/cgroup",
+                "mount -t cgroup2 none /sys/fs/cgroup",
+            )]
+        }
+    };
+    let version = Finding::ok("cgroups", format!("{}: {layout_words}", layout.version.as_str()));
+    let mut findings = vec![version];
+    let missing: Vec<&str> = NEEDED_CONTROLLERS.into_iter().filter(|c| !layout.has(c)).collect();
+    if missing.is_empty() {
+        let mut where_: Vec<String> = Vec::new();
+        for (version, list) in [("v1", &layout.v1_controllers), ("v2", &layout.v2_controllers)] {
+            let used: Vec<&str> =
+                NEEDED_CONTROLLERS.into_iter().filter(|c| list.iter().any(|l| l == c)).collect();
+            if !used.is_empty() {
+                where_.push(format!("{} on {version}", used.join(", ")));
+            }
+        }
+        findings.push(Finding::ok("controllers", where_.join("; ")));
+    }
+    for controller in missing {
+        let found = format!("no {controller} controller: stage 3 cannot limit it");
+        let fix = if layout.disabled.iter().any(|c| c == controller) {
+            format!("remove cgroup_disable={controller} from the kernel command line (/etc/default/grub), update-grub, reboot")
+        } else if layout.version == CgroupVersion::V2 {
+            format!("find which v1 hierarchy holds it (grep {controller} /proc/self/mountinfo) and umount it")
+        } else {
+            format!(
+                "mkdir -p /sys/fs/cgroup/{controller} && mount -t cgroup -o {controller} cgroup /sys/fs/cgroup/{controller}"
+            )
+        };
+        findings.push(Finding::problem(Level::Fail, "controllers", found, &fix));
+    }
+    findings
+}
+
+/// overlayfs, for stage 4: compiled in or loaded (`/proc/filesystems`), or at least there as
+/// a module.
+pub fn check_overlay(machine: &Machine) -> Finding {
+    let filesystems = machine.read("/proc/filesystems").unwrap_or_default();
+    // Lines are `[nodev]\tname`.
+    if filesystems.lines().any(|line| line.split_whitespace().last() == Some("overlay")) {
+        return Finding::ok("overlayfs", "listed in /proc/filesystems");
+    }
+    let module_dir =
+        machine.at(&format!("/lib/modules/{}/kernel/fs/overlayfs", machine.kernel_release));
+    if module_dir.is_dir() {
+        Finding::problem(
+            Level::Warn,
+            "overlayfs",
+            "not loaded yet (the module is installed; a mount usually loads it)",
+            "modprobe overlay",
+        )
+    } else {
+        Finding::problem(
+            Level::Fail,
+            "overlayfs",
+            "not in /proc/filesystems, and no overlay module for this kernel: stage 4 needs it",
+            "modprobe overlay",
+        )
+    }
+}
+
+/// A statically linked busybox, which every rootfs is built from: it must run with no
+/// libraries beside it.
+pub fn check_busybox(machine: &Machine) -> Finding {
+    let fix = "apt-get install busybox-static";
+    let candidates = std::env::split_paths(&machine.path)
+        .chain(["/bin", "/usr/bin"].map(PathBuf::from))
+        .map(|dir| machine.at(&dir.join("busybox").to_string_lossy()));
+    let Some(found) = candidates.into_iter().find(|path| path.is_file()) else {
+        return Finding::problem(Level::Fail, "busybox", "not found on PATH", fix);
+    };
+    let shown = Path::new("/").join(found.strip_prefix(&machine.root).unwrap_or(&found));
+    match fs::read(&found).map(|bytes| is_static_elf(&bytes)) {
+        Ok(Some(true)) => Finding::ok("busybox", format!("{}, statically linked", shown.display())),
+        Ok(Some(false)) => Finding::problem(
+            Level::Fail,
+            "busybox",
+            format!(
+                "{} is dynamically linked: it would need its libraries in every rootfs",
+                shown.display()
+            ),
+            fix,
+        ),
+        Ok(None) => Finding::problem(
+            Level::Fail,
+            "busybox",
+            format!("{} is not an ELF executable", shown.display()),
+            fix,
+        ),
+        Err(error) => Finding::problem(
+            Level::Fail,
+            "busybox",
+            format!("cannot read {}: {error}", shown.display()),
+            fix,
+        ),
+    }
+}
+
+/// `Some(true)` for an ELF file without a program interpreter (`PT_INTERP`): the kernel runs
+/// it as is, with no dynamic loader and no libraries (`man 8 ld.so`).
+pub fn is_static_elf(bytes: &[u8]) -> Option<bool> {
+    let elf = goblin::elf::Elf::parse(bytes).ok()?;
+    Some(elf.interpreter.is_none())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(root: &Path, path: &str, text: &str) {
+        let file = root.join(path);
+        fs::create_dir_all(file.parent().unwrap()).unwrap();
+        fs::write(file, text).unwrap();
+    }
+
+    /// A fake machine under `root`, where statfs says what `kinds` says.
+    fn machine<'a>(root: &Path, kinds: &'a dyn Fn(&Path) -> Option<FsKind>) -> Machine<'a> {
+        Machine {
+            root: root.to_path_buf(),
+            euid: 0,
+            kernel_release: "6.1.0-18-amd64".into(),
+            fs_kind: kinds,
+            path: "/usr/bin:/bin".into(),
+        }
+    }
+
+    const PROC_CGROUPS: &str = "\
+#subsys_name\thierarchy\tnum_cgroups\tenabled
+cpuset\t3\t1\t1
+cpu\t1\t1\t1
+memory\t4\t18\t1
+net_cls\t0\t1\t1
+pids\t8\t1\t1
+hugetlb\t0\t1\t0
+";
+
+    #[test]
+    fn kernel_versions() {
+        assert_eq!(parse_kernel_release("6.1.0-18-amd64"), Some((6, 1, 0)));
+        assert_eq!(parse_kernel_release("6.18.44-fc-v782"), Some((6, 18, 44)));
+        assert_eq!(parse_kernel_release("5.4"), Some((5, 4, 0)));
+        assert_eq!(parse_kernel_release("weird"), None);
+        assert_eq!(check_kernel("6.1.0").level, Level::Ok);
+        assert_eq!(check_kernel("4.19.0-26-amd64").level, Level::Warn);
+    }
+
+    #[test]
+    fn hybrid_is_tmpfs_with_cgroup2_at_unified() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        write(root, "proc/cgroups", PROC_CGROUPS);
+        write(root, "sys/fs/cgroup/unified/cgroup.controllers", "hugetlb\n");
+        let base = root.join("sys/fs/cgroup");
+        let kinds = |path: &Path| {
+            Some(if path == base {
+                FsKind::Tmpfs
+            } else if path.ends_with("unified") {
+                FsKind::Cgroup2
+            } else {
+                FsKind::Other
+            })
+        };
+        let layout = detect_cgroups(&machine(root, &kinds));
+        assert_eq!(layout.version, CgroupVersion::Hybrid);
+        assert_eq!(layout.v1_controllers, ["cpuset", "cpu", "memory", "pids"]);
+        assert_eq!(layout.v2_controllers, ["hugetlb"]);
+        assert_eq!(layout.disabled, ["hugetlb"]);
+        let findings = check_cgroups(&layout);
+        assert!(findings.iter().all(|f| f.level == Level::Ok), "{findings:?}");
+        assert_eq!(findings[1].found, "memory, pids, cpu on v1");
+    }
+
+    #[test]
+    fn v1_without_unified() {
+        let root = tempfile::tempdir().unwrap();
+        write(root.path(), "proc/cgroups", PROC_CGROUPS);
+        let kinds = |path: &Path| {
+            Some(if path.ends_with("cgroup") { FsKind::Tmpfs } else { FsKind::Other })
+        };
+        assert_eq!(detect_cgroups(&machine(root.path(), &kinds)).version, CgroupVersion::V1);
+    }
+
+    #[test]
+    fn v2_reads_cgroup_controllers_and_names_whats_missing() {
+        let root = tempfile::tempdir().unwrap();
+        write(root.path(), "sys/fs/cgroup/cgroup.controllers", "cpuset cpu io memory\n");
+        write(
+            root.path(),
+            "proc/cgroups",
+            "#subsys_name\thierarchy\tnum_cgroups\tenabled\npids\t0\t1\t0\n",
+        );
+        let kinds = |_: &Path| Some(FsKind::Cgroup2);
+        let layout = detect_cgroups(&machine(root.path(), &kinds));
+        assert_eq!(layout.version, CgroupVersion::V2);
+        assert!(layout.has("memory") && !layout.has("pids"));
+        let findings = check_cgroups(&layout);
+        let pids = findings.iter().find(|f| f.found.starts_with("no pids")).unwrap();
+        assert_eq!(pids.level, Level::Fail);
+        assert!(pids.fix.as_deref().unwrap().contains("cgroup_disable=pids"), "{pids:?}");
+    }
+
+    #[test]
+    fn nothing_mounted_fails_with_the_mount_command() {
+        let root = tempfile::tempdir().unwrap();
+        let kinds = |_: &Path| Some(FsKind::Other);
+        let layout = detect_cgroups(&machine(root.path(), &kinds));
+        assert_eq!(layout.version, CgroupVersion::Missing);
+        let findings = check_cgroups(&layout);
+        assert_eq!(findings[0].fix.as_deref(), Some("mount -t cgroup2 none /sys/fs/cgroup"));
+    }
+
+    #[test]
+    fn user_namespace_switches() {
+        let root = tempfile::tempdir().unwrap();
+        let kinds = |_: &Path| None;
+        write(root.path(), "proc/sys/user/max_user_namespaces", "0\n");
+        write(root.path(), "proc/sys/kernel/apparmor_restrict_unprivileged_userns", "1\n");
+        let findings = check_user_namespaces(&machine(root.path(), &kinds));
+        assert_eq!(findings.len(), 2);
+        assert_eq!(findings[0].level, Level::Fail);
+        assert_eq!(findings[0].fix.as_deref(), Some("sysctl -w user.max_user_namespaces=15000"));
+        assert_eq!(findings[1].level, Level::Warn);
+        assert_eq!(
+            findings[1].fix.as_deref(),
+            Some("sysctl -w kernel.apparmor_restrict_unprivileged_userns=0")
+        );
+
+        write(root.path(), "proc/sys/user/max_user_namespaces", "96364\n");
+        write(root.path(), "proc/sys/kernel/apparmor_restrict_unprivileged_userns", "0\n");
+        write(root.path(), "proc/sys/kernel/unprivileged_userns_clone", "1\n");
+        let findings = check_user_namespaces(&machine(root.path(), &kinds));
+        assert_eq!(
+            findings,
+            [Finding::ok("user namespaces", "allowed: user.max_user_namespaces = 96364")]
+        );
+    }
+
+    #[test]
+    fn overlay_listed_loadable_or_missing() {
+        let root = tempfile::tempdir().unwrap();
+        let kinds = |_: &Path| None;
+        let machine = machine(root.path(), &kinds);
+        write(root.path(), "proc/filesystems", "nodev\tsysfs\n\text4\n");
+        assert_eq!(check_overlay(&machine).level, Level::Fail);
+        fs::create_dir_all(root.path().join("lib/modules/6.1.0-18-amd64/kernel/fs/overlayfs"))
+            .unwrap();
+        let loadable = check_overlay(&machine);
+        assert_eq!(
+            (loadable.level, loadable.fix.as_deref()),
+            (Level::Warn, Some("modprobe overlay"))
+        );
+        write(root.path(), "proc/filesystems", "nodev\tsysfs\nnodev\toverlay\n");
+        assert_eq!(check_overlay(&machine).level, Level::Ok);
+    }
+
+    #[test]
+    fn busybox_must_be_static() {
+        let root = tempfile::tempdir().unwrap();
+        let kinds = |_: &Path| None;
+        let machine = machine(root.path(), &kinds);
+        let missing = check_busybox(&machine);
+        assert_eq!(
+            (missing.level, missing.fix.as_deref()),
+            (Level::Fail, Some("apt-get install busybox-static"))
+        );
+
+        // This test binary is dynamically linked (it has a PT_INTERP).
+        let me = fs::read(std::env::current_exe().unwrap()).unwrap();
+        write(root.path(), "bin/busybox", "");
+        fs::write(root.path().join("bin/busybox"), &me).unwrap();
+        let dynamic = check_busybox(&machine);
+        assert_eq!(dynamic.level, Level::Fail);
+        assert!(dynamic.found.starts_with("/bin/busybox is dynamically linked"), "{dynamic:?}");
+
+        fs::write(root.path().join("bin/busybox"), "#!/bin/sh\n").unwrap();
+        assert!(check_busybox(&machine).found.ends_with("is not an ELF executable"));
+    }
+
+    #[test]
+    fn render_shows_fixes_and_a_verdict() {
+        let findings = vec![
+            Finding::ok("root", "running as root (uid 0)"),
+            Finding::problem(Level::Warn, "overlayfs", "not loaded yet", "modprobe overlay"),
+        ];
+        let text = render(&findings);
+        assert!(text.contains("ok    root       running as root (uid 0)\n"), "{text}");
+        let problem = "warn  overlayfs  not loaded yet\n                 fix: modprobe overlay\n";
+        assert!(text.contains(problem), "{text}");
+        assert!(
+            text.ends_with("ready: nothing fails (1 warning, see the fixes above)\n"),
+            "{text}"
+        );
+    }
+}
