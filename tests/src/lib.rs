@@ -189,7 +189,8 @@ pub fn snapshot_settings(env: Option<&TestEnv>) -> insta::Settings {
     settings
 }
 
-fn regex_escape(text: &str) -> String {
+/// Escapes `text` for use as a literal in an insta filter (a regex).
+pub fn regex_escape(text: &str) -> String {
     let mut out = String::new();
     for c in text.chars() {
         if "\\.+*?()|[]{}^$#&-~".contains(c) {

@@ -154,7 +154,7 @@ fn escape_fails_as_nobody() {
     env.busybox_rootfs("rootfs");
     let (transcript, output) = stage1(&env, &["escape", "--rootfs", "rootfs", "--user", "65534"]);
     assert_eq!(code(&output), 1, "{transcript}");
-    assert!(transcript.contains("FAILED  chroot /tmp/.isolab-escape-"), "{transcript}");
+    assert!(transcript.contains("FAILED: chroot /tmp/.isolab-escape-"), "{transcript}");
     assert!(transcript.contains("EPERM"), "{transcript}");
     assert!(transcript.contains("the jail held"), "{transcript}");
     assert_eq!(std::fs::read_dir(env.path().join("rootfs/tmp")).unwrap().count(), 0);

@@ -117,6 +117,19 @@ impl EscapeAttempt {
     }
 }
 
+/// One line per step: `2. chroot("/tmp/.isolab-escape-7") ok: why it matters`, or the error.
+impl fmt::Display for EscapeAttempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (number, step) in self.steps.iter().enumerate() {
+            match &step.error {
+                None => writeln!(f, "{}. {} ok: {}", number + 1, step.call, step.why)?,
+                Some(error) => writeln!(f, "{}. {} FAILED: {error}", number + 1, step.call)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// How many `..` steps the escape takes: more than any real path is deep.
 pub const ESCAPE_DEPTH: usize = 64;
 

@@ -129,9 +129,7 @@ where
 {
     // Block the signals we forward (and SIGCHLD) *before* forking, so none is lost between
     // fork and the wait loop; the child unblocks them again before its command runs.
-    let mut blocked = forwarded_signals();
-    blocked.add(Signal::SIGCHLD);
-    let saved_mask = block(&blocked)?;
+    let saved_mask = block_for_child()?;
 
     let (error_read, error_write) = error_pipe()?;
     // SAFETY: the stage binaries are single-threaded (see above), so the child may allocate
@@ -143,29 +141,90 @@ where
         }
         Ok(ForkResult::Child) => {
             drop(error_read);
-            restore(&saved_mask);
-            let failure = match child_main() {
-                Ok(never) => match never {},
-                Err(failure) => failure,
-            };
-            report_and_exit(error_write, &failure)
+            run_child(error_write, &saved_mask, |_| child_main())
         }
         Ok(ForkResult::Parent { child }) => {
             drop(error_write);
-            let child = Child { pid: child, saved_mask };
-            match read_failure(error_read) {
-                None => Ok(child),
-                Some(failure) => {
-                    // Reap the child, which exits right after writing its failure.
-                    let _ = waitpid(child.pid, None);
-                    restore(&child.saved_mask);
-                    Err(failure)
-                }
-            }
+            wait_for_exec(Child { pid: child, saved_mask }, error_read)
         }
     }
 }
 // ANCHOR_END: spawn
+
+// The pieces below are shared by every way of starting a child: `fork(2)` here, `clone(2)`
+// with namespaces in chapter 2 (`crate::namespaces::spawn`).
+
+/// Blocks the forwarded signals and SIGCHLD; returns the mask to restore afterwards.
+pub(crate) fn block_for_child() -> Result<SigSet> {
+    let mut blocked = forwarded_signals();
+    blocked.add(Signal::SIGCHLD);
+    block(&blocked)
+}
+
+/// The child's end of the error pipe, lent to the code that runs in the child.
+///
+/// The parent learns that the command runs when every copy of this end is closed: `execve`
+/// closes it (it is `O_CLOEXEC`). A child that does not exec the command itself, but forks it
+/// and stays around (chapter 2's init), says so with [`ErrorPipe::command_started`].
+pub struct ErrorPipe(std::cell::Cell<Option<OwnedFd>>);
+
+impl std::fmt::Debug for ErrorPipe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ErrorPipe")
+    }
+}
+
+impl ErrorPipe {
+    /// Closes our end: the command is running, nothing more will be reported.
+    pub fn command_started(&self) {
+        drop(self.0.take());
+    }
+}
+
+/// In the child: restores the signal mask, runs `child_main` and reports its failure.
+pub(crate) fn run_child<F>(error_write: OwnedFd, saved_mask: &SigSet, child_main: F) -> !
+where
+    F: FnOnce(&ErrorPipe) -> Result<Infallible, Failure>,
+{
+    restore(saved_mask);
+    let pipe = ErrorPipe(std::cell::Cell::new(Some(error_write)));
+    let failure = match child_main(&pipe) {
+        Ok(never) => match never {},
+        Err(failure) => failure,
+    };
+    match pipe.0.take() {
+        Some(error_write) => report_and_exit(error_write, &failure),
+        // SAFETY: _exit never returns and is async-signal-safe.
+        None => unsafe { libc::_exit(i32::from(failure.code)) },
+    }
+}
+
+/// In the parent: waits until the child has exec'd (the error pipe closes empty) or failed.
+pub(crate) fn wait_for_exec(child: Child, error_read: OwnedFd) -> Result<Child, Failure> {
+    match read_failure(error_read) {
+        None => Ok(child),
+        Some(failure) => {
+            // Reap the child, which exits right after writing its failure.
+            let _ = waitpid(child.pid, None);
+            restore(&child.saved_mask);
+            Err(failure)
+        }
+    }
+}
+
+impl Child {
+    /// A started child whose parent blocked its signals with [`block_for_child`].
+    pub(crate) fn new(pid: Pid, saved_mask: SigSet) -> Self {
+        Child { pid, saved_mask }
+    }
+
+    /// Kills a child that never got to run its command, reaps it and restores the mask.
+    pub(crate) fn abandon(self) {
+        let _ = signal::kill(self.pid, Signal::SIGKILL);
+        let _ = waitpid(self.pid, None);
+        restore(&self.saved_mask);
+    }
+}
 
 /// Creates the error pipe: both ends close on exec (`man 2 pipe2`).
 pub fn error_pipe() -> Result<(OwnedFd, OwnedFd)> {
@@ -200,7 +259,7 @@ fn block(set: &SigSet) -> Result<SigSet> {
     Ok(saved)
 }
 
-fn restore(saved: &SigSet) {
+pub(crate) fn restore(saved: &SigSet) {
     let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(saved), None);
 }
 
@@ -333,6 +392,15 @@ fn not_found(program: &OsStr, candidates: &[PathBuf]) -> Failure {
 /// process group (Ctrl-C from the terminal) already reach the child, so they are not sent a
 /// second time.
 pub fn wait_forwarding_signals(child: Child) -> Result<WaitStatus> {
+    wait_forwarding_signals_and(child, |_pid, _signal| {})
+}
+
+/// [`wait_forwarding_signals`], calling `after_forward` with each signal passed on (chapter 2
+/// uses it to warn when the command, as PID 1 of its namespace, will drop the signal).
+pub fn wait_forwarding_signals_and(
+    child: Child,
+    mut after_forward: impl FnMut(Pid, Signal),
+) -> Result<WaitStatus> {
     let mut waited = forwarded_signals();
     waited.add(Signal::SIGCHLD);
     let result = loop {
@@ -348,6 +416,7 @@ pub fn wait_forwarding_signals(child: Child) -> Result<WaitStatus> {
         match wait_signal(&waited) {
             Ok((signal, from_kernel)) if signal != Signal::SIGCHLD && !from_kernel => {
                 let _ = signal::kill(child.pid, signal);
+                after_forward(child.pid, signal);
             }
             Ok(_) => {}
             Err(error) => break Err(error),
@@ -360,7 +429,7 @@ pub fn wait_forwarding_signals(child: Child) -> Result<WaitStatus> {
 
 /// Waits for one of `set` (which must be blocked) with `sigwaitinfo(2)`; also says whether
 /// the kernel sent it (a terminal's Ctrl-C) rather than a process (`kill`).
-fn wait_signal(set: &SigSet) -> Result<(Signal, bool)> {
+pub(crate) fn wait_signal(set: &SigSet) -> Result<(Signal, bool)> {
     loop {
         // SAFETY: siginfo_t is plain data, zeroes are a valid value for it.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };

@@ -1,0 +1,424 @@
+//! The plan: every call stage 2 will make, decided before the first one, as data.
+//!
+//! [`Plan::from`] checks the input and lists the steps in the order they will run, one list
+//! for the parent (outside the new namespaces) and one for the child (inside). `Display`
+//! prints them (that is `--dry-run`); [`Plan::apply_outside`] and [`Plan::apply_inside`] run
+//! them. There is no second description of the work that could drift from the first.
+
+use std::convert::Infallible;
+use std::ffi::OsString;
+use std::fmt;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use libisolab::chroot;
+use libisolab::idmap::{self, IdMap};
+use libisolab::init;
+use libisolab::mounts::{self, Step};
+use libisolab::namespaces::{self, Namespace, Namespaces};
+use libisolab::network::{self, Mode, Subnet};
+use libisolab::process::{self, Command, ErrorPipe, Failure};
+use libisolab::user::{self, User};
+use libisolab::uts;
+use libisolab::Error;
+use nix::unistd::{Gid, Pid, Uid};
+
+/// What the user asked for (the command line, parsed).
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// `--rootfs`
+    pub rootfs: PathBuf,
+    /// `--ns`, or `None` for "all this kernel has".
+    pub namespaces: Option<Namespaces>,
+    /// `--hostname`
+    pub hostname: Option<String>,
+    /// `--net`
+    pub net: Option<Mode>,
+    /// `--subnet`
+    pub subnet: Option<Subnet>,
+    /// `--map-base`
+    pub map_base: u32,
+    /// `--user`
+    pub user: Option<User>,
+    /// `--init`
+    pub init: bool,
+    /// `--workdir`
+    pub workdir: PathBuf,
+    /// `--env`
+    pub env: Vec<(OsString, OsString)>,
+    /// The command; empty for `escape`.
+    pub argv: Vec<OsString>,
+}
+
+/// A step the parent takes for the child, between `clone` and releasing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outside {
+    /// Write the child's uid/gid maps (and `setgroups`).
+    IdMaps(IdMap),
+    /// Create the veth pair, the peer inside the child's net namespace.
+    Veth(Subnet),
+}
+
+/// A step the child takes inside its namespaces, before the command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inside {
+    /// Become root of the user namespace (see `idmap::become_root`).
+    BecomeRoot(IdMap),
+    /// A mount, mkdir, pivot_root… (see `libisolab::mounts`).
+    Mount(Step),
+    /// `sethostname`
+    Hostname(String),
+    /// `lo` up.
+    LoopbackUp,
+    /// `eth0`'s address, and up.
+    ContainerEnd(Subnet),
+    /// `unshare(CLONE_NEWTIME)`, for the command.
+    UnshareTime,
+    /// setgroups, setgid, setuid.
+    DropPrivileges(User),
+}
+
+/// Everything stage 2 will ask the kernel for.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The canonical rootfs path.
+    pub rootfs: PathBuf,
+    /// The namespaces the child starts in (`time` included; see `unshare_time`).
+    pub namespaces: Namespaces,
+    /// Done by the parent, in order.
+    pub outside: Vec<Outside>,
+    /// Done by the child, in order.
+    pub inside: Vec<Inside>,
+    /// Run the command under a small init (PID 1) instead of as PID 1.
+    pub init: bool,
+    /// The command.
+    pub command: Command,
+}
+
+fn invalid(message: String) -> Error {
+    Error::Invalid(message)
+}
+
+impl Plan {
+    // ANCHOR: plan
+    /// Checks the request and lists every step, in the order they run.
+    pub fn from(request: Request) -> Result<Plan, Error> {
+        let rootfs = chroot::check_rootfs(&request.rootfs)?;
+        let supported = Namespaces::supported();
+        let namespaces = request.namespaces.unwrap_or(supported);
+        if let Some(missing) = namespaces.iter().find(|&ns| !supported.contains(ns)) {
+            return Err(invalid(format!(
+                "this kernel has no {missing} namespace (no /proc/self/ns/{missing}): leave it \
+                 out of --ns"
+            )));
+        }
+        let has = |ns| namespaces.contains(ns);
+        let caller = Uid::effective();
+        let mut outside = Vec::new();
+        let mut inside = Vec::new();
+
+        // user: the maps the parent writes, and where root inside can go outside.
+        let id_map = has(Namespace::User)
+            .then(|| IdMap::for_caller(caller, Gid::effective(), request.map_base));
+        if let Some(map) = id_map {
+            mounts::check_reachable(&rootfs, map.root_outside(), map.gid.outside)?;
+            outside.push(Outside::IdMaps(map));
+            inside.push(Inside::BecomeRoot(map));
+        }
+
+        // net: what the network namespace gets.
+        let net = network_mode(&request, has(Namespace::Net))?;
+        let subnet = match net {
+            Some(Mode::Veth) => Some(veth_subnet(&request)?),
+            _ => None,
+        };
+        if let Some(subnet) = subnet {
+            outside.push(Outside::Veth(subnet));
+        }
+
+        // mnt: a private mount table, the rootfs as / (or stage 1's chroot without one).
+        let steps = if has(Namespace::Mnt) {
+            mounts::check_mount_points(&rootfs)?;
+            let options = mounts::Options {
+                user_ns: has(Namespace::User),
+                pid_ns: has(Namespace::Pid),
+                net_ns: has(Namespace::Net),
+            };
+            mounts::container_steps(&rootfs, options)
+        } else {
+            mounts::chroot_steps(&rootfs)
+        };
+        inside.extend(steps.into_iter().map(Inside::Mount));
+
+        // uts: a hostname of our own.
+        match (&request.hostname, has(Namespace::Uts)) {
+            (Some(name), true) => inside.push(Inside::Hostname(name.clone())),
+            (None, true) => inside.push(Inside::Hostname(uts::generated_name())),
+            (Some(_), false) => {
+                return Err(invalid(
+                    "--hostname needs the uts namespace: add uts to --ns (without it, the \
+                     host would be renamed)"
+                        .to_string(),
+                ))
+            }
+            (None, false) => {}
+        }
+
+        // net, inside: lo up, and our end of the pair.
+        if matches!(net, Some(Mode::Loopback | Mode::Veth)) {
+            inside.push(Inside::LoopbackUp);
+        }
+        if let Some(subnet) = subnet {
+            inside.push(Inside::ContainerEnd(subnet));
+        }
+
+        // time: a clock namespace for the command (not a clone flag: see unshare_time).
+        if has(Namespace::Time) {
+            inside.push(Inside::UnshareTime);
+        }
+
+        // user, inside: who the command runs as.
+        if let Some(user) = request.user {
+            if let Some(map) = id_map {
+                if !map.maps_uid(user.uid) || !map.maps_gid(user.gid) {
+                    return Err(invalid(format!(
+                        "--user {user} is not mapped in the user namespace (uid_map '{}'): \
+                         rootless runs map only root; as root every id below 65536 is mapped",
+                        map.uid
+                    )));
+                }
+                if map.is_rootless() {
+                    return Err(invalid(format!(
+                        "--user {user} is not possible rootless: only one id is mapped"
+                    )));
+                }
+            }
+            inside.push(Inside::DropPrivileges(user));
+        }
+
+        let home = request.user.unwrap_or(User::ROOT).home();
+        let mut command = Command::new(request.argv, home, &request.env);
+        command.workdir = request.workdir;
+        Ok(Plan { rootfs, namespaces, outside, inside, init: request.init, command })
+    }
+    // ANCHOR_END: plan
+
+    // ANCHOR: privileges
+    /// Refuses a plan the caller's privileges cannot carry out (the dry run only reports it).
+    pub fn check_privileges(&self) -> Result<(), Error> {
+        if Uid::effective().is_root() {
+            return Ok(());
+        }
+        if !self.namespaces.is_empty() && !self.namespaces.contains(Namespace::User) {
+            return Err(invalid(format!(
+                "--ns {} needs root: only root may create namespaces without a user namespace; \
+                 add user to --ns to run rootless",
+                self.namespaces
+            )));
+        }
+        if self.veth().is_some() {
+            return Err(invalid(
+                "--net veth needs root: the host's end of the pair is created in the host's \
+                 network namespace, which takes CAP_NET_ADMIN there; rootless containers get \
+                 --net loopback or none"
+                    .to_string(),
+            ));
+        }
+        Ok(())
+    }
+    // ANCHOR_END: privileges
+
+    /// Is there a pid namespace whose PID 1 is the command itself?
+    pub fn command_is_pid1(&self) -> bool {
+        self.namespaces.contains(Namespace::Pid) && !self.init
+    }
+
+    /// The veth subnet, if any.
+    pub fn veth(&self) -> Option<Subnet> {
+        self.outside.iter().find_map(|step| match step {
+            Outside::Veth(subnet) => Some(*subnet),
+            Outside::IdMaps(_) => None,
+        })
+    }
+
+    /// In the parent: the steps for child `pid`, before it is released.
+    pub fn apply_outside(&self, pid: Pid) -> Result<(), Error> {
+        for step in &self.outside {
+            match step {
+                Outside::IdMaps(map) => map.write(pid)?,
+                Outside::Veth(subnet) => {
+                    network::create_veth(&network::host_link_name(pid), pid, *subnet)?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// In the child: the steps inside the namespaces, one by one.
+    pub fn apply_inside(&self) -> Result<(), Error> {
+        for step in &self.inside {
+            match step {
+                Inside::BecomeRoot(map) => map.become_root()?,
+                Inside::Mount(step) => mounts::apply(std::slice::from_ref(step))?,
+                Inside::Hostname(name) => uts::set_hostname(name)?,
+                Inside::LoopbackUp => network::loopback_up()?,
+                Inside::ContainerEnd(subnet) => network::configure_container_end(*subnet)?,
+                Inside::UnshareTime => namespaces::unshare_time()?,
+                Inside::DropPrivileges(user) => user::drop_privileges(*user)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// In the child, last: exec the command, or fork it under a small init (`--init`).
+    pub fn start_command(&self, pipe: &ErrorPipe) -> Result<Infallible, Failure> {
+        if self.init {
+            init::run(|| process::exec(&self.command), pipe)
+        } else {
+            process::exec(&self.command)
+        }
+    }
+}
+
+fn network_mode(request: &Request, net_ns: bool) -> Result<Option<Mode>, Error> {
+    match (request.net, net_ns) {
+        (None, true) => Ok(Some(Mode::Loopback)),
+        (Some(mode), true) => Ok(Some(mode)),
+        (None, false) => Ok(None),
+        (Some(mode), false) => Err(invalid(format!(
+            "--net {mode} needs the net namespace: add net to --ns (without it the container \
+             uses the host's network)"
+        ))),
+    }
+}
+
+fn veth_subnet(request: &Request) -> Result<Subnet, Error> {
+    let routes = network::host_routes()?;
+    match request.subnet {
+        Some(subnet) => {
+            network::check_free(subnet, &routes)?;
+            Ok(subnet)
+        }
+        None => network::pick_subnet(&routes, std::process::id()),
+    }
+}
+
+/// Checks `--subnet` is only given with `--net veth`.
+pub fn check_subnet_use(net: Option<Mode>, subnet: Option<Subnet>) -> Result<(), Error> {
+    if subnet.is_some() && net != Some(Mode::Veth) {
+        return Err(invalid("--subnet is only used with --net veth".to_string()));
+    }
+    Ok(())
+}
+
+/// Parses `--map-base`.
+pub fn parse_map_base(text: &str) -> Result<u32, String> {
+    idmap::parse_base(text).map_err(|error| error.to_string())
+}
+
+// ANCHOR: display
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pid = "<pid>";
+        writeln!(f, "# the plan: nothing below has run (--dry-run)")?;
+        writeln!(f, "# rootfs: {}", self.rootfs.display())?;
+        writeln!(f, "# namespaces: {}", self.namespaces)?;
+        if self.namespaces.clone_flags().is_empty() {
+            writeln!(f, "# no namespace: a plain fork, as in stage 1")?;
+            writeln!(f, "clone(SIGCHLD)")?;
+        } else {
+            writeln!(f, "clone({} | SIGCHLD)", self.namespaces.flag_names())?;
+        }
+        writeln!(f, "parent, for child {pid} (which waits on the sync pipe):")?;
+        for step in &self.outside {
+            match step {
+                Outside::IdMaps(map) => {
+                    for (file, content) in map.writes() {
+                        writeln!(f, "  write(\"/proc/{pid}/{file}\", \"{content}\")")?;
+                    }
+                }
+                Outside::Veth(subnet) => {
+                    let host = format!("isolab{pid}h");
+                    writeln!(
+                        f,
+                        "  RTM_NEWLINK {host} type veth peer eth0 (IFLA_NET_NS_PID {pid})"
+                    )?;
+                    writeln!(
+                        f,
+                        "  RTM_NEWADDR {}/{} dev {host}",
+                        subnet.host_address(),
+                        subnet.prefix
+                    )?;
+                    writeln!(f, "  RTM_SETLINK {host} up")?;
+                }
+            }
+        }
+        writeln!(f, "  write(sync pipe, \"g\")")?;
+        writeln!(f, "child {pid}:")?;
+        writeln!(f, "  prctl(PR_SET_PDEATHSIG, SIGKILL)")?;
+        let mut last_why = None;
+        for step in &self.inside {
+            let (line, why) = match step {
+                Inside::BecomeRoot(map) => (
+                    map.become_root_calls(),
+                    Some("uid 0 of the user namespace, host uid of the map"),
+                ),
+                Inside::Mount(step) => (step.to_string(), step.why()),
+                Inside::Hostname(name) => (
+                    format!("sethostname(\"{name}\")"),
+                    Some("our own hostname; the host keeps its"),
+                ),
+                Inside::LoopbackUp => {
+                    ("ioctl(SIOCSIFFLAGS, \"lo\", IFF_UP)".to_string(), Some("lo up"))
+                }
+                Inside::ContainerEnd(subnet) => (
+                    format!(
+                        "RTM_NEWADDR {}/{} dev eth0; RTM_SETLINK eth0 up",
+                        subnet.container_address(),
+                        subnet.prefix
+                    ),
+                    Some("our end of the pair"),
+                ),
+                Inside::UnshareTime => (
+                    "unshare(CLONE_NEWTIME)".to_string(),
+                    Some("new clocks for our next child, and for us at execve"),
+                ),
+                Inside::DropPrivileges(user) => (
+                    format!("setgroups([{0}]); setgid({0}); setuid({1})", user.gid, user.uid),
+                    Some("--user"),
+                ),
+            };
+            // Each reason once, above the first step it explains.
+            if let Some(why) = why.filter(|&why| Some(why) != last_why) {
+                writeln!(f, "  # {why}")?;
+                last_why = Some(why);
+            }
+            writeln!(f, "  {line}")?;
+        }
+        let argv: Vec<String> = self
+            .command
+            .argv
+            .iter()
+            .map(|arg| format!("\"{}\"", String::from_utf8_lossy(arg.as_bytes())))
+            .collect();
+        let exec =
+            format!("execve({}, [{}])", argv.first().map_or("?", String::as_str), argv.join(", "));
+        if self.init {
+            writeln!(f, "  # --init: we stay PID 1, the command is PID 2")?;
+            writeln!(f, "  fork()")?;
+            writeln!(f, "    child: {exec}")?;
+            writeln!(
+                f,
+                "    init: forward signals to the command, reap orphans, exit with its code"
+            )?;
+        } else {
+            writeln!(f, "  {exec}")?;
+        }
+        write!(f, "parent: wait for {pid}, forwarding signals")?;
+        if self.veth().is_some() {
+            write!(f, "; then RTM_DELLINK isolab{pid}h")?;
+        }
+        writeln!(f)
+    }
+}
+// ANCHOR_END: display
