@@ -57,6 +57,16 @@ pub const COLUMNS: &[Column] = &[
         title: "stage1 (as nobody)",
         runtime: Some(Runtime { binary: "stage1-chroot", args: stage1_as_nobody }),
     },
+    Column {
+        id: "stage2",
+        title: "stage2",
+        runtime: Some(Runtime { binary: "stage2-namespaces", args: stage2 }),
+    },
+    Column {
+        id: "stage2-no-userns",
+        title: "stage2 (no user ns)",
+        runtime: Some(Runtime { binary: "stage2-namespaces", args: stage2_without_user_namespace }),
+    },
 ];
 
 fn stage1(setup: &Setup) -> Vec<OsString> {
@@ -72,6 +82,25 @@ fn stage1_as_nobody(setup: &Setup) -> Vec<OsString> {
         rootfs,
         "--user".into(),
         "65534:65534".into(),
+        "--".into(),
+    ]
+}
+
+fn stage2(setup: &Setup) -> Vec<OsString> {
+    // Every namespace the kernel has, the user namespace included: root inside is an
+    // unprivileged uid outside.
+    vec!["run".into(), "--rootfs".into(), setup.rootfs.into(), "--".into()]
+}
+
+fn stage2_without_user_namespace(setup: &Setup) -> Vec<OsString> {
+    // The same without a user namespace: root inside is the host's root again, which shows
+    // what the user namespace alone was holding back (identity, writes to the base rootfs).
+    vec![
+        "run".into(),
+        "--rootfs".into(),
+        setup.rootfs.into(),
+        "--ns".into(),
+        "mnt,uts,ipc,pid,net,cgroup".into(),
         "--".into(),
     ]
 }
