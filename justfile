@@ -35,3 +35,11 @@ book:
 # Every test, as the README and CI run them
 test:
     scripts/test
+
+# Stage 2: a shell in new namespaces (PID 1, own hostname, own network)
+stage2 DIR="rootfs": (rootfs DIR)
+    sudo target/debug/stage2-namespaces run --rootfs {{DIR}} -- /bin/sh
+
+# Stage 2: print every system call the container would make, without running it
+plan DIR="rootfs": (rootfs DIR)
+    target/debug/stage2-namespaces run --rootfs {{DIR}} --dry-run -- /bin/sh

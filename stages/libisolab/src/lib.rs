@@ -8,8 +8,10 @@
 //! The modules are ordered by the chapter that introduces them ([`CHAPTERS`]); a stage may
 //! only use modules of its own chapter or earlier ones (a test in `tests/` checks this).
 
+pub mod cgroups;
 pub mod chroot;
 pub mod cli;
+pub mod container;
 pub mod error;
 pub mod exit;
 pub mod idmap;
@@ -40,4 +42,6 @@ pub const CHAPTERS: &[(&str, u8)] = &[
     ("netlink", 2),
     ("network", 2),
     ("init", 2),
+    ("container", 2),
+    ("cgroups", 3),
 ];

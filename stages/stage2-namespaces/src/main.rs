@@ -7,8 +7,6 @@
 //! from outside what only the parent can (id maps, a veth pair), and lets the child build its
 //! view and exec the command. Chapter: `book/src/stage2-namespaces.md`.
 
-mod plan;
-
 use std::cell::Cell;
 use std::ffi::OsString;
 use std::io::Write;
@@ -24,7 +22,7 @@ use libisolab::user::User;
 use libisolab::{cli, exit, idmap, Error};
 use nix::unistd::Pid;
 
-use crate::plan::{Plan, Request};
+use libisolab::container::{self, Plan, Request};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -83,7 +81,7 @@ struct ContainerArgs {
     /// As root with a user namespace: the host uid/gid that root inside is (0-65535 inside
     /// map to BASE..BASE+65535)
     #[arg(long, value_name = "BASE", default_value_t = idmap::DEFAULT_BASE,
-          value_parser = plan::parse_map_base)]
+          value_parser = container::parse_map_base)]
     map_base: u32,
     /// Run the command as this user inside (numbers: UID or UID:GID), not as root
     #[arg(long, value_name = "UID[:GID]", value_parser = parse_user)]
@@ -152,7 +150,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn request(args: ContainerArgs, argv: Vec<OsString>) -> Result<Request, Error> {
-    plan::check_subnet_use(args.net, args.subnet)?;
+    container::check_subnet_use(args.net, args.subnet)?;
     Ok(Request {
         rootfs: args.rootfs,
         namespaces: args.ns,

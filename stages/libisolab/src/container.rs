@@ -1,4 +1,4 @@
-//! The plan: every call stage 2 will make, decided before the first one, as data.
+//! A container, planned: every call a runtime will make, decided before the first one, as data.
 //!
 //! [`Plan::from`] checks the input and lists the steps in the order they will run, one list
 //! for the parent (outside the new namespaces) and one for the child (inside). `Display`
@@ -11,16 +11,16 @@ use std::fmt;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-use libisolab::chroot;
-use libisolab::idmap::{self, IdMap};
-use libisolab::init;
-use libisolab::mounts::{self, Step};
-use libisolab::namespaces::{self, Namespace, Namespaces};
-use libisolab::network::{self, Mode, Subnet};
-use libisolab::process::{self, Command, ErrorPipe, Failure};
-use libisolab::user::{self, User};
-use libisolab::uts;
-use libisolab::Error;
+use crate::chroot;
+use crate::idmap::{self, IdMap};
+use crate::init;
+use crate::mounts::{self, Step};
+use crate::namespaces::{self, Namespace, Namespaces};
+use crate::network::{self, Mode, Subnet};
+use crate::process::{self, Command, ErrorPipe, Failure};
+use crate::user::{self, User};
+use crate::uts;
+use crate::error::Error;
 use nix::unistd::{Gid, Pid, Uid};
 
 /// What the user asked for (the command line, parsed).
