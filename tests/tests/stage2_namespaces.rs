@@ -43,7 +43,6 @@ fn settings(env: &TestEnv) -> insta::Settings {
     settings
 }
 
-
 /// The isolab links on the host (`ip -o link`: the test may use `ip`; the runtime may not).
 fn isolab_links() -> Vec<String> {
     let output = run(Command::new("ip").args(["-o", "link"]));

@@ -12,6 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use crate::chroot;
+use crate::error::Error;
 use crate::idmap::{self, IdMap};
 use crate::init;
 use crate::mounts::{self, Step};
@@ -20,7 +21,6 @@ use crate::network::{self, Mode, Subnet};
 use crate::process::{self, Command, ErrorPipe, Failure};
 use crate::user::{self, User};
 use crate::uts;
-use crate::error::Error;
 use nix::unistd::{Gid, Pid, Uid};
 
 /// What the user asked for (the command line, parsed).
