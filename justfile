@@ -43,3 +43,23 @@ stage2 DIR="rootfs": (rootfs DIR)
 # Stage 2: print every system call the container would make, without running it
 plan DIR="rootfs": (rootfs DIR)
     target/debug/stage2-namespaces run --rootfs {{DIR}} --dry-run -- /bin/sh
+
+# Stage 3: a shell in its own cgroup (64 MiB, 32 processes, half a CPU); a report on exit
+stage3 DIR="rootfs": (rootfs DIR)
+    sudo target/debug/stage3-cgroups run --rootfs {{DIR}} --memory 64M --pids 32 --cpus 0.5 -- /bin/sh
+
+# Stage 3: a memory hog, a fork bomb and a busy loop meet the limits
+limits DIR="rootfs": (rootfs DIR)
+    sudo target/debug/stage3-cgroups run --rootfs {{DIR}} --memory 64M --pids 32 --cpus 0.5 -- /isolab/probe --human --check resources --check memory-hog --check fork-bomb --check cpu-share
+
+# Remove the cgroups that killed runtimes left behind
+gc:
+    scripts/isolab gc
+
+# Stage 4: a container over the read-only base, in a store under ./store
+stage4 DIR="rootfs": (rootfs DIR)
+    sudo target/debug/stage4-overlay run --root store --rootfs {{DIR}} -- /bin/sh
+
+# Stage 4: 50 containers with each storage driver: time and disk
+bench-storage DIR="rootfs": (rootfs DIR)
+    sudo target/debug/stage4-overlay bench-storage --root store --rootfs {{DIR}} --count 50

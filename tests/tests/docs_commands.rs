@@ -14,8 +14,18 @@ use std::path::Path;
 
 use isolab_tests::{bin_dir, run, text, workspace_root};
 
-const BINARIES: &[&str] =
-    &["rootfs-builder", "stage1-chroot", "stage2-namespaces", "isolab", "isolab-probe"];
+/// The workspace's binaries: the tools, and one per stage directory (`stages/stageN-topic`).
+fn binaries() -> Vec<String> {
+    let mut names: Vec<String> =
+        ["rootfs-builder", "isolab", "isolab-probe"].iter().map(|n| n.to_string()).collect();
+    for entry in fs::read_dir(workspace_root().join("stages")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.starts_with("stage") {
+            names.push(name);
+        }
+    }
+    names
+}
 
 /// The shell lines of a markdown text: inside ```sh/console/bash fences, without `$ ` prompts
 /// and `sudo`, and not the output lines of console blocks.
@@ -84,7 +94,7 @@ fn check(line: &str) -> Option<String> {
             .any(|l| l.split(|c: char| c == ':' || c.is_whitespace()).next() == Some(recipe));
         return (!has).then(|| format!("the justfile has no recipe `{recipe}`"));
     }
-    if !BINARIES.contains(&program) {
+    if !binaries().iter().any(|name| name == program) {
         return None;
     }
     let path = bin_dir().join(program);

@@ -1,5 +1,6 @@
 //! `isolab doctor` on this machine: it runs, passes, and reports what the course's CI machine
-//! has (cgroup v1 controllers beside a nearly empty cgroup2 mount: "hybrid"). The detection
+//! has (cgroup v1 controllers beside a nearly empty cgroup2 mount: "hybrid", so no limits
+//! without root). The detection
 //! logic itself is unit-tested on fake trees in `stages/isolab/src/doctor.rs`.
 
 use isolab_tests::*;
@@ -31,6 +32,11 @@ fn doctor_passes_on_this_machine() {
     let cgroups = line("cgroups");
     assert!(cgroups.contains(" v1: ") || cgroups.contains(" hybrid: "), "{cgroups}");
     assert!(line("controllers").contains("memory"), "{report}");
+    // Limits without root need a delegated cgroup v2 subtree: on this machine's v1
+    // controllers there is none, and doctor says how to get cgroup v2.
+    let rootless = line("rootless limits");
+    assert!(rootless.starts_with("warn ") && rootless.contains("cannot be delegated"), "{report}");
+    assert!(report.contains("fix: boot with cgroup v2 only"), "{report}");
     assert!(line("busybox").contains("statically linked"), "{report}");
     for topic in ["user namespaces", "overlayfs"] {
         line(topic);

@@ -148,7 +148,7 @@ fn probe_on_the_host_sees_every_marker() {
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["on_host"], true);
     let checks = report["checks"].as_array().unwrap();
-    assert_eq!(checks.len(), 10);
+    assert_eq!(checks.len(), 13);
     for check in checks {
         assert_eq!(check["status"], "leaks", "{check}");
         assert_eq!(check["provisional"], false, "{check}");
@@ -207,22 +207,26 @@ fn compare_matrix_and_a_clean_host_afterwards() {
     assert!(host_path.ends_with(&format!("host-marker-{token}")), "{host_path}");
     assert!(Path::new(workdir).starts_with(env.path()), "{workdir}");
 
-    // The matrix, as chapter 1 tells it.
-    let expected: &[(&str, [&str; 3])] = &[
-        //                  host      stage1      stage1 as nobody
-        ("host-filesystem", ["leaks", "isolated", "isolated"]),
-        ("chroot-escape", ["leaks", "leaks", "isolated"]),
-        ("host-processes", ["leaks", "leaks", "leaks"]),
-        ("hostname", ["leaks", "leaks", "isolated"]),
-        ("mounts", ["leaks", "leaks", "isolated"]),
-        ("network", ["leaks", "leaks", "leaks"]),
-        ("ipc", ["leaks", "leaks", "leaks"]),
-        ("user", ["leaks", "leaks", "isolated"]),
-        ("resources", ["leaks", "leaks", "leaks"]),
-        ("rootfs-write", ["leaks", "leaks", "isolated"]),
+    // The matrix, as chapters 1 and 3 tell it.
+    let expected: &[(&str, [&str; 4])] = &[
+        //                  host      stage1      stage1 as nobody  stage3
+        ("host-filesystem", ["leaks", "isolated", "isolated", "isolated"]),
+        ("chroot-escape", ["leaks", "leaks", "isolated", "isolated"]),
+        ("host-processes", ["leaks", "leaks", "leaks", "isolated"]),
+        ("hostname", ["leaks", "leaks", "isolated", "isolated"]),
+        ("mounts", ["leaks", "leaks", "isolated", "isolated"]),
+        ("network", ["leaks", "leaks", "leaks", "isolated"]),
+        ("ipc", ["leaks", "leaks", "leaks", "isolated"]),
+        ("user", ["leaks", "leaks", "isolated", "isolated"]),
+        ("resources", ["leaks", "leaks", "leaks", "isolated"]),
+        ("memory-hog", ["leaks", "leaks", "leaks", "isolated"]),
+        ("fork-bomb", ["leaks", "leaks", "leaks", "isolated"]),
+        ("cpu-share", ["leaks", "leaks", "leaks", "isolated"]),
+        ("rootfs-write", ["leaks", "leaks", "isolated", "isolated"]),
     ];
     for (check, statuses) in expected {
-        for (column, expected) in ["host", "stage1", "stage1-nobody"].iter().zip(statuses) {
+        for (column, expected) in ["host", "stage1", "stage1-nobody", "stage3"].iter().zip(statuses)
+        {
             assert_eq!(
                 status(&comparison, column, check),
                 *expected,
@@ -247,6 +251,17 @@ fn compare_matrix_and_a_clean_host_afterwards() {
     assert!(written.contains(&format!("{rootfs}/isolab-write-{token}")), "{written}");
     assert!(evidence(&comparison, "stage1", "network").contains(&format!("127.0.0.1:{port}")));
     assert_eq!(evidence(&comparison, "stage1-nobody", "user"), "runs as uid 65534");
+    // Stage 3's limits, present and working: the column runs with --memory 64M --pids 32
+    // --cpus 0.5.
+    let limits = evidence(&comparison, "stage3", "resources");
+    assert!(limits.contains("(64 MiB") && limits.contains("pids limited to 32"), "{limits}");
+    let hog = evidence(&comparison, "stage3", "memory-hog");
+    assert!(hog.contains("killed (SIGKILL, the OOM killer)"), "{hog}");
+    let bomb = evidence(&comparison, "stage3", "fork-bomb");
+    assert!(bomb.starts_with("after 31 children (32 processes with the probe)"), "{bomb}");
+    assert!(evidence(&comparison, "stage3", "cpu-share").contains("a CPU quota holds it back"));
+    assert!(evidence(&comparison, "host", "memory-hog").contains("touched 256 MiB"));
+    assert!(evidence(&comparison, "host", "fork-bomb").starts_with("forked 64 children"));
 
     // And the host is as it was.
     assert_eq!(hostname(), hostname_before);
@@ -258,6 +273,14 @@ fn compare_matrix_and_a_clean_host_afterwards() {
     assert_eq!(unsafe { libc::shmget(key, 0, 0) }, -1, "the shm marker is still there");
     assert!(!Path::new(workdir).exists(), "{workdir} was not removed");
     assert_eq!(comparison["kept"], false);
+    // Stage 3 and 4 removed their cgroups and containers: there is nothing stale to collect.
+    let gc = run(env.cmd("isolab").args(["gc", "--root", "store"]));
+    let said = text(&gc.stdout);
+    assert_eq!(said.lines().next(), Some("no stale isolab cgroups"), "{said}");
+    assert!(
+        said.lines().nth(1).unwrap_or_default().starts_with("no stale containers in "),
+        "{said}"
+    );
 }
 
 #[test]

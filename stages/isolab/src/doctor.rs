@@ -7,9 +7,9 @@
 //! and for every problem the exact command that fixes it.
 //!
 //! The detection functions read everything under a root directory ([`Machine::root`]) and
-//! get `statfs(2)` passed in ([`Machine::fs_kind`]), so tests run them on fake trees. The
-//! cgroup detection ([`detect_cgroups`]) is what stage 3 needs too; it lives here until it
-//! moves into libisolab's cgroups module with that chapter.
+//! get `statfs(2)` and the mount table passed in ([`Machine::filesystems`]), so tests run them
+//! on fake trees. The cgroup detection is stage 3's own (`libisolab::cgroups::detect`): what
+//! doctor reports is what the runtime will find.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
-use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC, CGROUP_SUPER_MAGIC, TMPFS_MAGIC};
+use libisolab::cgroups::{self, rootless, FsTypes, Hierarchy, Kernel};
+use nix::unistd::Uid;
 
 /// Arguments of `isolab doctor` (none yet).
 #[derive(Debug, clap::Args)]
@@ -68,30 +69,6 @@ impl Finding {
     }
 }
 
-/// What `statfs(2)` says a path's filesystem is (its `f_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsKind {
-    /// `CGROUP2_SUPER_MAGIC`: the unified hierarchy.
-    Cgroup2,
-    /// `CGROUP_SUPER_MAGIC`: one v1 hierarchy.
-    Cgroup1,
-    /// `TMPFS_MAGIC`: the tmpfs that v1 and hybrid setups mount their hierarchies in.
-    Tmpfs,
-    /// Anything else.
-    Other,
-}
-
-/// The real `statfs(2)`.
-pub fn statfs_kind(path: &Path) -> Option<FsKind> {
-    let kind = statfs(path).ok()?.filesystem_type();
-    Some(match kind {
-        CGROUP2_SUPER_MAGIC => FsKind::Cgroup2,
-        CGROUP_SUPER_MAGIC => FsKind::Cgroup1,
-        TMPFS_MAGIC => FsKind::Tmpfs,
-        _ => FsKind::Other,
-    })
-}
-
 /// Everything doctor looks at: the real machine, or a fake one in tests.
 pub struct Machine<'a> {
     /// The directory the machine's files are read under: `/`, or a fake tree.
@@ -100,8 +77,9 @@ pub struct Machine<'a> {
     pub euid: u32,
     /// `uname -r`.
     pub kernel_release: String,
-    /// `statfs(2)`, passed in so that a fake tree can pretend to be a cgroup2 mount.
-    pub fs_kind: &'a dyn Fn(&Path) -> Option<FsKind>,
+    /// `statfs(2)` and the mount table, passed in so that a fake tree can pretend to be any
+    /// cgroup layout.
+    pub filesystems: &'a dyn FsTypes,
     /// The PATH busybox is looked up in.
     pub path: OsString,
 }
@@ -115,7 +93,7 @@ impl Machine<'static> {
             root: PathBuf::from("/"),
             euid: nix::unistd::geteuid().as_raw(),
             kernel_release: uts.release().to_string_lossy().into_owned(),
-            fs_kind: &statfs_kind,
+            filesystems: &Kernel,
             path: std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
         })
     }
@@ -145,7 +123,11 @@ pub fn run(_args: Args) -> Result<ExitCode> {
 pub fn examine(machine: &Machine) -> Vec<Finding> {
     let mut findings = vec![check_root(machine.euid), check_kernel(&machine.kernel_release)];
     findings.extend(check_user_namespaces(machine));
-    findings.extend(check_cgroups(&detect_cgroups(machine)));
+    let (layout, hierarchy) = detect_cgroups(machine);
+    findings.extend(check_cgroups(&layout));
+    if let Some(hierarchy) = &hierarchy {
+        findings.push(check_delegation(machine, hierarchy));
+    }
     findings.push(check_overlay(machine));
     findings.push(check_busybox(machine));
     findings
@@ -328,39 +310,36 @@ impl CgroupLayout {
 }
 
 // ANCHOR: detect_cgroups
-/// Finds the cgroup version the way runtimes do: by the *filesystem type* of
-/// `/sys/fs/cgroup` (`statfs(2)`), not by guessing from which files exist.
-pub fn detect_cgroups(machine: &Machine) -> CgroupLayout {
-    let base = machine.at("/sys/fs/cgroup");
-    let controllers = |dir: &Path| -> Vec<String> {
-        let text = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
-        text.split_whitespace().map(String::from).collect()
-    };
-    let (v1, disabled) = parse_proc_cgroups(&machine.read("/proc/cgroups").unwrap_or_default());
+/// Finds the cgroup layout the way stage 3 does (`libisolab::cgroups::detect`): by the
+/// *filesystem type* of `/sys/fs/cgroup` and of the cgroup mounts below it (`statfs(2)`), not
+/// by guessing from which files exist. Also returns the hierarchy, for the delegation check.
+pub fn detect_cgroups(machine: &Machine) -> (CgroupLayout, Option<Hierarchy>) {
+    let (_, disabled) = parse_proc_cgroups(&machine.read("/proc/cgroups").unwrap_or_default());
     let mut layout = CgroupLayout {
         version: CgroupVersion::Missing,
         v1_controllers: Vec::new(),
         v2_controllers: Vec::new(),
         disabled,
     };
-    match (machine.fs_kind)(&base) {
-        Some(FsKind::Cgroup2) => {
-            layout.version = CgroupVersion::V2;
-            layout.v2_controllers = controllers(&base);
-        }
-        Some(FsKind::Tmpfs) => {
-            layout.v1_controllers = v1;
-            let unified = base.join("unified");
-            if (machine.fs_kind)(&unified) == Some(FsKind::Cgroup2) {
-                layout.version = CgroupVersion::Hybrid;
-                layout.v2_controllers = controllers(&unified);
-            } else {
-                layout.version = CgroupVersion::V1;
-            }
-        }
-        _ => {}
+    let Ok(hierarchy) = cgroups::detect(&machine.at("/sys/fs/cgroup"), machine.filesystems) else {
+        return (layout, None);
+    };
+    layout.version = match &hierarchy {
+        Hierarchy::V2(_) => CgroupVersion::V2,
+        Hierarchy::V1(_) => CgroupVersion::V1,
+        Hierarchy::Hybrid { .. } => CgroupVersion::Hybrid,
+    };
+    layout.v1_controllers = hierarchy
+        .v1_mounts()
+        .iter()
+        .flat_map(|mount| mount.controllers.iter())
+        .filter(|controller| !controller.starts_with("name="))
+        .cloned()
+        .collect();
+    if let Some(unified) = hierarchy.unified() {
+        layout.v2_controllers = unified.controllers.clone();
     }
-    layout
+    (layout, Some(hierarchy))
 }
 // ANCHOR_END: detect_cgroups
 
@@ -430,6 +409,68 @@ pub fn check_cgroups(layout: &CgroupLayout) -> Vec<Finding> {
     }
     findings
 }
+
+// ANCHOR: check_delegation
+/// Limits without root (stage 3's rootless mode): only a cgroup v2 subtree *delegated* to the
+/// user will do (`man 7 cgroups`, "Cgroup delegation"); v1 has no safe delegation at all.
+pub fn check_delegation(machine: &Machine, hierarchy: &Hierarchy) -> Finding {
+    let topic = "rootless limits";
+    let Hierarchy::V2(unified) = hierarchy else {
+        return Finding::problem(
+            Level::Warn,
+            topic,
+            "not possible here: the controllers are on cgroup v1, which cannot be delegated to \
+             a user; stage 3 needs root for limits (or runs without: --cgroups optional)",
+            "boot with cgroup v2 only: add systemd.unified_cgroup_hierarchy=1 to \
+             GRUB_CMDLINE_LINUX in /etc/default/grub, update-grub, reboot; then run stage 3 in \
+             `systemd-run --user --scope -p Delegate=yes -- stage3-cgroups run …`",
+        );
+    };
+    let user = Uid::from_raw(machine.euid);
+    if user.is_root() {
+        return Finding::ok(
+            topic,
+            format!(
+                "cgroup v2 at {}: another user gets limits in a delegated subtree: \
+                 `systemd-run --user --scope -p Delegate=yes -- stage3-cgroups run …`",
+                unified.mount.display()
+            ),
+        );
+    }
+    let own = machine.read("/proc/self/cgroup").and_then(|text| rootless::parse_own_cgroup(&text));
+    let own = own.unwrap_or_default();
+    match rootless::delegated_parent(&unified.mount, &own, user) {
+        Ok(top) => {
+            let offered = fs::read_to_string(top.join("cgroup.controllers")).unwrap_or_default();
+            let missing: Vec<&str> = NEEDED_CONTROLLERS
+                .into_iter()
+                .filter(|needed| !offered.split_whitespace().any(|c| c == *needed))
+                .collect();
+            if missing.is_empty() {
+                Finding::ok(topic, format!("delegated to uid {user}: {}", top.display()))
+            } else {
+                Finding::problem(
+                    Level::Warn,
+                    topic,
+                    format!(
+                        "{} is delegated to uid {user}, without the {} controller(s)",
+                        top.display(),
+                        missing.join(", ")
+                    ),
+                    "delegate them: `systemctl edit user@.service`, add [Service] \
+                     Delegate=cpu cpuset io memory pids, then log in again",
+                )
+            }
+        }
+        Err(_) => Finding::problem(
+            Level::Warn,
+            topic,
+            format!("no cgroup is delegated to uid {user} where this runs"),
+            rootless::HOW_TO_DELEGATE,
+        ),
+    }
+}
+// ANCHOR_END: check_delegation
 
 /// overlayfs, for stage 4: compiled in or loaded (`/proc/filesystems`), or at least there as
 /// a module.
@@ -505,6 +546,7 @@ pub fn is_static_elf(bytes: &[u8]) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use libisolab::cgroups::FsType;
 
     fn write(root: &Path, path: &str, text: &str) {
         let file = root.join(path);
@@ -512,13 +554,35 @@ mod tests {
         fs::write(file, text).unwrap();
     }
 
-    /// A fake machine under `root`, where statfs says what `kinds` says.
-    fn machine<'a>(root: &Path, kinds: &'a dyn Fn(&Path) -> Option<FsKind>) -> Machine<'a> {
+    /// statfs and the mount table of a fake machine: a type per path (anything else is ext4),
+    /// and a mountinfo text.
+    struct Fake {
+        types: Vec<(PathBuf, FsType)>,
+        mountinfo: String,
+    }
+
+    impl FsTypes for Fake {
+        fn fs_type(&self, path: &Path) -> libisolab::Result<FsType> {
+            let found = self.types.iter().find(|(known, _)| known == path);
+            Ok(found.map_or(FsType::Other(0xef53), |(_, fs_type)| *fs_type))
+        }
+
+        fn mountinfo(&self) -> libisolab::Result<String> {
+            Ok(self.mountinfo.clone())
+        }
+    }
+
+    fn nothing() -> Fake {
+        Fake { types: Vec::new(), mountinfo: String::new() }
+    }
+
+    /// A fake machine under `root`, whose filesystems are `filesystems`.
+    fn machine<'a>(root: &Path, filesystems: &'a Fake) -> Machine<'a> {
         Machine {
             root: root.to_path_buf(),
             euid: 0,
             kernel_release: "6.1.0-18-amd64".into(),
-            fs_kind: kinds,
+            filesystems,
             path: "/usr/bin:/bin".into(),
         }
     }
@@ -532,6 +596,33 @@ net_cls\t0\t1\t1
 pids\t8\t1\t1
 hugetlb\t0\t1\t0
 ";
+
+    /// v1 hierarchies for `controllers` under `<root>/sys/fs/cgroup`, and `unified/` if asked.
+    fn v1_machine(root: &Path, controllers: &[&str], unified: bool) -> Fake {
+        let base = root.join("sys/fs/cgroup");
+        let mut types = vec![(base.clone(), FsType::Tmpfs)];
+        let mut mountinfo = format!("31 23 0:28 / {} rw - tmpfs tmpfs rw\n", base.display());
+        for (index, controller) in controllers.iter().enumerate() {
+            let path = base.join(controller);
+            fs::create_dir_all(&path).unwrap();
+            mountinfo.push_str(&format!(
+                "{} 31 0:{} / {} rw - cgroup cgroup rw,{controller}\n",
+                40 + index,
+                40 + index,
+                path.display()
+            ));
+            types.push((path, FsType::Cgroup1));
+        }
+        if unified {
+            write(root, "sys/fs/cgroup/unified/cgroup.controllers", "hugetlb\n");
+            write(root, "sys/fs/cgroup/unified/cgroup.subtree_control", "");
+            let path = base.join("unified");
+            mountinfo
+                .push_str(&format!("60 31 0:60 / {} rw - cgroup2 cgroup2 rw\n", path.display()));
+            types.push((path, FsType::Cgroup2));
+        }
+        Fake { types, mountinfo }
+    }
 
     #[test]
     fn kernel_versions() {
@@ -548,18 +639,9 @@ hugetlb\t0\t1\t0
         let root = tempfile::tempdir().unwrap();
         let root = root.path();
         write(root, "proc/cgroups", PROC_CGROUPS);
-        write(root, "sys/fs/cgroup/unified/cgroup.controllers", "hugetlb\n");
-        let base = root.join("sys/fs/cgroup");
-        let kinds = |path: &Path| {
-            Some(if path == base {
-                FsKind::Tmpfs
-            } else if path.ends_with("unified") {
-                FsKind::Cgroup2
-            } else {
-                FsKind::Other
-            })
-        };
-        let layout = detect_cgroups(&machine(root, &kinds));
+        let fake = v1_machine(root, &["cpuset", "cpu", "memory", "pids"], true);
+        let machine = machine(root, &fake);
+        let (layout, hierarchy) = detect_cgroups(&machine);
         assert_eq!(layout.version, CgroupVersion::Hybrid);
         assert_eq!(layout.v1_controllers, ["cpuset", "cpu", "memory", "pids"]);
         assert_eq!(layout.v2_controllers, ["hugetlb"]);
@@ -567,29 +649,41 @@ hugetlb\t0\t1\t0
         let findings = check_cgroups(&layout);
         assert!(findings.iter().all(|f| f.level == Level::Ok), "{findings:?}");
         assert_eq!(findings[1].found, "memory, pids, cpu on v1");
+        // No rootless limits on v1: say so, and how to get cgroup v2.
+        let rootless = check_delegation(&machine, &hierarchy.unwrap());
+        assert_eq!(rootless.level, Level::Warn);
+        assert!(rootless.found.contains("cannot be delegated"), "{rootless:?}");
+        assert!(rootless.fix.unwrap().contains("systemd.unified_cgroup_hierarchy=1"));
     }
 
     #[test]
     fn v1_without_unified() {
         let root = tempfile::tempdir().unwrap();
         write(root.path(), "proc/cgroups", PROC_CGROUPS);
-        let kinds = |path: &Path| {
-            Some(if path.ends_with("cgroup") { FsKind::Tmpfs } else { FsKind::Other })
-        };
-        assert_eq!(detect_cgroups(&machine(root.path(), &kinds)).version, CgroupVersion::V1);
+        let fake = v1_machine(root.path(), &["memory"], false);
+        assert_eq!(detect_cgroups(&machine(root.path(), &fake)).0.version, CgroupVersion::V1);
+    }
+
+    /// A cgroup2 mount at `<root>/sys/fs/cgroup` offering `controllers`.
+    fn v2_machine(root: &Path, controllers: &str) -> Fake {
+        write(root, "sys/fs/cgroup/cgroup.controllers", controllers);
+        write(root, "sys/fs/cgroup/cgroup.subtree_control", "");
+        Fake {
+            types: vec![(root.join("sys/fs/cgroup"), FsType::Cgroup2)],
+            mountinfo: String::new(),
+        }
     }
 
     #[test]
     fn v2_reads_cgroup_controllers_and_names_whats_missing() {
         let root = tempfile::tempdir().unwrap();
-        write(root.path(), "sys/fs/cgroup/cgroup.controllers", "cpuset cpu io memory\n");
+        let fake = v2_machine(root.path(), "cpuset cpu io memory\n");
         write(
             root.path(),
             "proc/cgroups",
             "#subsys_name\thierarchy\tnum_cgroups\tenabled\npids\t0\t1\t0\n",
         );
-        let kinds = |_: &Path| Some(FsKind::Cgroup2);
-        let layout = detect_cgroups(&machine(root.path(), &kinds));
+        let (layout, _) = detect_cgroups(&machine(root.path(), &fake));
         assert_eq!(layout.version, CgroupVersion::V2);
         assert!(layout.has("memory") && !layout.has("pids"));
         let findings = check_cgroups(&layout);
@@ -599,11 +693,61 @@ hugetlb\t0\t1\t0
     }
 
     #[test]
+    fn v2_delegation_for_a_user() {
+        let root = tempfile::tempdir().unwrap();
+        let fake = v2_machine(root.path(), "cpuset cpu io memory pids\n");
+        let scope = "user.slice/user-1000.slice/user@1000.service/app.slice/run-1.scope";
+        write(root.path(), "proc/self/cgroup", &format!("0::/{scope}\n"));
+        let service =
+            root.path().join("sys/fs/cgroup/user.slice/user-1000.slice/user@1000.service");
+        let delegated =
+            [service.clone(), service.join("app.slice"), service.join("app.slice/run-1.scope")];
+        for dir in &delegated {
+            write(dir, "cgroup.procs", "");
+            write(dir, "cgroup.subtree_control", "");
+        }
+        write(&service, "cgroup.controllers", "cpu memory pids\n");
+        // The delegated subtree belongs to the user: as root, hand it to uid 1000; as anyone
+        // else, it is ours already.
+        let user = if Uid::effective().is_root() {
+            for dir in &delegated {
+                for entry in ["", "cgroup.procs", "cgroup.subtree_control"] {
+                    std::os::unix::fs::chown(dir.join(entry), Some(1000), Some(1000)).unwrap();
+                }
+            }
+            1000
+        } else {
+            Uid::effective().as_raw()
+        };
+        let hierarchy = cgroups::detect(&root.path().join("sys/fs/cgroup"), &fake).unwrap();
+        let mut as_user = machine(root.path(), &fake);
+        as_user.euid = user;
+        let finding = check_delegation(&as_user, &hierarchy);
+        assert_eq!(finding.level, Level::Ok, "{finding:?}");
+        assert!(finding.found.ends_with("user@1000.service"), "{finding:?}");
+
+        // Without the cpu controller in the subtree: a warning that says how to delegate it.
+        write(&service, "cgroup.controllers", "memory pids\n");
+        let finding = check_delegation(&as_user, &hierarchy);
+        assert_eq!(finding.level, Level::Warn, "{finding:?}");
+        assert!(finding.found.ends_with("without the cpu controller(s)"), "{finding:?}");
+
+        // A user who owns nothing there: how to get a delegated scope.
+        as_user.euid = user + 1;
+        let finding = check_delegation(&as_user, &hierarchy);
+        assert_eq!(finding.fix.as_deref(), Some(rootless::HOW_TO_DELEGATE));
+        // And root is told how other users get one.
+        as_user.euid = 0;
+        assert!(check_delegation(&as_user, &hierarchy).found.contains("Delegate=yes"));
+    }
+
+    #[test]
     fn nothing_mounted_fails_with_the_mount_command() {
         let root = tempfile::tempdir().unwrap();
-        let kinds = |_: &Path| Some(FsKind::Other);
-        let layout = detect_cgroups(&machine(root.path(), &kinds));
+        let fake = nothing();
+        let (layout, hierarchy) = detect_cgroups(&machine(root.path(), &fake));
         assert_eq!(layout.version, CgroupVersion::Missing);
+        assert!(hierarchy.is_none());
         let findings = check_cgroups(&layout);
         assert_eq!(findings[0].fix.as_deref(), Some("mount -t cgroup2 none /sys/fs/cgroup"));
     }
@@ -611,7 +755,7 @@ hugetlb\t0\t1\t0
     #[test]
     fn user_namespace_switches() {
         let root = tempfile::tempdir().unwrap();
-        let kinds = |_: &Path| None;
+        let kinds = nothing();
         write(root.path(), "proc/sys/user/max_user_namespaces", "0\n");
         write(root.path(), "proc/sys/kernel/apparmor_restrict_unprivileged_userns", "1\n");
         let findings = check_user_namespaces(&machine(root.path(), &kinds));
@@ -637,7 +781,7 @@ hugetlb\t0\t1\t0
     #[test]
     fn overlay_listed_loadable_or_missing() {
         let root = tempfile::tempdir().unwrap();
-        let kinds = |_: &Path| None;
+        let kinds = nothing();
         let machine = machine(root.path(), &kinds);
         write(root.path(), "proc/filesystems", "nodev\tsysfs\n\text4\n");
         assert_eq!(check_overlay(&machine).level, Level::Fail);
@@ -655,7 +799,7 @@ hugetlb\t0\t1\t0
     #[test]
     fn busybox_must_be_static() {
         let root = tempfile::tempdir().unwrap();
-        let kinds = |_: &Path| None;
+        let kinds = nothing();
         let machine = machine(root.path(), &kinds);
         let missing = check_busybox(&machine);
         assert_eq!(

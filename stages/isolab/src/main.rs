@@ -1,13 +1,15 @@
 //! `isolab`: the classroom tool.
 //!
-//! Two verbs, one small module each:
+//! Three verbs, one small module each:
 //! - `isolab compare` ([`compare`]) runs the isolation probe on the host and under every stage
 //!   built so far, and prints the matrix of what each stage isolates and what still leaks.
 //! - `isolab doctor` ([`doctor`]) checks that this machine has what the course needs, and
 //!   says how to fix what it lacks.
+//! - `isolab gc` ([`gc`]) removes what killed runtimes left behind: cgroups and store state.
 
 mod compare;
 mod doctor;
+mod gc;
 
 use std::process::ExitCode;
 
@@ -20,7 +22,8 @@ Examples:
   sudo isolab doctor                 # can this machine run the course?
   sudo isolab compare                # the isolation matrix, with evidence
   sudo isolab compare --markdown     # the matrix alone, as a markdown table
-  sudo isolab compare --json --keep  # everything, and keep the rootfs and markers";
+  sudo isolab compare --json --keep  # everything, and keep the rootfs and markers
+  sudo isolab gc                     # remove the cgroups of killed runtimes";
 
 const COMPARE_EXAMPLES: &str = "\
 Every run plants fresh markers on the host (a directory, a process, a TCP listener on
@@ -42,6 +45,19 @@ Examples:
 
 Exit status: 0 when nothing fails (warnings allowed), 1 otherwise.";
 
+const GC_EXAMPLES: &str = "\
+A runtime killed with SIGKILL cannot clean up after itself. gc finds what it left:
+- cgroups (isolab/<name>-<pid> in each hierarchy) whose runtime pid no longer runs: it kills
+  what is left in them and removes them (stage3-cgroups and stage4-overlay do this at start);
+- containers in the store (stage 4) whose runtime died: marked exited, --rm ones removed,
+  half-made ones removed, mounts left in stopped containers' directories detached.
+
+Examples:
+  sudo isolab gc
+  sudo isolab gc --root /tmp/my-store
+
+Exit status: 0 when every stale cgroup was removed (or there was none), 125 otherwise.";
+
 /// The isolab classroom tool: compare the stages' isolation, check this machine
 #[derive(Debug, Parser)]
 #[command(name = "isolab", version, after_help = EXAMPLES)]
@@ -58,6 +74,9 @@ enum Verb {
     /// Check that this machine has what the course needs, with a fix for each problem
     #[command(after_help = DOCTOR_EXAMPLES)]
     Doctor(doctor::Args),
+    /// Clean up after killed runtimes (stale cgroups, stale containers), saying what was removed
+    #[command(after_help = GC_EXAMPLES)]
+    Gc(gc::Args),
 }
 
 fn main() -> ExitCode {
@@ -78,5 +97,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.verb {
         Verb::Compare(args) => compare::run(args),
         Verb::Doctor(args) => doctor::run(args),
+        Verb::Gc(args) => gc::run(args),
     }
 }

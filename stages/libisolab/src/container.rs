@@ -9,8 +9,9 @@ use std::convert::Infallible;
 use std::ffi::OsString;
 use std::fmt;
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use crate::cgroups;
 use crate::chroot;
 use crate::error::Error;
 use crate::idmap::{self, IdMap};
@@ -76,6 +77,11 @@ pub enum Inside {
     UnshareTime,
     /// setgroups, setgid, setuid.
     DropPrivileges(User),
+    /// `unshare(CLONE_NEWCGROUP)`, once the parent has moved us into our cgroup, which becomes
+    /// the root of the tree we see (chapter 3; see `cgroups::view`).
+    UnshareCgroup,
+    /// A mount that shows us our cgroup, inside the new root (chapter 3).
+    CgroupMount(Step),
 }
 
 /// Everything stage 2 will ask the kernel for.
@@ -93,6 +99,9 @@ pub struct Plan {
     pub init: bool,
     /// The command.
     pub command: Command,
+    /// Chapter 3: the cgroup the runtime makes before the clone and moves the child into
+    /// before it releases it (see [`Plan::add_cgroup`]).
+    pub cgroup: Option<cgroups::Plan>,
 }
 
 fn invalid(message: String) -> Error {
@@ -199,7 +208,7 @@ impl Plan {
         let home = request.user.unwrap_or(User::ROOT).home();
         let mut command = Command::new(request.argv, home, &request.env);
         command.workdir = request.workdir;
-        Ok(Plan { rootfs, namespaces, outside, inside, init: request.init, command })
+        Ok(Plan { rootfs, namespaces, outside, inside, init: request.init, command, cgroup: None })
     }
     // ANCHOR_END: plan
 
@@ -233,6 +242,89 @@ impl Plan {
         self.namespaces.contains(Namespace::Pid) && !self.init
     }
 
+    // ANCHOR: add_cgroup
+    /// Chapter 3: puts the container in the cgroup of `cgroup`. The parent moves the child in
+    /// first thing, before it releases it; the child then makes its cgroup namespace, which
+    /// `clone(2)` made in stage 2 but would root at the runtime's cgroup, and mounts `view`
+    /// (its own cgroup, read-only) once its new root is in place.
+    pub fn add_cgroup(&mut self, cgroup: cgroups::Plan, view: Vec<Step>) {
+        if self.namespaces.contains(Namespace::Cgroup) {
+            let last_mount = self.inside.iter().rposition(|step| matches!(step, Inside::Mount(_)));
+            let at = last_mount.map_or(self.inside.len(), |index| index + 1);
+            let mut steps = vec![Inside::UnshareCgroup];
+            if self.namespaces.contains(Namespace::Mnt) {
+                steps.extend(view.into_iter().map(Inside::CgroupMount));
+            }
+            self.inside.splice(at..at, steps);
+        }
+        self.cgroup = Some(cgroup);
+    }
+    // ANCHOR_END: add_cgroup
+
+    /// The namespaces `clone(2)` makes: all of [`Plan::namespaces`] but those the child makes
+    /// itself with `unshare(2)`: time (see `namespaces::unshare_time`), and cgroup when it
+    /// must come after the join (see [`Plan::add_cgroup`]).
+    pub fn clone_namespaces(&self) -> Namespaces {
+        let mut cloned = self.namespaces;
+        if self.inside.contains(&Inside::UnshareCgroup) {
+            cloned.remove(Namespace::Cgroup);
+        }
+        cloned
+    }
+
+    /// The user namespace's id maps, if there is one.
+    pub fn id_map(&self) -> Option<IdMap> {
+        self.outside.iter().find_map(|step| match step {
+            Outside::IdMaps(map) => Some(*map),
+            Outside::Veth(_) => None,
+        })
+    }
+
+    // ANCHOR: move_rootfs
+    /// Moves the container's root to `target`, a directory whose content is made before the
+    /// command runs: by the caller (a copy of the rootfs), or by `rootfs_mounts` (a union
+    /// mount of it, chapter 4).
+    ///
+    /// [`Plan::from`] checked the rootfs of the request, the directory whose content the
+    /// container will see; `target` may still be empty, or not exist yet in a dry run. The
+    /// `rootfs_mounts` run in the new mount namespace right after its mounts are made private,
+    /// before the target is bound onto itself and pivoted into: they are never seen by the
+    /// host, and end with the namespace.
+    pub fn move_rootfs(&mut self, target: &Path, rootfs_mounts: Vec<Step>) -> Result<(), Error> {
+        let has = |ns| self.namespaces.contains(ns);
+        let steps = if has(Namespace::Mnt) {
+            let options = mounts::Options {
+                user_ns: has(Namespace::User),
+                pid_ns: has(Namespace::Pid),
+                net_ns: has(Namespace::Net),
+            };
+            let mut steps = mounts::container_steps(target, options);
+            // The first step makes every mount private; nothing before it may be mounted.
+            steps.splice(1..1, rootfs_mounts);
+            steps
+        } else if rootfs_mounts.is_empty() {
+            mounts::chroot_steps(target)
+        } else {
+            return Err(invalid(format!(
+                "the rootfs at {} is made by mounting, which needs the mnt namespace: add mnt \
+                 to --ns (without it, the mount would be made on the host)",
+                target.display()
+            )));
+        };
+        if let Some(map) = self.id_map() {
+            mounts::check_reachable(target, map.root_outside(), map.gid.outside)?;
+        }
+        // Replace the old root's mount steps by the new root's, where they were.
+        let first = self.inside.iter().position(|step| matches!(step, Inside::Mount(_)));
+        let first = first.unwrap_or(self.inside.len());
+        self.inside.retain(|step| !matches!(step, Inside::Mount(_)));
+        let at = first.min(self.inside.len());
+        self.inside.splice(at..at, steps.into_iter().map(Inside::Mount));
+        self.rootfs = target.to_path_buf();
+        Ok(())
+    }
+    // ANCHOR_END: move_rootfs
+
     /// The veth subnet, if any.
     pub fn veth(&self) -> Option<Subnet> {
         self.outside.iter().find_map(|step| match step {
@@ -243,6 +335,10 @@ impl Plan {
 
     /// In the parent: the steps for child `pid`, before it is released.
     pub fn apply_outside(&self, pid: Pid) -> Result<(), Error> {
+        // Chapter 3: into its cgroup first, so that all the child does is counted.
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.join(&cgroups::Kernel, pid)?;
+        }
         for step in &self.outside {
             match step {
                 Outside::IdMaps(map) => map.write(pid)?,
@@ -258,13 +354,21 @@ impl Plan {
     pub fn apply_inside(&self) -> Result<(), Error> {
         for step in &self.inside {
             match step {
-                Inside::BecomeRoot(map) => map.become_root()?,
+                Inside::BecomeRoot(map) => {
+                    map.become_root()?;
+                    die_with_parent();
+                }
                 Inside::Mount(step) => mounts::apply(std::slice::from_ref(step))?,
                 Inside::Hostname(name) => uts::set_hostname(name)?,
                 Inside::LoopbackUp => network::loopback_up()?,
                 Inside::ContainerEnd(subnet) => network::configure_container_end(*subnet)?,
                 Inside::UnshareTime => namespaces::unshare_time()?,
-                Inside::DropPrivileges(user) => user::drop_privileges(*user)?,
+                Inside::DropPrivileges(user) => {
+                    user::drop_privileges(*user)?;
+                    die_with_parent();
+                }
+                Inside::UnshareCgroup => cgroups::view::unshare_namespace()?,
+                Inside::CgroupMount(step) => mounts::apply(std::slice::from_ref(step))?,
             }
         }
         Ok(())
@@ -278,6 +382,14 @@ impl Plan {
             process::exec(&self.command)
         }
     }
+}
+
+/// In the child, after a change of uid or gid, which clears the parent-death signal set at the
+/// clone (man 2 PR_SET_PDEATHSIG): without it again, a container with a user namespace would
+/// outlive a `kill -9` of its runtime.
+fn die_with_parent() {
+    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and nothing else.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
 }
 
 fn network_mode(request: &Request, net_ns: bool) -> Result<Option<Mode>, Error> {
@@ -323,13 +435,30 @@ impl fmt::Display for Plan {
         writeln!(f, "# the plan: nothing below has run (--dry-run)")?;
         writeln!(f, "# rootfs: {}", self.rootfs.display())?;
         writeln!(f, "# namespaces: {}", self.namespaces)?;
-        if self.namespaces.clone_flags().is_empty() {
+        if let Some(cgroup) = &self.cgroup {
+            writeln!(f, "# cgroup: {} ({})", cgroup.id, cgroup.version)?;
+            writeln!(f, "runtime, before the clone:")?;
+            for step in &cgroup.steps {
+                if !step.why().is_empty() {
+                    writeln!(f, "  # {}", step.why())?;
+                }
+                writeln!(f, "  {step}")?;
+            }
+        }
+        let cloned = self.clone_namespaces();
+        if cloned.clone_flags().is_empty() {
             writeln!(f, "# no namespace: a plain fork, as in stage 1")?;
             writeln!(f, "clone(SIGCHLD)")?;
         } else {
-            writeln!(f, "clone({} | SIGCHLD)", self.namespaces.flag_names())?;
+            writeln!(f, "clone({} | SIGCHLD)", cloned.flag_names())?;
         }
         writeln!(f, "parent, for child {pid} (which waits on the sync pipe):")?;
+        if let Some(cgroup) = &self.cgroup {
+            writeln!(f, "  # into its cgroup first: from now on, all it does is counted")?;
+            for procs in &cgroup.join {
+                writeln!(f, "  write(\"{}\", \"{pid}\")", procs.display())?;
+            }
+        }
         for step in &self.outside {
             match step {
                 Outside::IdMaps(map) => {
@@ -387,6 +516,11 @@ impl fmt::Display for Plan {
                     format!("setgroups([{0}]); setgid({0}); setuid({1})", user.gid, user.uid),
                     Some("--user"),
                 ),
+                Inside::UnshareCgroup => (
+                    "unshare(CLONE_NEWCGROUP)".to_string(),
+                    Some("in our cgroup now: make it the root of the cgroup tree we see"),
+                ),
+                Inside::CgroupMount(step) => (step.to_string(), step.why()),
             };
             // Each reason once, above the first step it explains.
             if let Some(why) = why.filter(|&why| Some(why) != last_why) {
@@ -394,6 +528,11 @@ impl fmt::Display for Plan {
                 last_why = Some(why);
             }
             writeln!(f, "  {line}")?;
+            if matches!(step, Inside::BecomeRoot(_) | Inside::DropPrivileges(_)) {
+                writeln!(f, "  # a change of uid clears the parent-death signal: set it again")?;
+                writeln!(f, "  prctl(PR_SET_PDEATHSIG, SIGKILL)")?;
+                last_why = None;
+            }
         }
         let argv: Vec<String> = self
             .command
@@ -418,7 +557,20 @@ impl fmt::Display for Plan {
         if self.veth().is_some() {
             write!(f, "; then RTM_DELLINK isolab{pid}h")?;
         }
-        writeln!(f)
+        writeln!(f)?;
+        if let Some(cgroup) = &self.cgroup {
+            writeln!(f, "parent, once {pid} has exited:")?;
+            writeln!(f, "  # the report: read the cgroup's meters; then kill what is left, and:")?;
+            let dirs: Vec<&Path> = cgroup.join.iter().filter_map(|procs| procs.parent()).collect();
+            for dir in &dirs {
+                writeln!(f, "  rmdir(\"{}\")", dir.display())?;
+            }
+            writeln!(f, "  # and the shared parents, unless another container is in them")?;
+            for parent in dirs.iter().filter_map(|dir| dir.parent()) {
+                writeln!(f, "  rmdir(\"{}\")", parent.display())?;
+            }
+        }
+        Ok(())
     }
 }
 // ANCHOR_END: display

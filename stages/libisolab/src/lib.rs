@@ -9,9 +9,11 @@
 //! only use modules of its own chapter or earlier ones (a test in `tests/` checks this).
 
 pub mod cgroups;
+pub mod changes;
 pub mod chroot;
 pub mod cli;
 pub mod container;
+pub mod copy;
 pub mod error;
 pub mod exit;
 pub mod idmap;
@@ -20,7 +22,9 @@ pub mod mounts;
 pub mod namespaces;
 pub mod netlink;
 pub mod network;
+pub mod overlay;
 pub mod process;
+pub mod store;
 pub mod user;
 pub mod uts;
 
@@ -44,4 +48,8 @@ pub const CHAPTERS: &[(&str, u8)] = &[
     ("init", 2),
     ("container", 2),
     ("cgroups", 3),
+    ("overlay", 4),
+    ("changes", 4),
+    ("copy", 4),
+    ("store", 4),
 ];

@@ -37,7 +37,7 @@ pub enum Step {
         /// `MS_*` flags.
         flags: MsFlags,
         /// Filesystem options (`mode=755`).
-        data: Option<&'static str>,
+        data: Option<String>,
         /// Why, in words.
         why: &'static str,
     },
@@ -114,14 +114,15 @@ const PSEUDO: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV).union(MsFlag
 /// Every step that builds the container's filesystem view on `rootfs`, in order.
 pub fn container_steps(rootfs: &Path, options: Options) -> Vec<Step> {
     let inside = |path: &str| rootfs.join(path);
-    let mount = |source: &str, target: PathBuf, fstype, flags, data, why| Step::Mount {
-        source: Some(PathBuf::from(source)),
-        target,
-        fstype,
-        flags,
-        data,
-        why,
-    };
+    let mount =
+        |source: &str, target: PathBuf, fstype, flags, data: Option<&str>, why| Step::Mount {
+            source: Some(PathBuf::from(source)),
+            target,
+            fstype,
+            flags,
+            data: data.map(String::from),
+            why,
+        };
     let mut steps = vec![
         // 1. Before anything: our copy of the mount table must not share events with the
         //    host's. On systemd hosts `/` is MS_SHARED, and every mount below would appear on
@@ -286,7 +287,7 @@ pub fn apply(steps: &[Step]) -> Result<()> {
 fn apply_one(step: &Step) -> Result<()> {
     match step {
         Step::Mount { source, target, fstype, flags, data, .. } => {
-            nix::mount::mount(source.as_deref(), target, *fstype, *flags, *data)
+            nix::mount::mount(source.as_deref(), target, *fstype, *flags, data.as_deref())
                 .sys("mount", format!("{} on {}", source_name(source), target.display()))
                 .map_err(mount_hint)
         }
@@ -336,6 +337,12 @@ fn mount_hint(error: Error) -> Error {
              and some filesystems (proc, sysfs) only for namespaces that user namespace owns",
         ),
         Some(Errno::ENOENT) => error.hint("the mount point must exist inside the rootfs"),
+        // mount(2) has one errno for every reason a filesystem refuses its source or options;
+        // the filesystem writes the reason to the kernel log.
+        Some(Errno::EINVAL) => error.hint(
+            "the filesystem refused this source or these options; the kernel log says why \
+             (`dmesg | tail`)",
+        ),
         _ => error,
     }
 }
@@ -442,7 +449,7 @@ impl fmt::Display for Step {
                 target.display(),
                 quoted(*fstype),
                 flag_names(*flags),
-                quoted(*data)
+                quoted(data.as_deref())
             ),
             Step::MakeDir { path, mode, .. } => {
                 write!(f, "mkdir(\"{}\", {mode:04o})", path.display())

@@ -21,6 +21,7 @@
 pub mod filesystem;
 pub mod hostname;
 pub mod ipc;
+pub mod limits;
 pub mod mounts;
 pub mod network;
 pub mod processes;
@@ -56,6 +57,8 @@ pub struct Inputs {
     /// The probe runs on the host itself: the checks that would change the host are skipped
     /// and reported as leaks.
     pub on_host: bool,
+    /// The checks to run (`--check`): all of them unless some are named.
+    pub checks: Vec<CheckId>,
 }
 
 impl Default for Inputs {
@@ -69,6 +72,7 @@ impl Default for Inputs {
             scratch: PathBuf::from("/tmp"),
             hold: Duration::from_millis(300),
             on_host: false,
+            checks: CheckId::ALL.to_vec(),
         }
     }
 }
@@ -132,11 +136,13 @@ pub(crate) fn hold(duration: Duration) {
     }
 }
 
-/// Runs every check, in the order of [`CheckId::ALL`], and returns the report. After an
-/// interruption ([`catch_interrupts`]) the remaining checks are not started.
+/// Runs the checks of [`Inputs::checks`] (every one, by default), in the order of
+/// [`CheckId::ALL`], and returns the report. After an interruption ([`catch_interrupts`]) the
+/// remaining checks are not started.
 pub fn run_checks(inputs: &Inputs) -> Report {
     let checks = CheckId::ALL
         .iter()
+        .filter(|id| inputs.checks.contains(id))
         .map(|&id| {
             if let Some(signal) = interrupted() {
                 return Check::not_applicable(
@@ -159,6 +165,9 @@ pub fn run_checks(inputs: &Inputs) -> Report {
                 CheckId::Ipc => ipc::ipc(inputs),
                 CheckId::User => user::user(),
                 CheckId::Resources => resources::resources(),
+                CheckId::MemoryHog => limits::memory_hog(),
+                CheckId::ForkBomb => limits::fork_bomb(),
+                CheckId::CpuShare => limits::cpu_share(),
                 CheckId::RootfsWrite => filesystem::rootfs_write(inputs),
             }
         })

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use isolab_probe::{run_checks, validate_token, Inputs};
+use isolab_probe::{run_checks, validate_token, CheckId, Inputs};
 use libisolab::{cli, exit};
 
 const EXAMPLES: &str = "\
@@ -22,6 +22,7 @@ Examples:
   isolab-probe --human --on-host                       # what the host itself looks like
   stage1-chroot run --rootfs rootfs -- /isolab/probe --human --token abc123 \\
       --host-path /root/secret --port 8080             # from inside a chroot jail
+  stage3-cgroups run --rootfs rootfs --pids 16 -- /isolab/probe --human --check fork-bomb
   isolab compare                                       # everything, for every stage
 
 Exit status: 0 when the report was printed (whatever it says), 125 if the probe failed,
@@ -62,6 +63,18 @@ struct Args {
     /// report them as leaks
     #[arg(long)]
     on_host: bool,
+    /// Run only this check (repeat for more): host-filesystem, chroot-escape,
+    /// host-processes, hostname, mounts, network, ipc, user, resources, memory-hog,
+    /// fork-bomb, cpu-share, rootfs-write [default: all]
+    #[arg(long = "check", value_name = "NAME", value_parser = parse_check)]
+    checks: Vec<CheckId>,
+}
+
+fn parse_check(text: &str) -> Result<CheckId, String> {
+    CheckId::from_name(text).ok_or_else(|| {
+        let names: Vec<&str> = CheckId::ALL.iter().map(|id| id.name()).collect();
+        format!("unknown check '{text}': expected one of {}", names.join(", "))
+    })
 }
 
 fn parse_token(text: &str) -> Result<String, String> {
@@ -92,6 +105,7 @@ fn run(args: Args) -> Result<ExitCode> {
         scratch: args.scratch,
         hold: Duration::from_millis(args.hold_ms),
         on_host: args.on_host,
+        checks: if args.checks.is_empty() { CheckId::ALL.to_vec() } else { args.checks },
     };
     isolab_probe::catch_interrupts().context("cannot set up the signal handlers")?;
     let report = run_checks(&inputs);

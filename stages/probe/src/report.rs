@@ -63,13 +63,19 @@ pub enum CheckId {
     User,
     /// Is it under a memory or pids limit?
     Resources,
+    /// Can a child of it touch 256 MiB of memory without being killed?
+    MemoryHog,
+    /// Can it fork 64 processes?
+    ForkBomb,
+    /// Does a busy loop get a whole CPU?
+    CpuShare,
     /// Do its writes at `/` change the base root filesystem?
     RootfsWrite,
 }
 
 impl CheckId {
     /// Every check, in report order.
-    pub const ALL: [CheckId; 10] = [
+    pub const ALL: [CheckId; 13] = [
         CheckId::HostFilesystem,
         CheckId::ChrootEscape,
         CheckId::HostProcesses,
@@ -79,6 +85,9 @@ impl CheckId {
         CheckId::Ipc,
         CheckId::User,
         CheckId::Resources,
+        CheckId::MemoryHog,
+        CheckId::ForkBomb,
+        CheckId::CpuShare,
         CheckId::RootfsWrite,
     ];
 
@@ -94,8 +103,16 @@ impl CheckId {
             CheckId::Ipc => "ipc",
             CheckId::User => "user",
             CheckId::Resources => "resources",
+            CheckId::MemoryHog => "memory-hog",
+            CheckId::ForkBomb => "fork-bomb",
+            CheckId::CpuShare => "cpu-share",
             CheckId::RootfsWrite => "rootfs-write",
         }
+    }
+
+    /// The check called `name` (as [`CheckId::name`] writes it).
+    pub fn from_name(name: &str) -> Option<CheckId> {
+        CheckId::ALL.into_iter().find(|id| id.name() == name)
     }
 
     /// The question the check answers, for legends and evidence listings.
@@ -110,6 +127,9 @@ impl CheckId {
             CheckId::Ipc => "can it open the host's SysV shared memory?",
             CheckId::User => "is its root the host's root?",
             CheckId::Resources => "is it free of memory and pids limits?",
+            CheckId::MemoryHog => "can a child of it touch 256 MiB without being killed?",
+            CheckId::ForkBomb => "can it fork 64 processes?",
+            CheckId::CpuShare => "does a busy loop get a whole CPU?",
             CheckId::RootfsWrite => "do its writes at / change the base rootfs?",
         }
     }

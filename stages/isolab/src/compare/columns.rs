@@ -67,6 +67,16 @@ pub const COLUMNS: &[Column] = &[
         title: "stage2 (no user ns)",
         runtime: Some(Runtime { binary: "stage2-namespaces", args: stage2_without_user_namespace }),
     },
+    Column {
+        id: "stage3",
+        title: "stage3",
+        runtime: Some(Runtime { binary: "stage3-cgroups", args: stage3 }),
+    },
+    Column {
+        id: "stage4",
+        title: "stage4",
+        runtime: Some(Runtime { binary: "stage4-overlay", args: stage4 }),
+    },
 ];
 
 fn stage1(setup: &Setup) -> Vec<OsString> {
@@ -103,6 +113,26 @@ fn stage2_without_user_namespace(setup: &Setup) -> Vec<OsString> {
         "mnt,uts,ipc,pid,net,cgroup".into(),
         "--".into(),
     ]
+}
+
+fn stage3(setup: &Setup) -> Vec<OsString> {
+    // Stage 2's namespaces, and limits the probe's memory hog, fork bomb and busy loop meet
+    // well below their caps (256 MiB, 64 processes, one CPU).
+    let limits = ["--memory", "64M", "--pids", "32", "--cpus", "0.5"];
+    let mut args: Vec<OsString> = vec!["run".into(), "--rootfs".into(), setup.rootfs.into()];
+    args.extend(limits.iter().map(OsString::from));
+    args.push("--".into());
+    args
+}
+
+fn stage4(setup: &Setup) -> Vec<OsString> {
+    // Stage 3's limits, on an overlay: a throw-away container (--rm) in a store inside this
+    // run's directory, so the probe's write lands in the container's upper layer.
+    let mut args = stage3(setup);
+    let rest = args.split_off(1);
+    args.extend(["--rm".into(), "--root".into(), setup.workdir.join("store").into()]);
+    args.extend(rest);
+    args
 }
 // ANCHOR_END: columns
 

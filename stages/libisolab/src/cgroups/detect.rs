@@ -225,7 +225,7 @@ pub fn detect(root: &Path, probe: &dyn FsTypes) -> Result<Hierarchy> {
 fn not_cgroups(root: &Path, magic: i64) -> Error {
     Error::Invalid(format!(
         "no cgroups at {}: it is not a cgroup filesystem (statfs f_type {magic:#x}) and has no \
-         cgroup mounts below it; mount cgroup2 there (mount -t cgroup2 none {0})",
+         cgroup mounts below it (`findmnt -t cgroup2,cgroup` shows where this host has them)",
         root.display()
     ))
 }

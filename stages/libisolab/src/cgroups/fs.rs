@@ -32,7 +32,8 @@ pub trait Cgroupfs {
     fn children(&self, path: &Path) -> Result<Vec<PathBuf>, Errno>;
     /// `kill(pid, SIGKILL)`.
     fn kill(&self, pid: Pid) -> Result<(), Errno>;
-    /// `kill(pid, 0)`: whether a process with this pid exists (EPERM means it does).
+    /// `kill(pid, 0)`: whether a process with this pid exists (EPERM means it does), and is
+    /// not a zombie.
     fn is_running(&self, pid: Pid) -> bool;
 }
 
@@ -81,7 +82,14 @@ impl Cgroupfs for Kernel {
     }
 
     fn is_running(&self, pid: Pid) -> bool {
-        !matches!(signal::kill(pid, None), Err(Errno::ESRCH))
+        if matches!(signal::kill(pid, None), Err(Errno::ESRCH)) {
+            return false;
+        }
+        // A zombie (state Z: dead, not yet reaped by its parent) takes signal 0 too, but it
+        // will never clean up after itself (`man 5 proc_pid_stat`, field 3).
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+        !matches!(state, Some('Z' | 'X'))
     }
 }
 

@@ -12,7 +12,7 @@
 
 use std::rc::Rc;
 
-use nix::unistd::getpid;
+use nix::unistd::{getpid, Uid};
 
 use super::{backends, Backend, Cgroupfs, Hierarchy, Removed};
 use crate::error::Result;
@@ -25,6 +25,15 @@ pub fn gc(hierarchy: &Hierarchy, fs: Rc<dyn Cgroupfs>) -> Result<Vec<Removed>> {
         removed.extend(collect(&*backend)?);
     }
     Ok(removed)
+}
+
+/// The stale cgroups `user` may remove: root those of every hierarchy ([`gc()`]), any other
+/// user those in the cgroup v2 subtree delegated to them (see [`super::rootless`]).
+pub fn gc_for(hierarchy: &Hierarchy, user: Uid, fs: Rc<dyn Cgroupfs>) -> Result<Vec<Removed>> {
+    if user.is_root() {
+        return gc(hierarchy, fs);
+    }
+    collect(&*super::open(hierarchy, user, fs)?)
 }
 
 // ANCHOR: collect

@@ -32,6 +32,10 @@
 //! 6. [`Backend::report`] reads the meters once the child has exited;
 //! 7. [`Backend::destroy`] kills whatever is left inside and removes the directories.
 //!
+//! [`Cgroup`] (in [`guard`]) holds a created cgroup and removes it when dropped, so that no way
+//! out of the runtime leaves it behind; [`view`] is what the container sees of its cgroup
+//! (a cgroup namespace, and its own cgroup mounted read-only at `/sys/fs/cgroup`).
+//!
 //! A container's cgroup is `isolab/<name>-<runtime pid>` (a [`ContainerId`]): the shared
 //! `isolab/` parent keeps our cgroups together, and the runtime's pid in the name is how [`gc()`]
 //! tells a stale cgroup (its runtime is gone) from a live one.
@@ -39,11 +43,13 @@
 pub mod detect;
 pub mod fs;
 pub mod gc;
+pub mod guard;
 pub mod limits;
 pub mod report;
 pub mod rootless;
 pub mod v1;
 pub mod v2;
+pub mod view;
 
 #[cfg(test)]
 mod fake;
@@ -59,6 +65,7 @@ use nix::unistd::{Pid, Uid};
 pub use self::detect::{detect, FsType, FsTypes, Hierarchy, Unified, V1Mount};
 pub use self::fs::{Cgroupfs, Kernel};
 pub use self::gc::gc;
+pub use self::guard::Cgroup;
 pub use self::limits::{CpuList, CpuQuota, LimitArgs, Limits, Machine, Swap};
 pub use self::report::{describe_oom, format_size, Bound, Usage};
 use crate::error::{Error, Result};
@@ -220,6 +227,20 @@ pub struct Plan {
     /// The `cgroup.procs` files [`Backend::join`] writes the child's pid to.
     pub join: Vec<PathBuf>,
 }
+
+// ANCHOR: plan_join
+impl Plan {
+    /// Moves process `pid` (and the children it will have) into the planned cgroup: its pid
+    /// written to each `cgroup.procs` of [`Plan::join`], as [`Backend::join`] does. The
+    /// container's plan calls this from the parent, before it releases the child.
+    pub fn join(&self, fs: &dyn Cgroupfs, pid: Pid) -> Result<()> {
+        for procs in &self.join {
+            write_file(fs, procs, &pid.to_string())?;
+        }
+        Ok(())
+    }
+}
+// ANCHOR_END: plan_join
 
 /// One line per call, each after a `# why` comment; the join last, with `<pid>` for the child.
 impl fmt::Display for Plan {

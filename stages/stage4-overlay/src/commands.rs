@@ -1,0 +1,179 @@
+//! The store's commands: `ps`, `diff`, `rm`, `df`, `gc`. Each reads or changes the store
+//! (`libisolab::store`) and prints what it found; none runs a container.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+use libisolab::cgroups::format_size;
+use libisolab::copy;
+use libisolab::process::Failure;
+use libisolab::store::{self, Container, Listed, State, Status, Store};
+
+use crate::PROGRAM;
+
+/// `ps`: one line per container, broken ones included (and said why).
+pub fn ps(store: &Store) -> Result<u8, Failure> {
+    let mut rows =
+        vec![["CONTAINER ID", "NAME", "STATUS", "EXIT", "CREATED (UTC)", "STORAGE", "COMMAND"]
+            .map(String::from)
+            .to_vec()];
+    for listed in store.list()? {
+        rows.push(match listed {
+            Listed::Found(container, state) => row(&container, &state),
+            Listed::Broken { id, name, error } => vec![
+                id,
+                name.unwrap_or_else(|| "?".to_string()),
+                "broken".to_string(),
+                "-".to_string(),
+                "-".to_string(),
+                "-".to_string(),
+                error.to_string(),
+            ],
+        });
+    }
+    print_table(&rows);
+    Ok(0)
+}
+
+fn row(container: &Container, state: &State) -> Vec<String> {
+    let config = &container.config;
+    let status = match (state.status, state.runtime_pid) {
+        (Status::Running, Some(pid)) => format!("running (pid {pid})"),
+        (status, _) => status.to_string(),
+    };
+    let exit = match (state.status, state.exit_code) {
+        (Status::Exited, Some(code)) => code.to_string(),
+        (Status::Exited, None) => "unknown".to_string(),
+        _ => "-".to_string(),
+    };
+    let command: Vec<String> = config.command.iter().map(|arg| quote(arg)).collect();
+    vec![
+        config.id.clone(),
+        config.name.clone(),
+        status,
+        exit,
+        store::show_time(&config.created),
+        config.storage.to_string(),
+        command.join(" "),
+    ]
+}
+
+/// `diff`: the changes, one per line; or, with `--upper`, the upper as overlayfs wrote it.
+pub fn diff(store: &Store, name: &str, upper: bool) -> Result<u8, Failure> {
+    let container = store.find(name)?;
+    let mut out = std::io::stdout().lock();
+    if upper {
+        for entry in container.upper_entries()? {
+            let _ = writeln!(out, "{entry}");
+        }
+    } else {
+        for change in container.changes()? {
+            let _ = writeln!(out, "{change}");
+        }
+    }
+    Ok(0)
+}
+
+/// `rm`: removes each container; the first failure ends it (and is the error).
+pub fn rm(store: &Store, names: &[String], force: bool) -> Result<u8, Failure> {
+    gc(store)?;
+    for name in names {
+        let removed = store.remove(name, force)?;
+        println!("{removed}");
+    }
+    Ok(0)
+}
+
+/// `gc`: cleans up, and says what it did (or that there was nothing).
+pub fn gc(store: &Store) -> Result<u8, Failure> {
+    for cleaned in store.gc()? {
+        eprintln!("{PROGRAM}: gc: {cleaned}");
+    }
+    Ok(0)
+}
+
+// ANCHOR: df
+/// `df`: each base with its size, each container with the disk it takes of its own, and
+/// what full copies would take instead.
+pub fn df(store: &Store) -> Result<u8, Failure> {
+    let mut bases: BTreeMap<PathBuf, Vec<Container>> = BTreeMap::new();
+    for listed in store.list()? {
+        let Listed::Found(container, _) = listed else { continue };
+        let base = container.config.lowers.first().cloned().unwrap_or_default();
+        bases.entry(base).or_default().push(container);
+    }
+    let (mut base_total, mut own_total, mut as_copies, mut count) = (0, 0, 0, 0);
+    for (base, containers) in &bases {
+        let size = copy::disk_usage(base)?;
+        println!(
+            "base {}: {} on disk, {} containers",
+            base.display(),
+            format_size(size),
+            containers.len()
+        );
+        let header = ["CONTAINER ID", "NAME", "STORAGE", "OWN DISK USE"];
+        let mut table = vec![header.map(String::from).to_vec()];
+        for container in containers {
+            let own = container.disk_usage()?;
+            own_total += own;
+            table.push(vec![
+                container.config.id.clone(),
+                container.config.name.clone(),
+                container.config.storage.to_string(),
+                format_size(own),
+            ]);
+        }
+        print_table(&table);
+        println!();
+        base_total += size;
+        as_copies += size * containers.len() as u64;
+        count += containers.len();
+    }
+    println!(
+        "{count} containers: {} of bases, {} of their own; as full copies of their bases they \
+         would take {}",
+        format_size(base_total),
+        format_size(own_total),
+        format_size(as_copies)
+    );
+    Ok(0)
+}
+// ANCHOR_END: df
+
+/// Prints rows in columns, two spaces apart, the last column as it is.
+pub fn print_table(rows: &[Vec<String>]) {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|column| {
+            rows.iter()
+                .filter_map(|row| row.get(column))
+                .map(|cell| cell.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    for row in rows {
+        let mut line = String::new();
+        for (column, cell) in row.iter().enumerate() {
+            if column + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  ", width = widths[column]));
+            }
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+}
+
+/// An argument as a shell would need it typed.
+fn quote(arg: &str) -> String {
+    let plain = !arg.is_empty()
+        && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+%".contains(c));
+    if plain {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}

@@ -1,0 +1,647 @@
+//! Stage 4: union mounts — one read-only base, many writable containers.
+//!
+//! Stage 3's container, but its root is no longer the base rootfs itself: it is an overlay of
+//! the container's own writable layer (upper) over the read-only base, mounted inside the
+//! container's mount namespace. The base is never written; what a container changes stays in
+//! its directory of the container store, which keeps it between runs (`ps`, `diff`, `start`,
+//! `rm`, `df`). `--storage copy` is the naive alternative, a full copy of the base per
+//! container, kept to measure what overlayfs saves (`bench-storage`). Chapter:
+//! `book/src/stage4-overlay.md`.
+
+mod bench;
+mod commands;
+
+use std::cell::Cell;
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use libisolab::cgroups::{self, Backend, Cgroup, ContainerId, Hierarchy, Kernel};
+use libisolab::cgroups::{LimitArgs, Limits, Machine, Usage};
+use libisolab::container::{self, Plan, Request};
+use libisolab::init;
+use libisolab::namespaces::Namespaces;
+use libisolab::network::{self, Mode, Subnet};
+use libisolab::process::{self, Failure};
+use libisolab::store::{self, Container, New, Storage, Store};
+use libisolab::user::User;
+use libisolab::{cli, exit, idmap, namespaces, Error};
+use nix::unistd::{Pid, Uid};
+
+const PROGRAM: &str = "stage4-overlay";
+
+const EXAMPLES: &str = "\
+Examples:
+  rootfs-builder busybox rootfs
+  stage4-overlay run --rootfs rootfs --name web -- /bin/sh      # a shell over the read-only base
+  stage4-overlay ps                                             # the containers of the store
+  stage4-overlay diff web                                       # what web changed: A, C, D
+  stage4-overlay diff web --upper                               # its upper: whiteouts, opaque dirs
+  stage4-overlay start web                                      # run it again, changes kept
+  stage4-overlay rm web                                         # remove it and its layer
+  stage4-overlay df                                             # the base vs each container
+  stage4-overlay run --rootfs rootfs --rm -- /bin/true          # removed when it ends
+  stage4-overlay run --rootfs rootfs --storage copy -- /bin/sh  # a full copy, to compare
+  stage4-overlay bench-storage --rootfs rootfs --count 50       # overlay vs copy, measured
+  stage4-overlay run --rootfs rootfs --dry-run -- /bin/sh       # the plan only
+  stage4-overlay gc                                             # clean up after killed runtimes
+
+The store is --root DIR, else $ISOLAB_ROOT, else /var/lib/isolab for root and
+$XDG_DATA_HOME/isolab (~/.local/share/isolab) for other users. Stage 3's limits and report
+are all here: on exit, a report of what the command used goes to stderr.
+
+Exit status: the command's own; 125 if stage4-overlay itself failed, 126 if the command
+cannot be executed, 127 if it is not found in the rootfs, 128+N if it was killed by signal N
+(137 when the OOM killer ended it: the report says so).";
+
+/// Stage 4 of isolab: containers on a union mount over a read-only base, kept in a store.
+#[derive(Debug, Parser)]
+#[command(version, after_help = EXAMPLES)]
+struct Cli {
+    /// The container store [default: $ISOLAB_ROOT; /var/lib/isolab as root,
+    /// $XDG_DATA_HOME/isolab otherwise]
+    #[arg(long, value_name = "DIR", global = true)]
+    root: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Verb,
+}
+
+#[derive(Debug, Subcommand)]
+enum Verb {
+    /// Create a container over a read-only base, and run a command in it
+    #[command(after_help = EXAMPLES)]
+    Run(Box<RunArgs>),
+    /// Run a stopped container again: the same command, its changes kept
+    Start(NameArgs),
+    /// List the containers of the store
+    Ps,
+    /// What a container changed in its base: A(dded), C(hanged), D(eleted)
+    Diff(DiffArgs),
+    /// Remove containers and everything they have on disk
+    Rm(RmArgs),
+    /// The disk the bases take, and each container of its own
+    Df,
+    /// Create many containers from one base with each storage driver, and print the cost
+    BenchStorage(bench::BenchArgs),
+    /// Clean up after killed runtimes: stale cgroups, stale container states, leftover
+    /// mounts; saying what was done
+    #[command(after_help = "Examples:\n  stage4-overlay gc\n  isolab gc        # the same")]
+    Gc,
+}
+
+#[derive(Debug, Args)]
+struct ContainerArgs {
+    /// The base: the directory whose content the command sees as /, never written
+    #[arg(long, value_name = "DIR")]
+    rootfs: PathBuf,
+    /// Namespaces to create: a comma-separated list of mnt,uts,ipc,pid,net,user,cgroup,time,
+    /// or none [default: all that this kernel has]
+    #[arg(long, value_name = "LIST", value_parser = parse_namespaces)]
+    ns: Option<Namespaces>,
+    /// The container's hostname [default: isolab-<6 random hex digits>]
+    #[arg(long, value_name = "NAME", value_parser = parse_hostname)]
+    hostname: Option<String>,
+    /// The network: none (no device up), loopback (lo up), veth (lo, and eth0 paired with
+    /// the host) [default: loopback]
+    #[arg(long, value_name = "MODE", value_parser = parse_net)]
+    net: Option<Mode>,
+    /// The subnet for --net veth (host .1, container .2) [default: a free /30 from
+    /// 10.200.0.0/16]
+    #[arg(long, value_name = "CIDR", value_parser = parse_subnet)]
+    subnet: Option<Subnet>,
+    /// As root with a user namespace: the host uid/gid that root inside is (0-65535 inside
+    /// map to BASE..BASE+65535)
+    #[arg(long, value_name = "BASE", default_value_t = idmap::DEFAULT_BASE,
+          value_parser = container::parse_map_base)]
+    map_base: u32,
+    /// Run the command as this user inside (numbers: UID or UID:GID), not as root
+    #[arg(long, value_name = "UID[:GID]", value_parser = parse_user)]
+    user: Option<User>,
+}
+
+/// What to do when this user cannot have a cgroup (`--cgroups`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CgroupsWhen {
+    /// No cgroup, no run: refuse, and say how to get one
+    Required,
+    /// No cgroup: run without limits and without a report, and say so
+    Optional,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    container: ContainerArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Without root, limits need a cgroup v2 subtree delegated to you (`isolab doctor` says
+    /// how to get one): required refuses to run without it, optional runs without limits
+    #[arg(long, value_name = "WHEN", value_enum, default_value_t = CgroupsWhen::Required)]
+    cgroups: CgroupsWhen,
+    /// Where the host's cgroups are mounted; on a hybrid host, /sys/fs/cgroup/unified picks
+    /// its cgroup v2 mount
+    #[arg(long, value_name = "DIR", default_value = CGROUP_ROOT)]
+    cgroup_root: PathBuf,
+    /// Print the report of what the command used as JSON, on stdout
+    #[arg(long)]
+    json: bool,
+    /// Run a small init as PID 1 that forwards signals to the command and reaps orphans
+    #[arg(long)]
+    init: bool,
+    /// The directory inside the container to start in
+    #[arg(long, value_name = "PATH", default_value = "/")]
+    workdir: PathBuf,
+    /// Add or override an environment variable (the command gets only PATH, HOME and TERM)
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<(OsString, OsString)>,
+    /// Print the plan (the store's directories, every namespace, map, mount, link and
+    /// cgroup file) and do nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// The command and its arguments, after `--`
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+#[derive(Debug, Clone, Args)]
+struct StoreArgs {
+    /// The container's name, unique in the store, also the name of its cgroup [default:
+    /// c-<6 hex digits of its id>]
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
+    name: Option<String>,
+    /// Remove the container when its command ends
+    #[arg(long)]
+    rm: bool,
+    /// How the container's root is made from the base: overlay (its own upper over the
+    /// read-only base) or copy (a full copy of the base)
+    #[arg(long, value_name = "DRIVER", default_value = "overlay", value_parser = parse_storage)]
+    storage: Storage,
+}
+
+#[derive(Debug, Args)]
+struct NameArgs {
+    /// The container's name or id
+    #[arg(value_name = "NAME")]
+    name: String,
+}
+
+#[derive(Debug, Args)]
+struct DiffArgs {
+    /// The container's name or id
+    #[arg(value_name = "NAME")]
+    name: String,
+    /// List the upper directory as overlayfs wrote it (whiteouts, opaque directories)
+    #[arg(long)]
+    upper: bool,
+}
+
+#[derive(Debug, Args)]
+struct RmArgs {
+    /// The containers' names or ids
+    #[arg(value_name = "NAME", required = true)]
+    names: Vec<String>,
+    /// Kill a running container first (and remove one whose state cannot be read)
+    #[arg(long, short)]
+    force: bool,
+}
+
+fn text_error(error: Error) -> String {
+    error.to_string()
+}
+
+fn parse_namespaces(text: &str) -> Result<Namespaces, String> {
+    text.parse().map_err(text_error)
+}
+
+fn parse_hostname(text: &str) -> Result<String, String> {
+    libisolab::uts::check_hostname(text).map(|()| text.to_string()).map_err(text_error)
+}
+
+fn parse_net(text: &str) -> Result<Mode, String> {
+    text.parse().map_err(text_error)
+}
+
+fn parse_subnet(text: &str) -> Result<Subnet, String> {
+    text.parse().map_err(text_error)
+}
+
+fn parse_user(text: &str) -> Result<User, String> {
+    text.parse().map_err(text_error)
+}
+
+fn parse_env(text: &str) -> Result<(OsString, OsString), String> {
+    process::parse_env(text).map_err(text_error)
+}
+
+fn parse_name(text: &str) -> Result<String, String> {
+    store::check_name(text).map_err(text_error)
+}
+
+fn parse_storage(text: &str) -> Result<Storage, String> {
+    text.parse().map_err(text_error)
+}
+
+fn main() -> std::process::ExitCode {
+    let cli: Cli = match cli::parse(PROGRAM) {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    let result = open_store(cli.root).and_then(|store| match cli.command {
+        Verb::Run(args) => run(*args, &store, None),
+        Verb::Start(args) => start(&args.name, &store),
+        Verb::Ps => commands::ps(&store),
+        Verb::Diff(args) => commands::diff(&store, &args.name, args.upper),
+        Verb::Rm(args) => commands::rm(&store, &args.names, args.force),
+        Verb::Df => commands::df(&store),
+        Verb::BenchStorage(args) => bench::bench_storage(&store, &args),
+        Verb::Gc => gc(&store),
+    });
+    cli::finish(PROGRAM, result)
+}
+
+fn request(args: ContainerArgs, argv: Vec<OsString>) -> Result<Request, Error> {
+    container::check_subnet_use(args.net, args.subnet)?;
+    Ok(Request {
+        rootfs: args.rootfs,
+        namespaces: args.ns,
+        hostname: args.hostname,
+        net: args.net,
+        subnet: args.subnet,
+        map_base: args.map_base,
+        user: args.user,
+        init: false,
+        workdir: PathBuf::from("/"),
+        env: Vec::new(),
+        argv,
+    })
+}
+
+// ANCHOR: run
+/// Creates a container over the base (or, for `start`, takes the `stopped` one), runs the
+/// command in it, and returns its exit code.
+fn run(args: RunArgs, store: &Store, stopped: Option<Container>) -> Result<u8, Failure> {
+    // 1. The plan: every call we will make, checked and listed before the first one; now
+    //    also the limits, and every mkdir and write that makes the cgroup. The base is
+    //    checked as stage 3 checked its rootfs; then the container's root moves to its own
+    //    directory in the store, where an overlay mount will show its upper over the base.
+    let new = stopped.is_none();
+    let spec = new_container(&args)?;
+    let mut request = request(args.container, args.command)?;
+    (request.init, request.workdir, request.env) = (args.init, args.workdir, args.env);
+    let mut plan = Plan::from(request)?;
+    let container = match stopped {
+        Some(container) => container,
+        None => store.prepare(spec.over(&plan))?,
+    };
+    plan.move_rootfs(&container.rootfs(), container.rootfs_mounts())?;
+    let limits = Limits::parse(&args.limits, &Machine::current()?)?;
+    let name = &container.config.name;
+    let cgroup_root = &args.cgroup_root;
+    let host = plan_cgroup(&mut plan, &limits, name, cgroup_root, args.cgroups, args.dry_run)?;
+    if args.dry_run {
+        print_plan(&plan, host.as_ref(), &container);
+        return Ok(0);
+    }
+    plan.check_privileges()?;
+
+    // 2. The store: what killed runtimes left goes first; then the container is made (its
+    //    directories, config and state) or the stopped one taken, locked for as long as it
+    //    runs. The guard removes a new container again if its command never starts.
+    collect_garbage(store);
+    let running = if new { store.create(&container)? } else { container.start()? };
+
+    // 3. The cgroup: the stale ones of killed runtimes go first, then ours is made. The
+    //    guard removes it again however this function is left.
+    let cgroup = host.map(|host| create_cgroup(host, &plan)).transpose()?;
+
+    // 4. clone(2) into the namespaces. The parent moves the child into its cgroup, writes
+    //    the id maps and creates the veth pair while the child waits; then the child makes
+    //    its cgroup namespace, mounts its root (the overlay), builds its view and execs the
+    //    command.
+    let started = Cell::new(None);
+    let start_time = Instant::now();
+    let spawned = namespaces::spawn(
+        plan.clone_namespaces(),
+        |pid| {
+            started.set(Some(pid));
+            Ok(plan.apply_outside(pid)?)
+        },
+        |pipe| {
+            plan.apply_inside()?;
+            plan.start_command(pipe)
+        },
+    );
+    let child = spawned.inspect_err(|_| remove_host_end(&plan, started.get()))?;
+
+    // 5. Wait, passing on signals (and saying so when PID 1 will drop one), then clean up.
+    let child_pid = child.pid;
+    let mut warned = false;
+    let status = process::wait_forwarding_signals_and(child, |pid, signal| {
+        if plan.command_is_pid1() && !warned && init::pid1_drops(pid, signal) {
+            eprintln!(
+                "{PROGRAM}: {} not delivered: the command is PID 1 of its pid namespace and has \
+                 no handler for it (man 7 pid_namespaces); run it with --init",
+                signal.as_str()
+            );
+            warned = true;
+        }
+    });
+    remove_host_end(&plan, Some(child_pid));
+    let code = exit::code_for(status?);
+
+    // 6. The report: what the cgroup counted; then the cgroup is removed.
+    if let Some(cgroup) = cgroup {
+        report(cgroup, code, start_time.elapsed(), args.json);
+    }
+
+    // 7. The container's state says how it ended; with --rm, it goes.
+    if running.container.config.remove {
+        running.remove()?;
+    } else {
+        running.exited(code)?;
+    }
+    Ok(code)
+}
+// ANCHOR_END: run
+
+// ANCHOR: start
+/// Runs a stopped container again: the command line that created it, over its base, with
+/// the upper it left.
+fn start(name: &str, store: &Store) -> Result<u8, Failure> {
+    let container = store.find(name)?;
+    let argv = std::iter::once(PROGRAM.to_string()).chain(container.config.argv.clone());
+    let Ok(Cli { command: Verb::Run(mut args), .. }) = Cli::try_parse_from(argv) else {
+        return Err(Error::Invalid(format!(
+            "{}/config.json holds no `run` command line to start again",
+            container.dir.display()
+        ))
+        .into());
+    };
+    args.container.rootfs = container.config.lowers.first().cloned().unwrap_or_default();
+    run(*args, store, Some(container))
+}
+// ANCHOR_END: start
+
+/// The store: `--root`, or where it is by default.
+fn open_store(root: Option<PathBuf>) -> Result<Store, Failure> {
+    let root = match root {
+        Some(root) => root,
+        None => store::default_root()?,
+    };
+    Ok(Store::at(&root)?)
+}
+
+/// What the store keeps of a new container: its name, `--storage`, `--rm`, and the command
+/// line, which `start` will parse again.
+struct Spec {
+    store: StoreArgs,
+    argv: Vec<String>,
+    command: Vec<String>,
+}
+
+fn new_container(args: &RunArgs) -> Result<Spec, Failure> {
+    let text = |arg: OsString| {
+        arg.into_string().map_err(|arg| {
+            Failure::from(Error::Invalid(format!(
+                "argument {arg:?} is not UTF-8 text, which the store's JSON files must be"
+            )))
+        })
+    };
+    let argv = std::env::args_os().skip(1).map(text).collect::<Result<_, _>>()?;
+    let command = args.command.iter().cloned().map(text).collect::<Result<_, _>>()?;
+    Ok(Spec { store: args.store.clone(), argv, command })
+}
+
+impl Spec {
+    /// The container over the base the plan checked. In a user namespace, overlayfs is
+    /// mounted by root of that namespace, who must own the upper (and `userxattr` keeps its
+    /// marks in `user.*` xattrs, which that root may write).
+    fn over(self, plan: &Plan) -> New {
+        let map = plan.id_map();
+        let root_outside = map.map(|map| (map.root_outside(), map.gid.outside));
+        New {
+            name: self.store.name,
+            storage: self.store.storage,
+            lowers: vec![plan.rootfs.clone()],
+            userxattr: map.is_some(),
+            // Rootless, that root is the caller, who owns what it makes anyway.
+            owner: root_outside.filter(|&(uid, _)| uid != Uid::effective().as_raw()),
+            remove: self.store.rm,
+            argv: self.argv,
+            command: self.command,
+        }
+    }
+}
+
+/// Cleans up what killed runtimes left in the store, and says what it did. A failure is
+/// only a warning: someone else's mess must not stop this container.
+fn collect_garbage(store: &Store) {
+    match store.gc() {
+        Ok(cleaned) => {
+            for cleaned in cleaned {
+                eprintln!("{PROGRAM}: gc: {cleaned}");
+            }
+        }
+        Err(error) => eprintln!("{PROGRAM}: warning: gc of the store failed: {error}"),
+    }
+}
+
+/// Deletes the host's end of the veth pair, if there is one (the peer goes with it). When the
+/// container's network namespace has died the kernel has removed both already.
+fn remove_host_end(plan: &Plan, child: Option<Pid>) {
+    if let (Some(_), Some(pid)) = (plan.veth(), child) {
+        let _ = network::delete_link(&network::host_link_name(pid));
+    }
+}
+
+/// Where the host's cgroups are mounted.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// The host's cgroups, and the backend that makes this container's.
+struct Host {
+    hierarchy: Hierarchy,
+    backend: Box<dyn Backend>,
+}
+
+// ANCHOR: plan_cgroup
+/// Finds the host's cgroups (by statfs), opens the backend this user may use, checks the
+/// limits against it and adds the cgroup to the container's plan. `None` when this user
+/// cannot have a cgroup and `--cgroups optional` says to run without one.
+///
+/// A dry run plans as root would when the user may not (and says so): the plan is printable
+/// by anyone.
+fn plan_cgroup(
+    plan: &mut Plan,
+    limits: &Limits,
+    name: &str,
+    cgroup_root: &Path,
+    when: CgroupsWhen,
+    dry_run: bool,
+) -> Result<Option<Host>, Failure> {
+    let opened = cgroups::detect(cgroup_root, &Kernel).and_then(|hierarchy| {
+        let user = Uid::effective();
+        let backend = match cgroups::open(&hierarchy, user, Rc::new(Kernel)) {
+            Err(_) if dry_run && !user.is_root() => {
+                cgroups::open(&hierarchy, Uid::from_raw(0), Rc::new(Kernel))?
+            }
+            opened => opened?,
+        };
+        Ok(Host { hierarchy, backend })
+    });
+    let host = match (opened, when) {
+        (Ok(host), _) => host,
+        (Err(error), CgroupsWhen::Required) => {
+            return Err(Failure {
+                code: exit::RUNTIME_ERROR,
+                message: format!("{error}; or run without limits: --cgroups optional"),
+            })
+        }
+        (Err(error), CgroupsWhen::Optional) => {
+            eprintln!(
+                "{PROGRAM}: warning: running without a cgroup, so without limits and without a \
+                 report (--cgroups optional): {error}"
+            );
+            return Ok(None);
+        }
+    };
+    let id = ContainerId::for_this_runtime(name)?;
+    let cgroup = host.backend.plan(&id, limits)?;
+    let view = cgroups::view::mounts(&cgroup, &host.hierarchy);
+    plan.add_cgroup(cgroup, view);
+    Ok(Some(host))
+}
+// ANCHOR_END: plan_cgroup
+
+/// Prints the plan (`--dry-run`), the runtime's pid as `<runtime pid>`: a real run has
+/// another. Says, for a user without the privileges, what would be refused.
+fn print_plan(plan: &Plan, host: Option<&Host>, container: &Container) {
+    let config = &container.config;
+    let mut text = "# the store: nothing below is written (--dry-run)\n".to_string();
+    text.push_str(&format!(
+        "# container {} ({}), storage {}\n",
+        config.name, config.id, config.storage
+    ));
+    text.push_str("runtime, first:\n");
+    for step in container.create_steps() {
+        text.push_str(&format!("  {step}\n"));
+    }
+    text.push_str(&plan.to_string());
+    let end = if config.remove {
+        "remove the container (--rm)".to_string()
+    } else {
+        format!("write(\"{}\", exited)", container.dir.join("state.json").display())
+    };
+    text.push_str(&format!("runtime, last:\n  {end}\n"));
+    if let Some(cgroup) = &plan.cgroup {
+        let id = cgroup.id.to_string();
+        text = text.replace(&id, &format!("{}-<runtime pid>", cgroup.id.name()));
+    }
+    let mut out = std::io::stdout();
+    let _ = write!(out, "{text}");
+    let user = Uid::effective();
+    if let Err(refused) = plan.check_privileges() {
+        let _ = writeln!(out, "# as uid {user}, this would be refused: {refused}");
+    }
+    if let Some(host) = host {
+        if let Err(refused) = cgroups::open(&host.hierarchy, user, Rc::new(Kernel)) {
+            let _ = writeln!(out, "# as uid {user}, the cgroup would be refused: {refused}");
+        }
+    }
+}
+
+/// Removes what killed runtimes left behind (one line on stderr for each), then makes the
+/// container's cgroup.
+fn create_cgroup(host: Host, plan: &Plan) -> Result<Cgroup, Failure> {
+    let removed = cgroups::gc::gc_for(&host.hierarchy, Uid::effective(), Rc::new(Kernel));
+    match removed {
+        Ok(removed) => {
+            for stale in removed {
+                eprintln!("{PROGRAM}: gc: {stale}");
+            }
+        }
+        // Someone else's mess must not stop this container: `isolab gc` can try again.
+        Err(error) => eprintln!("{PROGRAM}: warning: gc of stale cgroups failed: {error}"),
+    }
+    let cgroup = plan.cgroup.clone().ok_or_else(|| Error::Invalid("no cgroup planned".into()))?;
+    Ok(Cgroup::create(host.backend, cgroup)?)
+}
+
+/// `--json`: the report, with the cgroup it was read from and how the command ended.
+#[derive(serde::Serialize)]
+struct JsonReport<'a> {
+    cgroup: String,
+    version: &'a str,
+    exit_code: u8,
+    oom_killed: bool,
+    elapsed_usec: u64,
+    #[serde(flatten)]
+    usage: &'a Usage,
+}
+
+// ANCHOR: report
+/// Reads what the cgroup counted, removes it, and prints the report: on stderr, beneath the
+/// command's own output, or as JSON on stdout. An OOM kill is said in words.
+fn report(cgroup: Cgroup, code: u8, elapsed: Duration, json: bool) {
+    let name = format!("{}/{}", cgroups::PARENT, cgroup.id());
+    let version = cgroup.version();
+    let usage = match cgroup.finish() {
+        Ok((usage, _removed)) => usage,
+        Err(error) => {
+            // The command ran: its code stands. What is left, `isolab gc` removes.
+            eprintln!("{PROGRAM}: warning: cannot report on or remove cgroup {name}: {error}");
+            return;
+        }
+    };
+    let oom_killed = code == 128 + libc::SIGKILL as u8 && usage.oom_killed();
+    if json {
+        let report = JsonReport {
+            cgroup: name,
+            version: match version {
+                cgroups::Version::V1 => "v1",
+                cgroups::Version::V2 => "v2",
+            },
+            exit_code: code,
+            oom_killed,
+            elapsed_usec: elapsed.as_micros() as u64,
+            usage: &usage,
+        };
+        if let Ok(text) = serde_json::to_string_pretty(&report) {
+            let _ = writeln!(std::io::stdout(), "{text}");
+        }
+        return;
+    }
+    // Written, not printed: a closed stderr must not turn the report into a panic.
+    let mut stderr = std::io::stderr();
+    if oom_killed {
+        let _ = writeln!(stderr, "{PROGRAM}: {}", usage.describe_oom());
+    }
+    for line in usage.to_string().lines() {
+        let _ = writeln!(stderr, "{PROGRAM}: {line}");
+    }
+}
+// ANCHOR_END: report
+
+// ANCHOR: gc
+/// `gc`: removes the cgroups of runtimes that no longer run, fixes the state of the
+/// containers they left running and unmounts what they left mounted; says what it did.
+fn gc(store: &Store) -> Result<u8, Failure> {
+    let hierarchy = cgroups::detect(Path::new(CGROUP_ROOT), &Kernel)?;
+    let removed = cgroups::gc::gc_for(&hierarchy, Uid::effective(), Rc::new(Kernel))?;
+    let cleaned = store.gc()?;
+    if removed.is_empty() && cleaned.is_empty() {
+        println!("no stale isolab cgroups, container states or mounts");
+    }
+    for stale in removed {
+        println!("{stale}");
+    }
+    for cleaned in cleaned {
+        println!("{cleaned}");
+    }
+    Ok(0)
+}
+// ANCHOR_END: gc
