@@ -333,6 +333,15 @@ impl Plan {
         })
     }
 
+    /// In the parent, when the child is gone (or never started): deletes the host's end of
+    /// the veth pair, if there is one (the peer goes with it). When the container's network
+    /// namespace has died the kernel has removed both already, and this finds nothing.
+    pub fn remove_host_end(&self, child: Option<Pid>) {
+        if let (Some(_), Some(pid)) = (self.veth(), child) {
+            let _ = network::delete_link(&network::host_link_name(pid));
+        }
+    }
+
     /// In the parent: the steps for child `pid`, before it is released.
     pub fn apply_outside(&self, pid: Pid) -> Result<(), Error> {
         // Chapter 3: into its cgroup first, so that all the child does is counted.
@@ -574,3 +583,93 @@ impl fmt::Display for Plan {
     }
 }
 // ANCHOR_END: display
+
+/// The command-line options that describe a container, shared by every stage from 2 on (each
+/// stage flattens them into its own `run`, and adds its chapter's options beside them).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ContainerArgs {
+    /// The directory that becomes the command's / (from stage 4 on: the read-only base)
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: PathBuf,
+    /// Namespaces to create: a comma-separated list of mnt,uts,ipc,pid,net,user,cgroup,time,
+    /// or none [default: all that this kernel has]
+    #[arg(long, value_name = "LIST", value_parser = parse_with::<Namespaces>)]
+    pub ns: Option<Namespaces>,
+    /// The container's hostname (from stage 3 on, also the name of its cgroup) [default:
+    /// isolab-<6 random hex digits>]
+    #[arg(long, value_name = "NAME", value_parser = parse_hostname)]
+    pub hostname: Option<String>,
+    /// The network: none (no device up), loopback (lo up), veth (lo, and eth0 paired with
+    /// the host) [default: loopback]
+    #[arg(long, value_name = "MODE", value_parser = parse_with::<Mode>)]
+    pub net: Option<Mode>,
+    /// The subnet for --net veth (host .1, container .2) [default: a free /30 from
+    /// 10.200.0.0/16]
+    #[arg(long, value_name = "CIDR", value_parser = parse_with::<Subnet>)]
+    pub subnet: Option<Subnet>,
+    /// As root with a user namespace: the host uid/gid that root inside is (0-65535 inside
+    /// map to BASE..BASE+65535)
+    #[arg(long, value_name = "BASE", default_value_t = idmap::DEFAULT_BASE,
+          value_parser = parse_map_base)]
+    pub map_base: u32,
+    /// Run the command as this user inside (numbers: UID or UID:GID), not as root
+    #[arg(long, value_name = "UID[:GID]", value_parser = parse_with::<User>)]
+    pub user: Option<User>,
+}
+
+/// The command-line options that say what runs inside and how: shared by every `run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommandArgs {
+    /// Run a small init as PID 1 that forwards signals to the command and reaps orphans
+    #[arg(long)]
+    pub init: bool,
+    /// The directory inside the container to start in
+    #[arg(long, value_name = "PATH", default_value = "/")]
+    pub workdir: PathBuf,
+    /// Add or override an environment variable (the command gets only PATH, HOME and TERM)
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(OsString, OsString)>,
+    /// The command and its arguments, after `--`
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+impl Request {
+    /// The request for a container described by `container`, running `command` (`None`: a
+    /// container that runs no command of the user's, like `escape`'s).
+    pub fn new(container: ContainerArgs, command: Option<CommandArgs>) -> Result<Request, Error> {
+        check_subnet_use(container.net, container.subnet)?;
+        let command = command.unwrap_or(CommandArgs {
+            init: false,
+            workdir: PathBuf::from("/"),
+            env: Vec::new(),
+            command: Vec::new(),
+        });
+        Ok(Request {
+            rootfs: container.rootfs,
+            namespaces: container.ns,
+            hostname: container.hostname,
+            net: container.net,
+            subnet: container.subnet,
+            map_base: container.map_base,
+            user: container.user,
+            init: command.init,
+            workdir: command.workdir,
+            env: command.env,
+            argv: command.command,
+        })
+    }
+}
+
+/// A clap value parser for any of our `FromStr` types, keeping our error's words.
+fn parse_with<T: std::str::FromStr<Err = Error>>(text: &str) -> Result<T, String> {
+    text.parse().map_err(|error: Error| error.to_string())
+}
+
+fn parse_hostname(text: &str) -> Result<String, String> {
+    uts::check_hostname(text).map(|()| text.to_string()).map_err(|error| error.to_string())
+}
+
+fn parse_env(text: &str) -> Result<(OsString, OsString), String> {
+    process::parse_env(text).map_err(|error| error.to_string())
+}

@@ -8,21 +8,17 @@
 //! view and exec the command. Chapter: `book/src/stage2-namespaces.md`.
 
 use std::cell::Cell;
-use std::ffi::OsString;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use clap::{Args, Parser, Subcommand};
 use libisolab::chroot::{self, DirId};
 use libisolab::init;
-use libisolab::namespaces::{self, Namespaces};
-use libisolab::network::{self, Mode, Subnet};
+use libisolab::namespaces;
 use libisolab::process::{self, Failure};
-use libisolab::user::User;
-use libisolab::{cli, exit, idmap, Error};
-use nix::unistd::Pid;
+use libisolab::{cli, exit, Error};
 
-use libisolab::container::{self, Plan, Request};
+use libisolab::container::{CommandArgs, ContainerArgs, Plan, Request};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -59,82 +55,14 @@ enum Verb {
 }
 
 #[derive(Debug, Args)]
-struct ContainerArgs {
-    /// The directory that becomes the command's /
-    #[arg(long, value_name = "DIR")]
-    rootfs: PathBuf,
-    /// Namespaces to create: a comma-separated list of mnt,uts,ipc,pid,net,user,cgroup,time,
-    /// or none [default: all that this kernel has]
-    #[arg(long, value_name = "LIST", value_parser = parse_namespaces)]
-    ns: Option<Namespaces>,
-    /// The container's hostname [default: isolab-<6 random hex digits>]
-    #[arg(long, value_name = "NAME", value_parser = parse_hostname)]
-    hostname: Option<String>,
-    /// The network: none (no device up), loopback (lo up), veth (lo, and eth0 paired with
-    /// the host) [default: loopback]
-    #[arg(long, value_name = "MODE", value_parser = parse_net)]
-    net: Option<Mode>,
-    /// The subnet for --net veth (host .1, container .2) [default: a free /30 from
-    /// 10.200.0.0/16]
-    #[arg(long, value_name = "CIDR", value_parser = parse_subnet)]
-    subnet: Option<Subnet>,
-    /// As root with a user namespace: the host uid/gid that root inside is (0-65535 inside
-    /// map to BASE..BASE+65535)
-    #[arg(long, value_name = "BASE", default_value_t = idmap::DEFAULT_BASE,
-          value_parser = container::parse_map_base)]
-    map_base: u32,
-    /// Run the command as this user inside (numbers: UID or UID:GID), not as root
-    #[arg(long, value_name = "UID[:GID]", value_parser = parse_user)]
-    user: Option<User>,
-}
-
-#[derive(Debug, Args)]
 struct RunArgs {
     #[command(flatten)]
     container: ContainerArgs,
-    /// Run a small init as PID 1 that forwards signals to the command and reaps orphans
-    #[arg(long)]
-    init: bool,
-    /// The directory inside the container to start in
-    #[arg(long, value_name = "PATH", default_value = "/")]
-    workdir: PathBuf,
-    /// Add or override an environment variable (the command gets only PATH, HOME and TERM)
-    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env)]
-    env: Vec<(OsString, OsString)>,
     /// Print the plan (every namespace, map, mount and link) and do nothing
     #[arg(long)]
     dry_run: bool,
-    /// The command and its arguments, after `--`
-    #[arg(last = true, required = true, value_name = "CMD")]
-    command: Vec<OsString>,
-}
-
-fn text_error(error: Error) -> String {
-    error.to_string()
-}
-
-fn parse_namespaces(text: &str) -> Result<Namespaces, String> {
-    text.parse().map_err(text_error)
-}
-
-fn parse_hostname(text: &str) -> Result<String, String> {
-    libisolab::uts::check_hostname(text).map(|()| text.to_string()).map_err(text_error)
-}
-
-fn parse_net(text: &str) -> Result<Mode, String> {
-    text.parse().map_err(text_error)
-}
-
-fn parse_subnet(text: &str) -> Result<Subnet, String> {
-    text.parse().map_err(text_error)
-}
-
-fn parse_user(text: &str) -> Result<User, String> {
-    text.parse().map_err(text_error)
-}
-
-fn parse_env(text: &str) -> Result<(OsString, OsString), String> {
-    process::parse_env(text).map_err(text_error)
+    #[command(flatten)]
+    command: CommandArgs,
 }
 
 fn main() -> std::process::ExitCode {
@@ -149,30 +77,11 @@ fn main() -> std::process::ExitCode {
     cli::finish("stage2-namespaces", result)
 }
 
-fn request(args: ContainerArgs, argv: Vec<OsString>) -> Result<Request, Error> {
-    container::check_subnet_use(args.net, args.subnet)?;
-    Ok(Request {
-        rootfs: args.rootfs,
-        namespaces: args.ns,
-        hostname: args.hostname,
-        net: args.net,
-        subnet: args.subnet,
-        map_base: args.map_base,
-        user: args.user,
-        init: false,
-        workdir: PathBuf::from("/"),
-        env: Vec::new(),
-        argv,
-    })
-}
-
 // ANCHOR: run
 /// Runs the command in new namespaces and returns its exit code.
 fn run(args: RunArgs) -> Result<u8, Failure> {
     // 1. The plan: every call we will make, checked and listed before the first one.
-    let mut request = request(args.container, args.command)?;
-    (request.init, request.workdir, request.env) = (args.init, args.workdir, args.env);
-    let plan = Plan::from(request)?;
+    let plan = Plan::from(Request::new(args.container, Some(args.command))?)?;
     if args.dry_run {
         let _ = write!(std::io::stdout(), "{plan}");
         if let Err(refused) = plan.check_privileges() {
@@ -201,7 +110,7 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
             plan.start_command(pipe)
         },
     );
-    let child = spawned.inspect_err(|_| remove_host_end(&plan, started.get()))?;
+    let child = spawned.inspect_err(|_| plan.remove_host_end(started.get()))?;
 
     // 3. Wait, passing on signals (and saying so when PID 1 will drop one), then clean up.
     let child_pid = child.pid;
@@ -216,23 +125,15 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
             warned = true;
         }
     });
-    remove_host_end(&plan, Some(child_pid));
+    plan.remove_host_end(Some(child_pid));
     Ok(exit::code_for(status?))
 }
 // ANCHOR_END: run
 
-/// Deletes the host's end of the veth pair, if there is one (the peer goes with it). When the
-/// container's network namespace has died the kernel has removed both already.
-fn remove_host_end(plan: &Plan, child: Option<Pid>) {
-    if let (Some(_), Some(pid)) = (plan.veth(), child) {
-        let _ = network::delete_link(&network::host_link_name(pid));
-    }
-}
-
 // ANCHOR: escape
 /// Builds the same container as `run`, then has the child try stage 1's escape and report.
 fn escape(args: ContainerArgs) -> Result<u8, Failure> {
-    let plan = Plan::from(request(args, Vec::new())?)?;
+    let plan = Plan::from(Request::new(args, None)?)?;
     plan.check_privileges()?;
     // Remember what the host's / is, so the child can tell whether it got back there.
     let host_root = DirId::of(Path::new("/"))?;
