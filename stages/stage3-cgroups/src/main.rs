@@ -9,17 +9,17 @@
 
 use std::cell::Cell;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use libisolab::cgroups::{self, Backend, Cgroup, ContainerId, Hierarchy, Kernel};
-use libisolab::cgroups::{LimitArgs, Limits, Machine, Usage};
-use libisolab::container::{CommandArgs, ContainerArgs, Inside, Plan, Request};
+use clap::{Args, Parser, Subcommand};
+use libisolab::cgroups::runtime::{self, CgroupArgs, Host, Planned, Shown};
+use libisolab::cgroups::{self, Cgroup, Kernel};
+use libisolab::container::{CommandArgs, ContainerArgs, Plan, Request};
 use libisolab::init;
 use libisolab::process::{self, Failure};
-use libisolab::{cli, exit, namespaces, Error};
+use libisolab::{cli, exit, namespaces};
 use nix::unistd::Uid;
 
 const PROGRAM: &str = "stage3-cgroups";
@@ -63,32 +63,12 @@ enum Verb {
     Gc,
 }
 
-/// What to do when this user cannot have a cgroup (`--cgroups`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum CgroupsWhen {
-    /// No cgroup, no run: refuse, and say how to get one
-    Required,
-    /// No cgroup: run without limits and without a report, and say so
-    Optional,
-}
-
 #[derive(Debug, Args)]
 struct RunArgs {
     #[command(flatten)]
     container: ContainerArgs,
     #[command(flatten)]
-    limits: LimitArgs,
-    /// Without root, limits need a cgroup v2 subtree delegated to you (`isolab doctor` says
-    /// how to get one): required refuses to run without it, optional runs without limits
-    #[arg(long, value_name = "WHEN", value_enum, default_value_t = CgroupsWhen::Required)]
-    cgroups: CgroupsWhen,
-    /// Where the host's cgroups are mounted; on a hybrid host, /sys/fs/cgroup/unified picks
-    /// its cgroup v2 mount
-    #[arg(long, value_name = "DIR", default_value = CGROUP_ROOT)]
-    cgroup_root: PathBuf,
-    /// Print the report of what the command used as JSON, on stdout
-    #[arg(long)]
-    json: bool,
+    cgroup: CgroupArgs,
     /// Print the plan (every namespace, map, mount, link and cgroup file) and do nothing
     #[arg(long)]
     dry_run: bool,
@@ -114,10 +94,11 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
     // 1. The plan: every call we will make, checked and listed before the first one; now
     //    also the limits, and every mkdir and write that makes the cgroup.
     let mut plan = Plan::from(Request::new(args.container, Some(args.command))?)?;
-    let limits = Limits::parse(&args.limits, &Machine::current()?)?;
-    let host = plan_cgroup(&mut plan, &limits, &args.cgroup_root, args.cgroups, args.dry_run)?;
+    let name = runtime::container_name(&plan).to_string();
+    let host = plan_cgroup(&mut plan, &args.cgroup, &name, args.dry_run)?;
     if args.dry_run {
-        print_plan(&plan, host.as_ref());
+        let text = runtime::dry_run_text(&plan, plan.to_string(), host.as_ref());
+        let _ = write!(std::io::stdout(), "{text}");
         return Ok(0);
     }
     plan.check_privileges()?;
@@ -162,95 +143,28 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
 
     // 5. The report: what the cgroup counted; then the cgroup is removed.
     if let Some(cgroup) = cgroup {
-        report(cgroup, code, start_time.elapsed(), args.json);
+        report(cgroup, code, start_time.elapsed(), args.cgroup.json);
     }
     Ok(code)
 }
 // ANCHOR_END: run
 
-/// Where the host's cgroups are mounted.
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-
-/// The host's cgroups, and the backend that makes this container's.
-struct Host {
-    hierarchy: Hierarchy,
-    backend: Box<dyn Backend>,
-}
-
-// ANCHOR: plan_cgroup
-/// Finds the host's cgroups (by statfs), opens the backend this user may use, checks the
-/// limits against it and adds the cgroup to the container's plan. `None` when this user
-/// cannot have a cgroup and `--cgroups optional` says to run without one.
-///
-/// A dry run plans as root would when the user may not (and says so): the plan is printable
-/// by anyone.
+/// Plans the container's cgroup (see `cgroups::runtime::plan_cgroup`); without one
+/// (`--cgroups optional`), says so and goes on without limits.
 fn plan_cgroup(
     plan: &mut Plan,
-    limits: &Limits,
-    cgroup_root: &Path,
-    when: CgroupsWhen,
+    args: &CgroupArgs,
+    name: &str,
     dry_run: bool,
 ) -> Result<Option<Host>, Failure> {
-    let opened = cgroups::detect(cgroup_root, &Kernel).and_then(|hierarchy| {
-        let user = Uid::effective();
-        let backend = match cgroups::open(&hierarchy, user, Rc::new(Kernel)) {
-            Err(_) if dry_run && !user.is_root() => {
-                cgroups::open(&hierarchy, Uid::from_raw(0), Rc::new(Kernel))?
-            }
-            opened => opened?,
-        };
-        Ok(Host { hierarchy, backend })
-    });
-    let host = match (opened, when) {
-        (Ok(host), _) => host,
-        (Err(error), CgroupsWhen::Required) => {
-            return Err(Failure {
-                code: exit::RUNTIME_ERROR,
-                message: format!("{error}; or run without limits: --cgroups optional"),
-            })
-        }
-        (Err(error), CgroupsWhen::Optional) => {
+    match runtime::plan_cgroup(plan, args, name, dry_run)? {
+        Planned::Cgroup(host) => Ok(Some(host)),
+        Planned::Without(reason) => {
             eprintln!(
                 "{PROGRAM}: warning: running without a cgroup, so without limits and without a \
-                 report (--cgroups optional): {error}"
+                 report (--cgroups optional): {reason}"
             );
-            return Ok(None);
-        }
-    };
-    let id = ContainerId::for_this_runtime(container_name(plan))?;
-    let cgroup = host.backend.plan(&id, limits)?;
-    let view = cgroups::view::mounts(&cgroup, &host.hierarchy);
-    plan.add_cgroup(cgroup, view);
-    Ok(Some(host))
-}
-// ANCHOR_END: plan_cgroup
-
-/// The container's name, which its cgroup is named after: its hostname, if it has one.
-fn container_name(plan: &Plan) -> &str {
-    let hostname = plan.inside.iter().find_map(|step| match step {
-        Inside::Hostname(name) if !name.starts_with('.') => Some(name.as_str()),
-        _ => None,
-    });
-    hostname.unwrap_or("container")
-}
-
-/// Prints the plan (`--dry-run`), the runtime's pid as `<runtime pid>`: a real run has
-/// another. Says, for a user without the privileges, what would be refused.
-fn print_plan(plan: &Plan, host: Option<&Host>) {
-    let mut text = plan.to_string();
-    if let Some(cgroup) = &plan.cgroup {
-        let id = cgroup.id.to_string();
-        text = text.replace(&id, &format!("{}-<runtime pid>", cgroup.id.name()));
-    }
-    let mut out = std::io::stdout();
-    let _ = write!(out, "{text}");
-    let user = Uid::effective();
-    if let Err(refused) = plan.check_privileges() {
-        let _ = writeln!(out, "# as uid {user}, this would be refused: {refused}");
-    }
-    if let Some(host) = host {
-        if let Err(refused) = cgroups::open(&host.hierarchy, user, Rc::new(Kernel)) {
-            let _ = writeln!(out, "# as uid {user}, the cgroup would be refused: {refused}");
+            Ok(None)
         }
     }
 }
@@ -258,79 +172,39 @@ fn print_plan(plan: &Plan, host: Option<&Host>) {
 /// Removes what killed runtimes left behind (one line on stderr for each), then makes the
 /// container's cgroup.
 fn create_cgroup(host: Host, plan: &Plan) -> Result<Cgroup, Failure> {
-    let removed = cgroups::gc::gc_for(&host.hierarchy, Uid::effective(), Rc::new(Kernel));
-    match removed {
-        Ok(removed) => {
-            for stale in removed {
-                eprintln!("{PROGRAM}: gc: {stale}");
-            }
-        }
-        // Someone else's mess must not stop this container: `isolab gc` can try again.
+    let created = runtime::create(host, plan)?;
+    match created.collected {
+        Ok(removed) => removed.iter().for_each(|stale| eprintln!("{PROGRAM}: gc: {stale}")),
         Err(error) => eprintln!("{PROGRAM}: warning: gc of stale cgroups failed: {error}"),
     }
-    let cgroup = plan.cgroup.clone().ok_or_else(|| Error::Invalid("no cgroup planned".into()))?;
-    Ok(Cgroup::create(host.backend, cgroup)?)
+    Ok(created.cgroup)
 }
 
-/// `--json`: the report, with the cgroup it was read from and how the command ended.
-#[derive(serde::Serialize)]
-struct JsonReport<'a> {
-    cgroup: String,
-    version: &'a str,
-    exit_code: u8,
-    oom_killed: bool,
-    elapsed_usec: u64,
-    #[serde(flatten)]
-    usage: &'a Usage,
-}
-
-// ANCHOR: report
 /// Reads what the cgroup counted, removes it, and prints the report: on stderr, beneath the
-/// command's own output, or as JSON on stdout. An OOM kill is said in words.
+/// command's own output, or as JSON on stdout.
 fn report(cgroup: Cgroup, code: u8, elapsed: Duration, json: bool) {
-    let name = format!("{}/{}", cgroups::PARENT, cgroup.id());
-    let version = cgroup.version();
-    let usage = match cgroup.finish() {
-        Ok((usage, _removed)) => usage,
-        Err(error) => {
-            // The command ran: its code stands. What is left, `isolab gc` removes.
-            eprintln!("{PROGRAM}: warning: cannot report on or remove cgroup {name}: {error}");
-            return;
-        }
-    };
-    let oom_killed = code == 128 + libc::SIGKILL as u8 && usage.oom_killed();
-    if json {
-        let report = JsonReport {
-            cgroup: name,
-            version: match version {
-                cgroups::Version::V1 => "v1",
-                cgroups::Version::V2 => "v2",
-            },
-            exit_code: code,
-            oom_killed,
-            elapsed_usec: elapsed.as_micros() as u64,
-            usage: &usage,
-        };
-        if let Ok(text) = serde_json::to_string_pretty(&report) {
+    // Written, not printed: a closed stdout or stderr must not turn the report into a panic.
+    match runtime::finish(cgroup, code, elapsed, json) {
+        Ok(Shown::Json(text)) => {
             let _ = writeln!(std::io::stdout(), "{text}");
         }
-        return;
-    }
-    // Written, not printed: a closed stderr must not turn the report into a panic.
-    let mut stderr = std::io::stderr();
-    if oom_killed {
-        let _ = writeln!(stderr, "{PROGRAM}: {}", usage.describe_oom());
-    }
-    for line in usage.to_string().lines() {
-        let _ = writeln!(stderr, "{PROGRAM}: {line}");
+        Ok(Shown::Lines(lines)) => {
+            let mut stderr = std::io::stderr();
+            for line in lines {
+                let _ = writeln!(stderr, "{PROGRAM}: {line}");
+            }
+        }
+        // The command ran: its code stands. What is left, `isolab gc` removes.
+        Err((name, error)) => {
+            eprintln!("{PROGRAM}: warning: cannot report on or remove cgroup {name}: {error}");
+        }
     }
 }
-// ANCHOR_END: report
 
 // ANCHOR: gc
 /// `gc`: removes the cgroups of runtimes that no longer run, and says what it removed.
 fn gc() -> Result<u8, Failure> {
-    let hierarchy = cgroups::detect(Path::new(CGROUP_ROOT), &Kernel)?;
+    let hierarchy = cgroups::detect(Path::new(runtime::CGROUP_ROOT), &Kernel)?;
     let removed = cgroups::gc::gc_for(&hierarchy, Uid::effective(), Rc::new(Kernel))?;
     if removed.is_empty() {
         println!("no stale isolab cgroups");

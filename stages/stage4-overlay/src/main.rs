@@ -18,9 +18,9 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use libisolab::cgroups::{self, Backend, Cgroup, ContainerId, Hierarchy, Kernel};
-use libisolab::cgroups::{LimitArgs, Limits, Machine, Usage};
+use clap::{Args, Parser, Subcommand};
+use libisolab::cgroups::runtime::{self, CgroupArgs, Host, Planned, Shown};
+use libisolab::cgroups::{self, Cgroup, Kernel};
 use libisolab::container::{CommandArgs, ContainerArgs, Plan, Request};
 use libisolab::init;
 use libisolab::process::{self, Failure};
@@ -89,34 +89,14 @@ enum Verb {
     Gc,
 }
 
-/// What to do when this user cannot have a cgroup (`--cgroups`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum CgroupsWhen {
-    /// No cgroup, no run: refuse, and say how to get one
-    Required,
-    /// No cgroup: run without limits and without a report, and say so
-    Optional,
-}
-
 #[derive(Debug, Args)]
 struct RunArgs {
     #[command(flatten)]
     container: ContainerArgs,
     #[command(flatten)]
-    limits: LimitArgs,
+    cgroup: CgroupArgs,
     #[command(flatten)]
     store: StoreArgs,
-    /// Without root, limits need a cgroup v2 subtree delegated to you (`isolab doctor` says
-    /// how to get one): required refuses to run without it, optional runs without limits
-    #[arg(long, value_name = "WHEN", value_enum, default_value_t = CgroupsWhen::Required)]
-    cgroups: CgroupsWhen,
-    /// Where the host's cgroups are mounted; on a hybrid host, /sys/fs/cgroup/unified picks
-    /// its cgroup v2 mount
-    #[arg(long, value_name = "DIR", default_value = CGROUP_ROOT)]
-    cgroup_root: PathBuf,
-    /// Print the report of what the command used as JSON, on stdout
-    #[arg(long)]
-    json: bool,
     /// Print the plan (the store's directories, every namespace, map, mount, link and
     /// cgroup file) and do nothing
     #[arg(long)]
@@ -213,10 +193,7 @@ fn run(args: RunArgs, store: &Store, stopped: Option<Container>) -> Result<u8, F
         None => store.prepare(spec.over(&plan))?,
     };
     plan.move_rootfs(&container.rootfs(), container.rootfs_mounts())?;
-    let limits = Limits::parse(&args.limits, &Machine::current()?)?;
-    let name = &container.config.name;
-    let cgroup_root = &args.cgroup_root;
-    let host = plan_cgroup(&mut plan, &limits, name, cgroup_root, args.cgroups, args.dry_run)?;
+    let host = plan_cgroup(&mut plan, &args.cgroup, &container.config.name, args.dry_run)?;
     if args.dry_run {
         print_plan(&plan, host.as_ref(), &container);
         return Ok(0);
@@ -270,7 +247,7 @@ fn run(args: RunArgs, store: &Store, stopped: Option<Container>) -> Result<u8, F
 
     // 6. The report: what the cgroup counted; then the cgroup is removed.
     if let Some(cgroup) = cgroup {
-        report(cgroup, code, start_time.elapsed(), args.json);
+        report(cgroup, code, start_time.elapsed(), args.cgroup.json);
     }
 
     // 7. The container's state says how it ended; with --rm, it goes.
@@ -365,64 +342,6 @@ fn collect_garbage(store: &Store) {
     }
 }
 
-/// Where the host's cgroups are mounted.
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-
-/// The host's cgroups, and the backend that makes this container's.
-struct Host {
-    hierarchy: Hierarchy,
-    backend: Box<dyn Backend>,
-}
-
-// ANCHOR: plan_cgroup
-/// Finds the host's cgroups (by statfs), opens the backend this user may use, checks the
-/// limits against it and adds the cgroup to the container's plan. `None` when this user
-/// cannot have a cgroup and `--cgroups optional` says to run without one.
-///
-/// A dry run plans as root would when the user may not (and says so): the plan is printable
-/// by anyone.
-fn plan_cgroup(
-    plan: &mut Plan,
-    limits: &Limits,
-    name: &str,
-    cgroup_root: &Path,
-    when: CgroupsWhen,
-    dry_run: bool,
-) -> Result<Option<Host>, Failure> {
-    let opened = cgroups::detect(cgroup_root, &Kernel).and_then(|hierarchy| {
-        let user = Uid::effective();
-        let backend = match cgroups::open(&hierarchy, user, Rc::new(Kernel)) {
-            Err(_) if dry_run && !user.is_root() => {
-                cgroups::open(&hierarchy, Uid::from_raw(0), Rc::new(Kernel))?
-            }
-            opened => opened?,
-        };
-        Ok(Host { hierarchy, backend })
-    });
-    let host = match (opened, when) {
-        (Ok(host), _) => host,
-        (Err(error), CgroupsWhen::Required) => {
-            return Err(Failure {
-                code: exit::RUNTIME_ERROR,
-                message: format!("{error}; or run without limits: --cgroups optional"),
-            })
-        }
-        (Err(error), CgroupsWhen::Optional) => {
-            eprintln!(
-                "{PROGRAM}: warning: running without a cgroup, so without limits and without a \
-                 report (--cgroups optional): {error}"
-            );
-            return Ok(None);
-        }
-    };
-    let id = ContainerId::for_this_runtime(name)?;
-    let cgroup = host.backend.plan(&id, limits)?;
-    let view = cgroups::view::mounts(&cgroup, &host.hierarchy);
-    plan.add_cgroup(cgroup, view);
-    Ok(Some(host))
-}
-// ANCHOR_END: plan_cgroup
-
 /// Prints the plan (`--dry-run`), the runtime's pid as `<runtime pid>`: a real run has
 /// another. Says, for a user without the privileges, what would be refused.
 fn print_plan(plan: &Plan, host: Option<&Host>, container: &Container) {
@@ -443,19 +362,25 @@ fn print_plan(plan: &Plan, host: Option<&Host>, container: &Container) {
         format!("write(\"{}\", exited)", container.dir.join("state.json").display())
     };
     text.push_str(&format!("runtime, last:\n  {end}\n"));
-    if let Some(cgroup) = &plan.cgroup {
-        let id = cgroup.id.to_string();
-        text = text.replace(&id, &format!("{}-<runtime pid>", cgroup.id.name()));
-    }
-    let mut out = std::io::stdout();
-    let _ = write!(out, "{text}");
-    let user = Uid::effective();
-    if let Err(refused) = plan.check_privileges() {
-        let _ = writeln!(out, "# as uid {user}, this would be refused: {refused}");
-    }
-    if let Some(host) = host {
-        if let Err(refused) = cgroups::open(&host.hierarchy, user, Rc::new(Kernel)) {
-            let _ = writeln!(out, "# as uid {user}, the cgroup would be refused: {refused}");
+    let _ = write!(std::io::stdout(), "{}", runtime::dry_run_text(plan, text, host));
+}
+
+/// Plans the container's cgroup (see `cgroups::runtime::plan_cgroup`); without one
+/// (`--cgroups optional`), says so and goes on without limits.
+fn plan_cgroup(
+    plan: &mut Plan,
+    args: &CgroupArgs,
+    name: &str,
+    dry_run: bool,
+) -> Result<Option<Host>, Failure> {
+    match runtime::plan_cgroup(plan, args, name, dry_run)? {
+        Planned::Cgroup(host) => Ok(Some(host)),
+        Planned::Without(reason) => {
+            eprintln!(
+                "{PROGRAM}: warning: running without a cgroup, so without limits and without a \
+                 report (--cgroups optional): {reason}"
+            );
+            Ok(None)
         }
     }
 }
@@ -463,80 +388,40 @@ fn print_plan(plan: &Plan, host: Option<&Host>, container: &Container) {
 /// Removes what killed runtimes left behind (one line on stderr for each), then makes the
 /// container's cgroup.
 fn create_cgroup(host: Host, plan: &Plan) -> Result<Cgroup, Failure> {
-    let removed = cgroups::gc::gc_for(&host.hierarchy, Uid::effective(), Rc::new(Kernel));
-    match removed {
-        Ok(removed) => {
-            for stale in removed {
-                eprintln!("{PROGRAM}: gc: {stale}");
-            }
-        }
-        // Someone else's mess must not stop this container: `isolab gc` can try again.
+    let created = runtime::create(host, plan)?;
+    match created.collected {
+        Ok(removed) => removed.iter().for_each(|stale| eprintln!("{PROGRAM}: gc: {stale}")),
         Err(error) => eprintln!("{PROGRAM}: warning: gc of stale cgroups failed: {error}"),
     }
-    let cgroup = plan.cgroup.clone().ok_or_else(|| Error::Invalid("no cgroup planned".into()))?;
-    Ok(Cgroup::create(host.backend, cgroup)?)
+    Ok(created.cgroup)
 }
 
-/// `--json`: the report, with the cgroup it was read from and how the command ended.
-#[derive(serde::Serialize)]
-struct JsonReport<'a> {
-    cgroup: String,
-    version: &'a str,
-    exit_code: u8,
-    oom_killed: bool,
-    elapsed_usec: u64,
-    #[serde(flatten)]
-    usage: &'a Usage,
-}
-
-// ANCHOR: report
 /// Reads what the cgroup counted, removes it, and prints the report: on stderr, beneath the
-/// command's own output, or as JSON on stdout. An OOM kill is said in words.
+/// command's own output, or as JSON on stdout.
 fn report(cgroup: Cgroup, code: u8, elapsed: Duration, json: bool) {
-    let name = format!("{}/{}", cgroups::PARENT, cgroup.id());
-    let version = cgroup.version();
-    let usage = match cgroup.finish() {
-        Ok((usage, _removed)) => usage,
-        Err(error) => {
-            // The command ran: its code stands. What is left, `isolab gc` removes.
-            eprintln!("{PROGRAM}: warning: cannot report on or remove cgroup {name}: {error}");
-            return;
-        }
-    };
-    let oom_killed = code == 128 + libc::SIGKILL as u8 && usage.oom_killed();
-    if json {
-        let report = JsonReport {
-            cgroup: name,
-            version: match version {
-                cgroups::Version::V1 => "v1",
-                cgroups::Version::V2 => "v2",
-            },
-            exit_code: code,
-            oom_killed,
-            elapsed_usec: elapsed.as_micros() as u64,
-            usage: &usage,
-        };
-        if let Ok(text) = serde_json::to_string_pretty(&report) {
+    // Written, not printed: a closed stdout or stderr must not turn the report into a panic.
+    match runtime::finish(cgroup, code, elapsed, json) {
+        Ok(Shown::Json(text)) => {
             let _ = writeln!(std::io::stdout(), "{text}");
         }
-        return;
-    }
-    // Written, not printed: a closed stderr must not turn the report into a panic.
-    let mut stderr = std::io::stderr();
-    if oom_killed {
-        let _ = writeln!(stderr, "{PROGRAM}: {}", usage.describe_oom());
-    }
-    for line in usage.to_string().lines() {
-        let _ = writeln!(stderr, "{PROGRAM}: {line}");
+        Ok(Shown::Lines(lines)) => {
+            let mut stderr = std::io::stderr();
+            for line in lines {
+                let _ = writeln!(stderr, "{PROGRAM}: {line}");
+            }
+        }
+        // The command ran: its code stands. What is left, `isolab gc` removes.
+        Err((name, error)) => {
+            eprintln!("{PROGRAM}: warning: cannot report on or remove cgroup {name}: {error}");
+        }
     }
 }
-// ANCHOR_END: report
 
 // ANCHOR: gc
 /// `gc`: removes the cgroups of runtimes that no longer run, fixes the state of the
 /// containers they left running and unmounts what they left mounted; says what it did.
 fn gc(store: &Store) -> Result<u8, Failure> {
-    let hierarchy = cgroups::detect(Path::new(CGROUP_ROOT), &Kernel)?;
+    let hierarchy = cgroups::detect(Path::new(runtime::CGROUP_ROOT), &Kernel)?;
     let removed = cgroups::gc::gc_for(&hierarchy, Uid::effective(), Rc::new(Kernel))?;
     let cleaned = store.gc()?;
     if removed.is_empty() && cleaned.is_empty() {

@@ -47,6 +47,7 @@ pub mod guard;
 pub mod limits;
 pub mod report;
 pub mod rootless;
+pub mod runtime;
 pub mod v1;
 pub mod v2;
 pub mod view;

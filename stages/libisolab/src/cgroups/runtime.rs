@@ -1,0 +1,220 @@
+//! A runtime's side of its container's cgroup, from the command line to the report.
+//!
+//! Stage 3 and every later stage do the same four things with a cgroup: plan it with the rest
+//! of the container ([`plan_cgroup`]), collect what killed runtimes left and make it
+//! ([`create`]), show the plan in a dry run ([`dry_run_notes`]), and report what the command
+//! used before removing it ([`finish`]). They live here once. Nothing here prints: warnings
+//! and reports come back as values, for the binary to show.
+
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+use nix::unistd::Uid;
+
+use super::{gc, open, Backend, Cgroup, ContainerId, Hierarchy, Kernel, LimitArgs, Limits};
+use super::{Machine, Removed, Usage, Version};
+use crate::container::{Inside, Plan};
+use crate::error::{Error, Result};
+
+/// Where the host's cgroups are mounted.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// What to do when this user cannot have a cgroup (`--cgroups`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CgroupsWhen {
+    /// No cgroup, no run: refuse, and say how to get one
+    Required,
+    /// No cgroup: run without limits and without a report, and say so
+    Optional,
+}
+
+/// The command-line options of a container's cgroup, shared by every stage from 3 on.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CgroupArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub limits: LimitArgs,
+    /// Without root, limits need a cgroup v2 subtree delegated to you (`isolab doctor` says
+    /// how to get one): required refuses to run without it, optional runs without limits
+    #[arg(long, value_name = "WHEN", value_enum, default_value_t = CgroupsWhen::Required)]
+    pub cgroups: CgroupsWhen,
+    /// Where the host's cgroups are mounted; on a hybrid host, /sys/fs/cgroup/unified picks
+    /// its cgroup v2 mount
+    #[arg(long, value_name = "DIR", default_value = CGROUP_ROOT)]
+    pub cgroup_root: PathBuf,
+    /// Print the report of what the command used as JSON, on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The host's cgroups, and the backend that makes this container's.
+pub struct Host {
+    /// What [`super::detect`] found.
+    pub hierarchy: Hierarchy,
+    /// The backend this user may use.
+    pub backend: Box<dyn Backend>,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Host({})", self.hierarchy)
+    }
+}
+
+/// What [`plan_cgroup`] decided.
+#[derive(Debug)]
+pub enum Planned {
+    /// The plan has a cgroup, to be made on this host.
+    Cgroup(Host),
+    /// No cgroup (`--cgroups optional`), for this reason: the run goes on without limits.
+    Without(Error),
+}
+
+// ANCHOR: plan_cgroup
+/// Finds the host's cgroups (by statfs), opens the backend this user may use, checks the
+/// limits against it and adds the cgroup, named `name`, to the container's plan.
+///
+/// A dry run plans as root would when the user may not (and says so): the plan is printable
+/// by anyone.
+pub fn plan_cgroup(
+    plan: &mut Plan,
+    args: &CgroupArgs,
+    name: &str,
+    dry_run: bool,
+) -> Result<Planned> {
+    let limits = Limits::parse(&args.limits, &Machine::current()?)?;
+    let opened = super::detect(&args.cgroup_root, &Kernel).and_then(|hierarchy| {
+        let user = Uid::effective();
+        let backend = match open(&hierarchy, user, Rc::new(Kernel)) {
+            Err(_) if dry_run && !user.is_root() => {
+                open(&hierarchy, Uid::from_raw(0), Rc::new(Kernel))?
+            }
+            opened => opened?,
+        };
+        Ok(Host { hierarchy, backend })
+    });
+    let host = match (opened, args.cgroups) {
+        (Ok(host), _) => host,
+        (Err(error), CgroupsWhen::Required) => {
+            return Err(Error::Invalid(format!(
+                "{error}; or run without limits: --cgroups optional"
+            )))
+        }
+        (Err(error), CgroupsWhen::Optional) => return Ok(Planned::Without(error)),
+    };
+    let id = ContainerId::for_this_runtime(name)?;
+    let cgroup = host.backend.plan(&id, &limits)?;
+    let view = super::view::mounts(&cgroup, &host.hierarchy);
+    plan.add_cgroup(cgroup, view);
+    Ok(Planned::Cgroup(host))
+}
+// ANCHOR_END: plan_cgroup
+
+/// The container's name, which its cgroup is named after: its hostname, if it has one.
+pub fn container_name(plan: &Plan) -> &str {
+    let hostname = plan.inside.iter().find_map(|step| match step {
+        Inside::Hostname(name) if !name.starts_with('.') => Some(name.as_str()),
+        _ => None,
+    });
+    hostname.unwrap_or("container")
+}
+
+/// For `--dry-run`: the plan's text with the runtime's pid shown as `<runtime pid>` (a real
+/// run has another), and what would be refused for a user without the privileges.
+pub fn dry_run_text(plan: &Plan, plan_text: String, host: Option<&Host>) -> String {
+    let mut text = plan_text;
+    if let Some(cgroup) = &plan.cgroup {
+        let id = cgroup.id.to_string();
+        text = text.replace(&id, &format!("{}-<runtime pid>", cgroup.id.name()));
+    }
+    let user = Uid::effective();
+    if let Err(refused) = plan.check_privileges() {
+        text.push_str(&format!("# as uid {user}, this would be refused: {refused}\n"));
+    }
+    if let Some(host) = host {
+        if let Err(refused) = open(&host.hierarchy, user, Rc::new(Kernel)) {
+            text.push_str(&format!("# as uid {user}, the cgroup would be refused: {refused}\n"));
+        }
+    }
+    text
+}
+
+/// The made cgroup, and what was collected on the way.
+#[derive(Debug)]
+pub struct Created {
+    /// The container's cgroup; dropping it removes it.
+    pub cgroup: Cgroup,
+    /// The stale cgroups of killed runtimes that were removed first, or why that failed
+    /// (someone else's mess must not stop this container: `isolab gc` can try again).
+    pub collected: Result<Vec<Removed>>,
+}
+
+/// Removes what killed runtimes left behind, then makes the container's cgroup.
+pub fn create(host: Host, plan: &Plan) -> Result<Created> {
+    let collected = gc::gc_for(&host.hierarchy, Uid::effective(), Rc::new(Kernel));
+    let planned = plan.cgroup.clone().ok_or_else(|| Error::Invalid("no cgroup planned".into()))?;
+    Ok(Created { cgroup: Cgroup::create(host.backend, planned)?, collected })
+}
+
+/// `--json`: the report, with the cgroup it was read from and how the command ended.
+#[derive(serde::Serialize)]
+struct JsonReport<'a> {
+    cgroup: String,
+    version: &'a str,
+    exit_code: u8,
+    oom_killed: bool,
+    elapsed_usec: u64,
+    #[serde(flatten)]
+    usage: &'a Usage,
+}
+
+/// The report, as the binary shows it.
+#[derive(Debug)]
+pub enum Shown {
+    /// `--json`: one document, for stdout.
+    Json(String),
+    /// Lines for stderr, beneath the command's own output (the OOM kill in words first).
+    Lines(Vec<String>),
+}
+
+// ANCHOR: report
+/// Reads what the cgroup counted and removes it; returns the report (`code` is how the
+/// command ended: 137 and an OOM kill counted means the OOM killer ended it). On error, the
+/// cgroup's name and why: the command ran, its code stands, and `isolab gc` removes the rest.
+pub fn finish(
+    cgroup: Cgroup,
+    code: u8,
+    elapsed: Duration,
+    json: bool,
+) -> std::result::Result<Shown, (String, Error)> {
+    let name = format!("{}/{}", super::PARENT, cgroup.id());
+    let version = cgroup.version();
+    let usage = match cgroup.finish() {
+        Ok((usage, _removed)) => usage,
+        Err(error) => return Err((name, error)),
+    };
+    let oom_killed = code == 128 + libc::SIGKILL as u8 && usage.oom_killed();
+    if json {
+        let report = JsonReport {
+            cgroup: name,
+            version: match version {
+                Version::V1 => "v1",
+                Version::V2 => "v2",
+            },
+            exit_code: code,
+            oom_killed,
+            elapsed_usec: elapsed.as_micros() as u64,
+            usage: &usage,
+        };
+        let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+        return Ok(Shown::Json(text));
+    }
+    let mut lines = Vec::new();
+    if oom_killed {
+        lines.push(usage.describe_oom());
+    }
+    lines.extend(usage.to_string().lines().map(String::from));
+    Ok(Shown::Lines(lines))
+}
+// ANCHOR_END: report
