@@ -14,8 +14,11 @@ use crate::PROGRAM;
 
 /// `ps`: one line per container, broken ones included (and said why).
 pub fn ps(store: &Store) -> Result<u8, Failure> {
+    // STATUS is as wide as `running (pid 4194304)` (the largest pid_max), so that the table
+    // does not shift with the number of digits in a pid.
+    let status = format!("{:<21}", "STATUS");
     let mut rows =
-        vec![["CONTAINER ID", "NAME", "STATUS", "EXIT", "CREATED (UTC)", "STORAGE", "COMMAND"]
+        vec![["CONTAINER ID", "NAME", &status, "EXIT", "CREATED (UTC)", "STORAGE", "COMMAND"]
             .map(String::from)
             .to_vec()];
     for listed in store.list()? {
