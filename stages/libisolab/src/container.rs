@@ -344,8 +344,26 @@ impl Plan {
 
     /// In the parent: the steps for child `pid`, before it is released.
     pub fn apply_outside(&self, pid: Pid) -> Result<(), Error> {
-        // Chapter 3: into its cgroup first, so that all the child does is counted.
-        if let Some(cgroup) = &self.cgroup {
+        self.apply_outside_born(pid, false)
+    }
+
+    /// Chapter 3: the cgroup v2 directory the child can be born in (`clone3` with
+    /// `CLONE_INTO_CGROUP`, see `namespaces::spawn_into`), instead of being moved in after
+    /// the clone. v1 has one directory per hierarchy, and no such thing.
+    pub fn cgroup_to_clone_into(&self) -> Option<&Path> {
+        let cgroup =
+            self.cgroup.as_ref().filter(|cgroup| cgroup.version == cgroups::Version::V2)?;
+        match cgroup.join.as_slice() {
+            [procs] => procs.parent(),
+            _ => None,
+        }
+    }
+
+    /// [`Plan::apply_outside`], for a child that `born_in_cgroup` or not.
+    pub fn apply_outside_born(&self, pid: Pid, born_in_cgroup: bool) -> Result<(), Error> {
+        // Chapter 3: into its cgroup first, so that all the child does is counted (unless it
+        // was born there).
+        if let (Some(cgroup), false) = (&self.cgroup, born_in_cgroup) {
             cgroup.join(&cgroups::Kernel, pid)?;
         }
         for step in &self.outside {
@@ -455,14 +473,22 @@ impl fmt::Display for Plan {
             }
         }
         let cloned = self.clone_namespaces();
-        if cloned.clone_flags().is_empty() {
+        let into = self.cgroup_to_clone_into();
+        if let Some(dir) = into {
+            let flags = match cloned.clone_flags().is_empty() {
+                true => String::new(),
+                false => format!("{} | ", cloned.flag_names()),
+            };
+            writeln!(f, "# born in its cgroup: nothing to move, nothing counted elsewhere")?;
+            writeln!(f, "clone3({flags}CLONE_INTO_CGROUP, cgroup=open(\"{}\"))", dir.display())?;
+        } else if cloned.clone_flags().is_empty() {
             writeln!(f, "# no namespace: a plain fork, as in stage 1")?;
             writeln!(f, "clone(SIGCHLD)")?;
         } else {
             writeln!(f, "clone({} | SIGCHLD)", cloned.flag_names())?;
         }
         writeln!(f, "parent, for child {pid} (which waits on the sync pipe):")?;
-        if let Some(cgroup) = &self.cgroup {
+        if let (Some(cgroup), None) = (&self.cgroup, into) {
             writeln!(f, "  # into its cgroup first: from now on, all it does is counted")?;
             for procs in &cgroup.join {
                 writeln!(f, "  write(\"{}\", \"{pid}\")", procs.display())?;

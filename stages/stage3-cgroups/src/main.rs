@@ -8,7 +8,9 @@
 //! on every way out. Chapter: `book/src/stage3-cgroups.md`.
 
 use std::cell::Cell;
+use std::fs::File;
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -112,11 +114,13 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
     //    its cgroup namespace, builds its view and execs the command.
     let started = Cell::new(None);
     let start_time = Instant::now();
-    let spawned = namespaces::spawn(
+    let born_in = plan.cgroup_to_clone_into().map(open_cgroup_dir).transpose()?;
+    let spawned = namespaces::spawn_into(
         plan.clone_namespaces(),
-        |pid| {
+        born_in.as_ref().map(AsFd::as_fd),
+        |pid, born_in_cgroup| {
             started.set(Some(pid));
-            Ok(plan.apply_outside(pid)?)
+            Ok(plan.apply_outside_born(pid, born_in_cgroup)?)
         },
         |pipe| {
             plan.apply_inside()?;
@@ -148,6 +152,14 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
     Ok(code)
 }
 // ANCHOR_END: run
+
+/// Opens the cgroup v2 directory the child will be born in (`clone3`'s `cgroup` field).
+fn open_cgroup_dir(dir: &Path) -> Result<File, Failure> {
+    File::open(dir).map_err(|error| Failure {
+        code: exit::RUNTIME_ERROR,
+        message: format!("open {} failed: {error}", dir.display()),
+    })
+}
 
 /// Plans the container's cgroup (see `cgroups::runtime::plan_cgroup`); without one
 /// (`--cgroups optional`), says so and goes on without limits.

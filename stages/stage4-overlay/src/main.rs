@@ -13,7 +13,9 @@ mod commands;
 
 use std::cell::Cell;
 use std::ffi::OsString;
+use std::fs::File;
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -216,11 +218,13 @@ fn run(args: RunArgs, store: &Store, stopped: Option<Container>) -> Result<u8, F
     //    command.
     let started = Cell::new(None);
     let start_time = Instant::now();
-    let spawned = namespaces::spawn(
+    let born_in = plan.cgroup_to_clone_into().map(open_cgroup_dir).transpose()?;
+    let spawned = namespaces::spawn_into(
         plan.clone_namespaces(),
-        |pid| {
+        born_in.as_ref().map(AsFd::as_fd),
+        |pid, born_in_cgroup| {
             started.set(Some(pid));
-            Ok(plan.apply_outside(pid)?)
+            Ok(plan.apply_outside_born(pid, born_in_cgroup)?)
         },
         |pipe| {
             plan.apply_inside()?;
@@ -363,6 +367,14 @@ fn print_plan(plan: &Plan, host: Option<&Host>, container: &Container) {
     };
     text.push_str(&format!("runtime, last:\n  {end}\n"));
     let _ = write!(std::io::stdout(), "{}", runtime::dry_run_text(plan, text, host));
+}
+
+/// Opens the cgroup v2 directory the child will be born in (`clone3`'s `cgroup` field).
+fn open_cgroup_dir(dir: &Path) -> Result<File, Failure> {
+    File::open(dir).map_err(|error| Failure {
+        code: exit::RUNTIME_ERROR,
+        message: format!("open {} failed: {error}", dir.display()),
+    })
 }
 
 /// Plans the container's cgroup (see `cgroups::runtime::plan_cgroup`); without one
