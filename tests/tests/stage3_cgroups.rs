@@ -739,13 +739,19 @@ fn cgroup_v2_for_real_on_this_hosts_cgroup2_mount() {
             "--",
             "/bin/sh",
             "-c",
-            "tail -n 1 /proc/self/cgroup >&2; ls /sys/fs/cgroup/cgroup.procs >&2",
+            "tail -n 1 /proc/self/cgroup >&2; ls /sys/fs/cgroup/cgroup.procs >&2; \
+             i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done",
         ],
     );
     assert_eq!(code(&run.output), 0, "{}", run.transcript);
     let report = json(&run);
     assert_eq!(report["version"], "v2", "{report:#}");
     assert!(report["cpu_user_usec"].is_u64(), "cpu.stat is always there: {report:#}");
+    // The command was counted there: on v2 the child is born in its cgroup (clone3 with
+    // CLONE_INTO_CGROUP) rather than moved in, and its busy loop shows in the cgroup's CPU time.
+    let cpu_usec = report["cpu_user_usec"].as_u64().unwrap_or(0)
+        + report["cpu_system_usec"].as_u64().unwrap_or(0);
+    assert!(cpu_usec >= 10_000, "the loop's CPU time was not counted: {report:#}");
     let stderr = text(&run.output.stderr);
     assert!(stderr.starts_with("0::/\n/sys/fs/cgroup/cgroup.procs\n"), "{stderr}");
     assert_no_cgroups(&run);
