@@ -213,3 +213,73 @@ pub fn host_has(program: impl AsRef<OsStr>) -> bool {
         .map(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
         .unwrap_or(false)
 }
+
+impl TestEnv {
+    /// Opens this directory to everyone (tempdirs are 0700): root inside a user namespace is
+    /// an unprivileged uid on the host, and must be able to reach a rootfs in here.
+    pub fn open_to_namespaced_root(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(self.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod 0755");
+    }
+
+    /// A busybox rootfs that root of a user namespace can reach (see
+    /// [`TestEnv::open_to_namespaced_root`]).
+    pub fn namespaced_rootfs(&self, name: &str) -> PathBuf {
+        self.open_to_namespaced_root();
+        self.busybox_rootfs(name)
+    }
+
+    /// Only the directories a container's mounts need (`proc sys dev tmp`) under `name`: enough
+    /// for a `--dry-run`, which checks them but runs nothing.
+    pub fn skeleton_rootfs(&self, name: &str) -> PathBuf {
+        for dir in ["proc", "sys", "dev", "tmp"] {
+            std::fs::create_dir_all(self.path().join(name).join(dir)).expect("mkdir");
+        }
+        self.open_to_namespaced_root();
+        self.path().join(name)
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds or `limit` has passed; its last answer.
+pub fn eventually(limit: std::time::Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    condition()
+}
+
+/// Lines of the host's mount table that name `dir` (as given, or with symlinks resolved).
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| {
+            line.contains(&*real.to_string_lossy()) || line.contains(&*dir.to_string_lossy())
+        })
+        .map(String::from)
+        .collect()
+}
+
+/// Processes whose root directory is inside `dir`: a container left behind.
+pub fn processes_rooted_in(dir: &Path) -> Vec<String> {
+    let real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.parse::<u32>().is_err() {
+            continue;
+        }
+        if let Ok(root) = std::fs::read_link(entry.path().join("root")) {
+            if root.starts_with(&real) {
+                found.push(name);
+            }
+        }
+    }
+    found
+}

@@ -7,7 +7,7 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,14 +20,6 @@ const STAGE: &str = "stage2-namespaces";
 /// Runs stage2-namespaces with `args` and returns the transcript (as the book shows it).
 fn stage2(env: &TestEnv, args: &[&str]) -> (String, Output) {
     transcript_of(env, STAGE, args)
-}
-
-/// The busybox rootfs at `<env>/rootfs`, with the test dir opened to "others": root inside a
-/// user namespace is uid 100000 outside and must be able to walk to the rootfs (a tempdir is
-/// created 0700).
-fn rootfs(env: &TestEnv) -> PathBuf {
-    fs::set_permissions(env.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    env.busybox_rootfs("rootfs")
 }
 
 /// The shared filters, plus what varies in stage 2's output: the binary's directory, the
@@ -56,18 +48,6 @@ fn isolab_links() -> Vec<String> {
 
 fn link_exists(name: &str) -> bool {
     isolab_links().iter().any(|link| link == name)
-}
-
-/// Polls `condition` for up to `limit`; true if it became true.
-fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    condition()
 }
 
 /// The runtime's child (the container's first process), as the host sees it.
@@ -123,46 +103,11 @@ impl Drop for Running {
 /// Serialises the tests that create veth links with the one that checks none is created.
 static LINKS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Lines of the host's mount table that mention `dir` (other tests and programs on the host
-/// may mount and unmount meanwhile, so the table as a whole is not compared).
-fn mounts_under(dir: &Path) -> Vec<String> {
-    let real = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|line| {
-            line.contains(&*real.to_string_lossy()) || line.contains(&*dir.to_string_lossy())
-        })
-        .map(String::from)
-        .collect()
-}
-
-/// Processes whose root directory is inside `dir`: a container left behind.
-fn processes_rooted_in(dir: &Path) -> Vec<String> {
-    let real = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let mut found = Vec::new();
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.parse::<u32>().is_err() {
-            continue;
-        }
-        if let Ok(root) = fs::read_link(entry.path().join("root")) {
-            if root.starts_with(&real) {
-                found.push(name);
-            }
-        }
-    }
-    found
-}
-
 #[test]
 fn dry_run_prints_the_plan_without_root() {
     let env = TestEnv::new();
     // A rootfs need not be real for a plan: only the mount points must exist.
-    for dir in ["rootfs/proc", "rootfs/sys", "rootfs/dev", "rootfs/tmp"] {
-        fs::create_dir_all(env.path().join(dir)).unwrap();
-    }
-    fs::set_permissions(env.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    env.skeleton_rootfs("rootfs");
     let cases: &[(&str, &[&str])] = &[
         (
             "stage2_dry_run_mnt_uts_ipc_pid_net",
@@ -196,10 +141,7 @@ fn dry_run_with_user_namespace_and_veth() {
         return;
     }
     let env = TestEnv::new();
-    for dir in ["rootfs/proc", "rootfs/sys", "rootfs/dev", "rootfs/tmp"] {
-        fs::create_dir_all(env.path().join(dir)).unwrap();
-    }
-    fs::set_permissions(env.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    env.skeleton_rootfs("rootfs");
     let (all, output) = stage2(
         &env,
         &[
@@ -240,7 +182,7 @@ fn the_command_is_pid_1_and_sees_no_host_process() {
         return;
     }
     let env = TestEnv::new();
-    rootfs(&env);
+    env.namespaced_rootfs("rootfs");
     let (ps, output) = stage2(&env, &["run", "--rootfs", "rootfs", "--", "ps"]);
     assert_eq!(code(&output), 0, "{ps}");
     let (ps_init, output) = stage2(&env, &["run", "--rootfs", "rootfs", "--init", "--", "ps"]);
@@ -284,7 +226,7 @@ fn the_hostname_is_the_containers_own() {
     }
     let _lock = host_lock();
     let env = TestEnv::new();
-    rootfs(&env);
+    env.namespaced_rootfs("rootfs");
     let host_before = nix::unistd::gethostname().unwrap();
     let mut running = Running::start(env.cmd(STAGE).stdout(Stdio::piped()).args([
         "run",
@@ -317,7 +259,7 @@ fn a_mount_inside_is_absent_from_the_hosts_table() {
         return;
     }
     let env = TestEnv::new();
-    rootfs(&env);
+    env.namespaced_rootfs("rootfs");
     let marker = format!("isolab-marker-{}", std::process::id());
     let script = format!(
         "mkdir /tmp/m && mount -t tmpfs {marker} /tmp/m && grep -c {marker} /proc/self/mountinfo \
@@ -359,7 +301,7 @@ fn stage1s_escape_fails() {
         return;
     }
     let env = TestEnv::new();
-    rootfs(&env);
+    env.namespaced_rootfs("rootfs");
     let (held, output) = stage2(&env, &["escape", "--rootfs", "rootfs"]);
     assert_eq!(code(&output), 1, "{held}");
     assert!(held.contains("the container held"), "{held}");
@@ -381,7 +323,7 @@ fn ip_link_shows_only_the_containers_devices() {
     }
     let _links = LINKS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let env = TestEnv::new();
-    rootfs(&env);
+    env.namespaced_rootfs("rootfs");
     let (loopback, output) = stage2(&env, &["run", "--rootfs", "rootfs", "--", "ip", "link"]);
     assert_eq!(code(&output), 0, "{loopback}");
     let devices = |out: &str| -> Vec<String> {
@@ -422,7 +364,7 @@ fn tcp_over_the_veth_pair_and_links_gone_after_exit() {
     }
     let _links = LINKS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let env = TestEnv::new();
-    rootfs(&env);
+    env.namespaced_rootfs("rootfs");
     let port = 7000 + (std::process::id() % 1000) as u16;
     let script =
         format!("ip -o -4 addr show eth0; echo hello from the container | nc -l -p {port}");
@@ -473,7 +415,7 @@ fn links_are_gone_after_sigkill_of_the_runtime() {
     }
     let _links = LINKS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let env = TestEnv::new();
-    rootfs(&env);
+    env.namespaced_rootfs("rootfs");
     let mut running = Running::start(env.cmd(STAGE).args([
         "run",
         "--rootfs",
@@ -529,7 +471,7 @@ fn a_host_shm_segment_is_invisible_inside() {
         return;
     }
     let env = TestEnv::new();
-    rootfs(&env);
+    env.namespaced_rootfs("rootfs");
     let shm = HostShm::create();
     let key = shm.key.to_string();
     // /proc/sysvipc/shm lists the segments of the reader's ipc namespace (busybox has no ipcs).
@@ -564,7 +506,7 @@ fn sigterm_to_the_runtime_ends_the_command_with_143_under_init() {
         return;
     }
     let env = TestEnv::new();
-    rootfs(&env);
+    env.namespaced_rootfs("rootfs");
     let mut running = Running::start(env.cmd(STAGE).args([
         "run",
         "--rootfs",
@@ -588,7 +530,7 @@ fn pid_1_without_init_drops_sigterm_and_says_so() {
         return;
     }
     let env = TestEnv::new();
-    rootfs(&env);
+    env.namespaced_rootfs("rootfs");
     let mut running = Running::start(env.cmd(STAGE).stderr(Stdio::piped()).args([
         "run",
         "--rootfs",
@@ -616,7 +558,7 @@ fn exit_codes_are_the_commands_own() {
         return;
     }
     let env = TestEnv::new();
-    rootfs(&env);
+    env.namespaced_rootfs("rootfs");
     fs::write(env.path().join("rootfs/etc/notes.txt"), "not a program\n").unwrap();
     let cases: &[(&[&str], i32)] = &[
         (
@@ -648,7 +590,7 @@ fn rootless_as_an_unprivileged_user() {
         return;
     }
     let env = TestEnv::new();
-    rootfs(&env);
+    env.namespaced_rootfs("rootfs");
     let script =
         "id; cat /proc/self/uid_map; echo pid $$; touch /bin/x || echo the rootfs is not ours";
     let output = run(Command::new("setpriv")
@@ -696,7 +638,7 @@ fn bad_input_is_one_line_exit_125_and_leaves_nothing() {
         return;
     }
     let env = TestEnv::new();
-    rootfs(&env);
+    env.namespaced_rootfs("rootfs");
     for dir in ["noproc/sys", "noproc/dev", "noproc/tmp"] {
         fs::create_dir_all(env.path().join(dir)).unwrap();
     }

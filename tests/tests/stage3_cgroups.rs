@@ -8,11 +8,10 @@
 //! and collect its cgroups even when an assertion fails.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::RwLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use isolab_tests::*;
 use nix::sys::signal::{kill, Signal};
@@ -32,13 +31,6 @@ fn starts() -> std::sync::RwLockReadGuard<'static, ()> {
 
 fn collects() -> std::sync::RwLockWriteGuard<'static, ()> {
     GC.write().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// The busybox rootfs at `<env>/rootfs`, reachable by root inside a user namespace (uid 100000
-/// outside) and by the unprivileged user of the rootless test.
-fn rootfs(env: &TestEnv) -> PathBuf {
-    fs::set_permissions(env.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    env.busybox_rootfs("rootfs")
 }
 
 /// The shared filters, and what varies in stage 3's output: the runtime's pid in cgroup
@@ -118,18 +110,6 @@ fn assert_no_cgroups(run: &Run) {
     assert!(left.is_empty(), "cgroups left behind: {left:?}\n{}", run.transcript);
 }
 
-/// Polls `condition` for up to `limit`.
-fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    condition()
-}
-
 /// A runtime started in the background: killed, with its container, when dropped; its stale
 /// cgroups are then collected (a failed test leaves nothing either).
 struct Running {
@@ -175,10 +155,7 @@ fn json(run: &Run) -> Value {
 fn dry_run_prints_the_cgroup_plan_without_root() {
     let env = TestEnv::new();
     // A rootfs need not be real for a plan: only the mount points must exist.
-    for dir in ["rootfs/proc", "rootfs/sys", "rootfs/dev", "rootfs/tmp"] {
-        fs::create_dir_all(env.path().join(dir)).unwrap();
-    }
-    fs::set_permissions(env.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    env.skeleton_rootfs("rootfs");
     let args = [
         "run",
         "--rootfs",
@@ -224,7 +201,7 @@ fn past_the_memory_limit_the_oom_killer_ends_the_command_and_the_report_says_so(
     }
     let _starts = starts();
     let env = TestEnv::new();
-    rootfs(&env);
+    env.namespaced_rootfs("rootfs");
     // dd allocates its 64 MiB buffer and fills it: past 32 MiB, the OOM killer steps in.
     let dd = ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"];
     let mut args = vec!["run", "--rootfs", "rootfs", "--hostname", "box", "--memory", "32M", "--"];
@@ -262,7 +239,7 @@ fn the_pids_limit_stops_a_fork_loop_at_16() {
     }
     let _starts = starts();
     let env = TestEnv::new();
-    rootfs(&env);
+    env.namespaced_rootfs("rootfs");
     // A shell that starts 40 sleeps: the 16th process is the last fork that succeeds, and the
     // shell gives up. When it (PID 1) exits, its pid namespace ends, sleeps and all.
     let script = "i=0; while [ $i -lt 40 ]; do sleep 30 & i=$((i+1)); done";
@@ -307,24 +284,6 @@ fn the_pids_limit_stops_a_fork_loop_at_16() {
     settings(&env).bind(|| insta::assert_snapshot!("stage3_fork_bomb", shown));
 }
 
-/// Processes whose root directory is inside `dir`: a container left behind.
-fn processes_rooted_in(dir: &Path) -> Vec<String> {
-    let real = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let mut found = Vec::new();
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.parse::<u32>().is_err() {
-            continue;
-        }
-        if let Ok(root) = fs::read_link(entry.path().join("root")) {
-            if root.starts_with(&real) {
-                found.push(name);
-            }
-        }
-    }
-    found
-}
-
 #[test]
 fn cpus_0_2_holds_a_busy_loop_to_a_fifth_of_a_cpu() {
     if !require_root("cpus_0_2_holds_a_busy_loop_to_a_fifth_of_a_cpu") {
@@ -332,7 +291,7 @@ fn cpus_0_2_holds_a_busy_loop_to_a_fifth_of_a_cpu() {
     }
     let _starts = starts();
     let env = TestEnv::new();
-    rootfs(&env);
+    env.namespaced_rootfs("rootfs");
     // Two seconds of a shell's busy loop (under --init, so that timeout's SIGTERM reaches it).
     let run = stage3(
         &env,
@@ -396,7 +355,7 @@ fn the_report_as_json_is_sane() {
     }
     let _starts = starts();
     let env = TestEnv::new();
-    rootfs(&env);
+    env.namespaced_rootfs("rootfs");
     let run = stage3(
         &env,
         &[
@@ -445,7 +404,7 @@ fn the_container_sees_its_own_limits_read_only() {
     }
     let _starts = starts();
     let env = TestEnv::new();
-    rootfs(&env);
+    env.namespaced_rootfs("rootfs");
     let script = "grep memory /proc/self/cgroup; ls /sys/fs/cgroup; \
                   cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max; \
                   echo 1000 > /sys/fs/cgroup/pids/pids.max";
@@ -485,7 +444,7 @@ fn the_cgroup_is_removed_on_every_way_out() {
     }
     let _starts = starts();
     let env = TestEnv::new();
-    rootfs(&env);
+    env.namespaced_rootfs("rootfs");
     // The command is not found: the cgroup was made, the child failed before exec.
     let run = stage3(&env, &["run", "--rootfs", "rootfs", "--memory", "16M", "--", "nope"]);
     assert_eq!(code(&run.output), 127, "{}", run.transcript);
@@ -583,7 +542,7 @@ fn after_sigkill_of_the_runtime_gc_removes_the_cgroup() {
     }
     let _collects = collects();
     let env = TestEnv::new();
-    rootfs(&env);
+    env.namespaced_rootfs("rootfs");
 
     // 1. `stage3-cgroups gc`.
     let (_, shown) = collected_by(&env, || transcript_of(&env, STAGE, &["gc"]).0);
@@ -613,7 +572,7 @@ fn bad_input_is_one_line_exit_125_and_creates_nothing() {
     }
     let _starts = starts();
     let env = TestEnv::new();
-    rootfs(&env);
+    env.namespaced_rootfs("rootfs");
     let cases: &[&[&str]] = &[
         &["--memory", "12XB"],
         &["--cpus", "0"],
@@ -650,7 +609,7 @@ fn rootless_on_cgroup_v1_refuses_or_runs_without_limits_as_asked() {
     }
     let _starts = starts();
     let env = TestEnv::new();
-    rootfs(&env);
+    env.namespaced_rootfs("rootfs");
     let hybrid_or_v1 = fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
@@ -721,7 +680,7 @@ fn cgroup_v2_for_real_on_this_hosts_cgroup2_mount() {
     }
     let _starts = starts();
     let env = TestEnv::new();
-    rootfs(&env);
+    env.namespaced_rootfs("rootfs");
     // Every cgroup2 mount can hold processes and count their CPU time, controllers or not:
     // this host's (hybrid) has none, and stage 3 joins, reports and removes there all the same.
     let unified = cgroup2_mounts().into_iter().next();

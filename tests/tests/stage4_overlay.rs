@@ -7,10 +7,10 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::BTreeMap;
 use std::fs;
 use std::hash::{Hash, Hasher};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use isolab_tests::*;
 use nix::sys::signal::{kill, Signal};
@@ -26,8 +26,7 @@ const NO_USERNS: &str = "mnt,uts,ipc,pid,net,cgroup";
 /// The base at `<env>/rootfs`: the busybox rootfs, with a few files and directories to
 /// change and delete, and the test directory opened to root of a user namespace.
 fn base(env: &TestEnv) -> PathBuf {
-    fs::set_permissions(env.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let rootfs = env.busybox_rootfs("rootfs");
+    let rootfs = env.namespaced_rootfs("rootfs");
     fs::create_dir_all(rootfs.join("srv/data")).unwrap();
     fs::create_dir_all(rootfs.join("srv/cache/deep")).unwrap();
     fs::write(rootfs.join("etc/motd"), "welcome\n").unwrap();
@@ -112,17 +111,6 @@ fn describe_tree(root: &Path) -> BTreeMap<PathBuf, String> {
     entries
 }
 
-/// Lines of the host's mount table that mention `dir`.
-fn mounts_under(dir: &Path) -> Vec<String> {
-    let real = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|line| line.contains(&*real.to_string_lossy()))
-        .map(String::from)
-        .collect()
-}
-
 /// The container directories of the store.
 fn containers(env: &TestEnv) -> Vec<PathBuf> {
     let dir = env.path().join("store/containers");
@@ -141,18 +129,6 @@ fn container_dir(env: &TestEnv, name: &str) -> PathBuf {
             config.contains(&format!("\"name\": \"{name}\""))
         })
         .unwrap_or_else(|| panic!("no container {name}"))
-}
-
-/// Polls `condition` for up to `limit`; true if it became true.
-fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    condition()
 }
 
 /// A runtime started in the background; killed (with its container) when dropped.
@@ -198,10 +174,7 @@ fn dry_run_shows_the_overlay_mount_and_writes_nothing() {
         return;
     }
     let env = TestEnv::new();
-    for dir in ["rootfs/proc", "rootfs/sys", "rootfs/dev", "rootfs/tmp"] {
-        fs::create_dir_all(env.path().join(dir)).unwrap();
-    }
-    fs::set_permissions(env.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    env.skeleton_rootfs("rootfs");
     let (plan, output) = stage4(
         &env,
         &[
