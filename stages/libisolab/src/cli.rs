@@ -60,3 +60,13 @@ pub fn finish(program: &str, result: Result<u8, Failure>) -> ExitCode {
         }
     }
 }
+
+/// Tells the user `lines` on stderr, each after `<program>: `. Written, not printed: a closed
+/// stderr must not turn a report into a panic.
+pub fn say(program: &str, lines: &[String]) {
+    use std::io::Write;
+    let mut stderr = std::io::stderr().lock();
+    for line in lines {
+        let _ = writeln!(stderr, "{program}: {line}");
+    }
+}

@@ -8,16 +8,15 @@
 //! on every way out. Chapter: `book/src/stage3-cgroups.md`.
 
 use std::cell::Cell;
-use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
-use libisolab::cgroups::runtime::{self, CgroupArgs, Host, Planned, Shown};
-use libisolab::cgroups::{self, Cgroup, Kernel};
+use libisolab::cgroups::runtime::{self, CgroupArgs};
+use libisolab::cgroups::{self, Kernel};
 use libisolab::container::{CommandArgs, ContainerArgs, Plan, Request};
 use libisolab::init;
 use libisolab::process::{self, Failure};
@@ -97,7 +96,9 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
     //    also the limits, and every mkdir and write that makes the cgroup.
     let mut plan = Plan::from(Request::new(args.container, Some(args.command))?)?;
     let name = runtime::container_name(&plan).to_string();
-    let host = plan_cgroup(&mut plan, &args.cgroup, &name, args.dry_run)?;
+    let (host, said) =
+        runtime::plan_cgroup(&mut plan, &args.cgroup, &name, args.dry_run)?.into_host();
+    cli::say(PROGRAM, &said);
     if args.dry_run {
         let text = runtime::dry_run_text(&plan, plan.to_string(), host.as_ref());
         let _ = write!(std::io::stdout(), "{text}");
@@ -107,14 +108,19 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
 
     // 2. The cgroup: the stale ones of killed runtimes go first, then ours is made. The
     //    guard removes it again however this function is left.
-    let cgroup = host.map(|host| create_cgroup(host, &plan)).transpose()?;
+    let created = host.map(|host| runtime::create(host, &plan)).transpose()?;
+    let cgroup = created.map(|created| {
+        cli::say(PROGRAM, &created.said);
+        created.cgroup
+    });
 
-    // 3. clone(2) into the namespaces. The parent moves the child into its cgroup, writes
-    //    the id maps and creates the veth pair while the child waits; then the child makes
+    // 3. clone(2) into the namespaces: on cgroup v2 the child is born in its cgroup
+    //    (clone3), on v1 the parent moves it in first. The parent writes the id maps and
+    //    creates the veth pair while the child waits; then the child makes
     //    its cgroup namespace, builds its view and execs the command.
     let started = Cell::new(None);
     let start_time = Instant::now();
-    let born_in = plan.cgroup_to_clone_into().map(open_cgroup_dir).transpose()?;
+    let born_in = plan.cgroup_to_clone_into().map(runtime::open_dir).transpose()?;
     let spawned = namespaces::spawn_into(
         plan.clone_namespaces(),
         born_in.as_ref().map(AsFd::as_fd),
@@ -147,71 +153,15 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
 
     // 5. The report: what the cgroup counted; then the cgroup is removed.
     if let Some(cgroup) = cgroup {
-        report(cgroup, code, start_time.elapsed(), args.cgroup.json);
+        let shown = runtime::finish(cgroup, code, start_time.elapsed(), args.cgroup.json);
+        if let Some(json) = shown.json {
+            let _ = writeln!(std::io::stdout(), "{json}");
+        }
+        cli::say(PROGRAM, &shown.said);
     }
     Ok(code)
 }
 // ANCHOR_END: run
-
-/// Opens the cgroup v2 directory the child will be born in (`clone3`'s `cgroup` field).
-fn open_cgroup_dir(dir: &Path) -> Result<File, Failure> {
-    File::open(dir).map_err(|error| Failure {
-        code: exit::RUNTIME_ERROR,
-        message: format!("open {} failed: {error}", dir.display()),
-    })
-}
-
-/// Plans the container's cgroup (see `cgroups::runtime::plan_cgroup`); without one
-/// (`--cgroups optional`), says so and goes on without limits.
-fn plan_cgroup(
-    plan: &mut Plan,
-    args: &CgroupArgs,
-    name: &str,
-    dry_run: bool,
-) -> Result<Option<Host>, Failure> {
-    match runtime::plan_cgroup(plan, args, name, dry_run)? {
-        Planned::Cgroup(host) => Ok(Some(host)),
-        Planned::Without(reason) => {
-            eprintln!(
-                "{PROGRAM}: warning: running without a cgroup, so without limits and without a \
-                 report (--cgroups optional): {reason}"
-            );
-            Ok(None)
-        }
-    }
-}
-
-/// Removes what killed runtimes left behind (one line on stderr for each), then makes the
-/// container's cgroup.
-fn create_cgroup(host: Host, plan: &Plan) -> Result<Cgroup, Failure> {
-    let created = runtime::create(host, plan)?;
-    match created.collected {
-        Ok(removed) => removed.iter().for_each(|stale| eprintln!("{PROGRAM}: gc: {stale}")),
-        Err(error) => eprintln!("{PROGRAM}: warning: gc of stale cgroups failed: {error}"),
-    }
-    Ok(created.cgroup)
-}
-
-/// Reads what the cgroup counted, removes it, and prints the report: on stderr, beneath the
-/// command's own output, or as JSON on stdout.
-fn report(cgroup: Cgroup, code: u8, elapsed: Duration, json: bool) {
-    // Written, not printed: a closed stdout or stderr must not turn the report into a panic.
-    match runtime::finish(cgroup, code, elapsed, json) {
-        Ok(Shown::Json(text)) => {
-            let _ = writeln!(std::io::stdout(), "{text}");
-        }
-        Ok(Shown::Lines(lines)) => {
-            let mut stderr = std::io::stderr();
-            for line in lines {
-                let _ = writeln!(stderr, "{PROGRAM}: {line}");
-            }
-        }
-        // The command ran: its code stands. What is left, `isolab gc` removes.
-        Err((name, error)) => {
-            eprintln!("{PROGRAM}: warning: cannot report on or remove cgroup {name}: {error}");
-        }
-    }
-}
 
 // ANCHOR: gc
 /// `gc`: removes the cgroups of runtimes that no longer run, and says what it removed.

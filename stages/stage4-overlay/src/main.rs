@@ -13,16 +13,15 @@ mod commands;
 
 use std::cell::Cell;
 use std::ffi::OsString;
-use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
-use libisolab::cgroups::runtime::{self, CgroupArgs, Host, Planned, Shown};
-use libisolab::cgroups::{self, Cgroup, Kernel};
+use libisolab::cgroups::runtime::{self, CgroupArgs, Host};
+use libisolab::cgroups::{self, Kernel};
 use libisolab::container::{CommandArgs, ContainerArgs, Plan, Request};
 use libisolab::init;
 use libisolab::process::{self, Failure};
@@ -195,7 +194,10 @@ fn run(args: RunArgs, store: &Store, stopped: Option<Container>) -> Result<u8, F
         None => store.prepare(spec.over(&plan))?,
     };
     plan.move_rootfs(&container.rootfs(), container.rootfs_mounts())?;
-    let host = plan_cgroup(&mut plan, &args.cgroup, &container.config.name, args.dry_run)?;
+    let (host, said) =
+        runtime::plan_cgroup(&mut plan, &args.cgroup, &container.config.name, args.dry_run)?
+            .into_host();
+    cli::say(PROGRAM, &said);
     if args.dry_run {
         print_plan(&plan, host.as_ref(), &container);
         return Ok(0);
@@ -210,15 +212,20 @@ fn run(args: RunArgs, store: &Store, stopped: Option<Container>) -> Result<u8, F
 
     // 3. The cgroup: the stale ones of killed runtimes go first, then ours is made. The
     //    guard removes it again however this function is left.
-    let cgroup = host.map(|host| create_cgroup(host, &plan)).transpose()?;
+    let created = host.map(|host| runtime::create(host, &plan)).transpose()?;
+    let cgroup = created.map(|created| {
+        cli::say(PROGRAM, &created.said);
+        created.cgroup
+    });
 
-    // 4. clone(2) into the namespaces. The parent moves the child into its cgroup, writes
-    //    the id maps and creates the veth pair while the child waits; then the child makes
+    // 4. clone(2) into the namespaces: on cgroup v2 the child is born in its cgroup
+    //    (clone3), on v1 the parent moves it in first. The parent writes the id maps and
+    //    creates the veth pair while the child waits; then the child makes
     //    its cgroup namespace, mounts its root (the overlay), builds its view and execs the
     //    command.
     let started = Cell::new(None);
     let start_time = Instant::now();
-    let born_in = plan.cgroup_to_clone_into().map(open_cgroup_dir).transpose()?;
+    let born_in = plan.cgroup_to_clone_into().map(runtime::open_dir).transpose()?;
     let spawned = namespaces::spawn_into(
         plan.clone_namespaces(),
         born_in.as_ref().map(AsFd::as_fd),
@@ -251,7 +258,11 @@ fn run(args: RunArgs, store: &Store, stopped: Option<Container>) -> Result<u8, F
 
     // 6. The report: what the cgroup counted; then the cgroup is removed.
     if let Some(cgroup) = cgroup {
-        report(cgroup, code, start_time.elapsed(), args.cgroup.json);
+        let shown = runtime::finish(cgroup, code, start_time.elapsed(), args.cgroup.json);
+        if let Some(json) = shown.json {
+            let _ = writeln!(std::io::stdout(), "{json}");
+        }
+        cli::say(PROGRAM, &shown.said);
     }
 
     // 7. The container's state says how it ended; with --rm, it goes.
@@ -367,66 +378,6 @@ fn print_plan(plan: &Plan, host: Option<&Host>, container: &Container) {
     };
     text.push_str(&format!("runtime, last:\n  {end}\n"));
     let _ = write!(std::io::stdout(), "{}", runtime::dry_run_text(plan, text, host));
-}
-
-/// Opens the cgroup v2 directory the child will be born in (`clone3`'s `cgroup` field).
-fn open_cgroup_dir(dir: &Path) -> Result<File, Failure> {
-    File::open(dir).map_err(|error| Failure {
-        code: exit::RUNTIME_ERROR,
-        message: format!("open {} failed: {error}", dir.display()),
-    })
-}
-
-/// Plans the container's cgroup (see `cgroups::runtime::plan_cgroup`); without one
-/// (`--cgroups optional`), says so and goes on without limits.
-fn plan_cgroup(
-    plan: &mut Plan,
-    args: &CgroupArgs,
-    name: &str,
-    dry_run: bool,
-) -> Result<Option<Host>, Failure> {
-    match runtime::plan_cgroup(plan, args, name, dry_run)? {
-        Planned::Cgroup(host) => Ok(Some(host)),
-        Planned::Without(reason) => {
-            eprintln!(
-                "{PROGRAM}: warning: running without a cgroup, so without limits and without a \
-                 report (--cgroups optional): {reason}"
-            );
-            Ok(None)
-        }
-    }
-}
-
-/// Removes what killed runtimes left behind (one line on stderr for each), then makes the
-/// container's cgroup.
-fn create_cgroup(host: Host, plan: &Plan) -> Result<Cgroup, Failure> {
-    let created = runtime::create(host, plan)?;
-    match created.collected {
-        Ok(removed) => removed.iter().for_each(|stale| eprintln!("{PROGRAM}: gc: {stale}")),
-        Err(error) => eprintln!("{PROGRAM}: warning: gc of stale cgroups failed: {error}"),
-    }
-    Ok(created.cgroup)
-}
-
-/// Reads what the cgroup counted, removes it, and prints the report: on stderr, beneath the
-/// command's own output, or as JSON on stdout.
-fn report(cgroup: Cgroup, code: u8, elapsed: Duration, json: bool) {
-    // Written, not printed: a closed stdout or stderr must not turn the report into a panic.
-    match runtime::finish(cgroup, code, elapsed, json) {
-        Ok(Shown::Json(text)) => {
-            let _ = writeln!(std::io::stdout(), "{text}");
-        }
-        Ok(Shown::Lines(lines)) => {
-            let mut stderr = std::io::stderr();
-            for line in lines {
-                let _ = writeln!(stderr, "{PROGRAM}: {line}");
-            }
-        }
-        // The command ran: its code stands. What is left, `isolab gc` removes.
-        Err((name, error)) => {
-            eprintln!("{PROGRAM}: warning: cannot report on or remove cgroup {name}: {error}");
-        }
-    }
 }
 
 // ANCHOR: gc

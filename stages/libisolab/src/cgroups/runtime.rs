@@ -13,7 +13,7 @@ use std::time::Duration;
 use nix::unistd::Uid;
 
 use super::{gc, open, Backend, Cgroup, ContainerId, Hierarchy, Kernel, LimitArgs, Limits};
-use super::{Machine, Removed, Usage, Version};
+use super::{Machine, Usage, Version};
 use crate::container::{Inside, Plan};
 use crate::error::{Error, Result};
 
@@ -69,6 +69,22 @@ pub enum Planned {
     Cgroup(Host),
     /// No cgroup (`--cgroups optional`), for this reason: the run goes on without limits.
     Without(Error),
+}
+
+impl Planned {
+    /// The host to make the cgroup on, if any, and what to tell the user when there is none.
+    pub fn into_host(self) -> (Option<Host>, Vec<String>) {
+        match self {
+            Planned::Cgroup(host) => (Some(host), Vec::new()),
+            Planned::Without(reason) => (
+                None,
+                vec![format!(
+                    "warning: running without a cgroup, so without limits and without a report \
+                     (--cgroups optional): {reason}"
+                )],
+            ),
+        }
+    }
 }
 
 // ANCHOR: plan_cgroup
@@ -140,21 +156,33 @@ pub fn dry_run_text(plan: &Plan, plan_text: String, host: Option<&Host>) -> Stri
     text
 }
 
-/// The made cgroup, and what was collected on the way.
+/// The made cgroup, and what to tell the user about what was collected on the way.
 #[derive(Debug)]
 pub struct Created {
     /// The container's cgroup; dropping it removes it.
     pub cgroup: Cgroup,
-    /// The stale cgroups of killed runtimes that were removed first, or why that failed
+    /// One line for each stale cgroup of a killed runtime removed first, or why that failed
     /// (someone else's mess must not stop this container: `isolab gc` can try again).
-    pub collected: Result<Vec<Removed>>,
+    pub said: Vec<String>,
 }
 
 /// Removes what killed runtimes left behind, then makes the container's cgroup.
 pub fn create(host: Host, plan: &Plan) -> Result<Created> {
-    let collected = gc::gc_for(&host.hierarchy, Uid::effective(), Rc::new(Kernel));
+    let said = match gc::gc_for(&host.hierarchy, Uid::effective(), Rc::new(Kernel)) {
+        Ok(removed) => removed.iter().map(|stale| format!("gc: {stale}")).collect(),
+        Err(error) => vec![format!("warning: gc of stale cgroups failed: {error}")],
+    };
     let planned = plan.cgroup.clone().ok_or_else(|| Error::Invalid("no cgroup planned".into()))?;
-    Ok(Created { cgroup: Cgroup::create(host.backend, planned)?, collected })
+    Ok(Created { cgroup: Cgroup::create(host.backend, planned)?, said })
+}
+
+/// Opens the cgroup v2 directory a child will be born in (`clone3`'s `cgroup` field, see
+/// `namespaces::spawn_into`).
+pub fn open_dir(dir: &std::path::Path) -> Result<std::fs::File> {
+    std::fs::File::open(dir).map_err(|error| {
+        let errno = nix::errno::Errno::from_raw(error.raw_os_error().unwrap_or(0));
+        Error::sys("open", dir.display(), errno)
+    })
 }
 
 /// `--json`: the report, with the cgroup it was read from and how the command ended.
@@ -170,29 +198,28 @@ struct JsonReport<'a> {
 }
 
 /// The report, as the binary shows it.
-#[derive(Debug)]
-pub enum Shown {
+#[derive(Debug, Default)]
+pub struct Shown {
     /// `--json`: one document, for stdout.
-    Json(String),
+    pub json: Option<String>,
     /// Lines for stderr, beneath the command's own output (the OOM kill in words first).
-    Lines(Vec<String>),
+    pub said: Vec<String>,
 }
 
 // ANCHOR: report
 /// Reads what the cgroup counted and removes it; returns the report (`code` is how the
-/// command ended: 137 and an OOM kill counted means the OOM killer ended it). On error, the
-/// cgroup's name and why: the command ran, its code stands, and `isolab gc` removes the rest.
-pub fn finish(
-    cgroup: Cgroup,
-    code: u8,
-    elapsed: Duration,
-    json: bool,
-) -> std::result::Result<Shown, (String, Error)> {
+/// command ended: 137 and an OOM kill counted means the OOM killer ended it). If that fails,
+/// the command still ran and its code stands: a warning says so, and `isolab gc` removes the
+/// rest.
+pub fn finish(cgroup: Cgroup, code: u8, elapsed: Duration, json: bool) -> Shown {
     let name = format!("{}/{}", super::PARENT, cgroup.id());
     let version = cgroup.version();
     let usage = match cgroup.finish() {
         Ok((usage, _removed)) => usage,
-        Err(error) => return Err((name, error)),
+        Err(error) => {
+            let warning = format!("warning: cannot report on or remove cgroup {name}: {error}");
+            return Shown { json: None, said: vec![warning] };
+        }
     };
     let oom_killed = code == 128 + libc::SIGKILL as u8 && usage.oom_killed();
     if json {
@@ -208,13 +235,13 @@ pub fn finish(
             usage: &usage,
         };
         let text = serde_json::to_string_pretty(&report).unwrap_or_default();
-        return Ok(Shown::Json(text));
+        return Shown { json: Some(text), said: Vec::new() };
     }
-    let mut lines = Vec::new();
+    let mut said = Vec::new();
     if oom_killed {
-        lines.push(usage.describe_oom());
+        said.push(usage.describe_oom());
     }
-    lines.extend(usage.to_string().lines().map(String::from));
-    Ok(Shown::Lines(lines))
+    said.extend(usage.to_string().lines().map(String::from));
+    Shown { json: None, said }
 }
 // ANCHOR_END: report
