@@ -3,7 +3,8 @@
 //!
 //! This is the one place that knows the exit-code convention of [`crate::exit`] from the
 //! user's side: bad usage is a runtime error (125), so that a typo is never mistaken for the
-//! command's own exit status. (The library never prints; this module only builds the line.)
+//! command's own exit status. It is the one module of the library that writes to stderr, and
+//! only the binaries' `main`s call it; every other module returns what to say.
 
 use std::process::ExitCode;
 

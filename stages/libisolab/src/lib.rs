@@ -1,9 +1,10 @@
 //! The kernel mechanisms that isolab teaches, one module per concept.
 //!
 //! Every stage binary under `stages/` is a short orchestration of these modules, and the
-//! book's chapters include their code by `ANCHOR`. The library never prints and never exits:
-//! it returns errors ([`Error`]) that name the system call, the path and what to do about it,
-//! and the binaries decide how to report them.
+//! book's chapters include their code by `ANCHOR`. The library never prints and never exits
+//! (but for [`cli`], which the binaries call to speak): it returns errors ([`Error`]) that name
+//! the system call, the path and what to do about it, and the binaries decide how to report
+//! them.
 //!
 //! The modules are ordered by the chapter that introduces them ([`CHAPTERS`]); a stage may
 //! only use modules of its own chapter or earlier ones (a test in `tests/` checks this).
