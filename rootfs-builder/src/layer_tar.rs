@@ -80,13 +80,18 @@ struct Found {
 // ANCHOR: write
 /// Writes a deterministic tar of everything under `dir` to `out`, end marker included.
 pub fn write<W: Write>(dir: &Path, out: &mut W) -> Result<Summary> {
+    write_named(dir, out, Path::new("the archive"))
+}
+
+/// [`write`], naming the output `out_name` when writing to it fails.
+fn write_named<W: Write>(dir: &Path, out: &mut W, out_name: &Path) -> Result<Summary> {
     let mut found = Vec::new();
     walk(dir, b"", &mut found)?;
     // One global bytewise sort: parents come before children because "a/" is a prefix of "a/b".
     found.sort_by(|a, b| a.name.cmp(&b.name));
 
     let mut summary = Summary::default();
-    let mut builder = tar::Builder::new(out);
+    let mut builder = tar::Builder::new(Watched { inner: out, failed: false });
     // The first name under which we archived each inode that has more than one name.
     let mut first_names: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     for entry in &found {
@@ -142,23 +147,33 @@ pub fn write<W: Write>(dir: &Path, out: &mut W) -> Result<Summary> {
             }
         }
 
-        let archive = |error| Error::io("archive", &entry.path, error);
-        set_name(&mut builder, &mut header, b'L', &entry.name).map_err(archive)?;
-        if let Some(link_name) = &link_name {
-            set_name(&mut builder, &mut header, b'K', link_name).map_err(archive)?;
+        // An error from the builder comes either from the archive's writer (a full disk, a
+        // closed pipe) or from reading the entry (a file that shrank): the writer knows which.
+        let blame = |builder: &tar::Builder<Watched<&mut W>>, error, hint: Option<&str>| {
+            if builder.get_ref().failed {
+                return Error::io("write", out_name, error);
+            }
+            let error = Error::io("archive", &entry.path, error);
+            match hint {
+                Some(hint) => error.hint(hint),
+                None => error,
+            }
+        };
+        for (kind, name) in [(b'L', Some(&entry.name)), (b'K', link_name.as_ref())] {
+            let Some(name) = name else { continue };
+            set_name(&mut builder, &mut header, kind, name)
+                .map_err(|error| blame(&builder, error, None))?;
         }
         header.set_cksum();
-        let size = header.entry_size().map_err(archive)?;
+        let size = header.entry_size().map_err(|error| blame(&builder, error, None))?;
         match content {
             Some(file) => builder.append(&header, ExactSize { inner: file, remaining: size }),
             None => builder.append(&header, io::empty()),
         }
-        .map_err(|error| {
-            Error::io("archive", &entry.path, error).hint("did it change while being archived?")
-        })?;
+        .map_err(|error| blame(&builder, error, Some("did it change while being archived?")))?;
         summary.entries += 1;
     }
-    builder.finish().io("write", "the archive")?;
+    builder.finish().io("write", out_name)?;
     Ok(summary)
 }
 // ANCHOR_END: write
@@ -212,6 +227,34 @@ fn set_name<W: Write>(
         builder.append(&long, name.chain(&[0u8][..]))?;
     }
     Ok(())
+}
+
+/// A writer that notes whether its inner writer failed (`man 2 write`: ENOSPC, EPIPE, EIO):
+/// [`write_named`] then blames the output, not the entry being archived.
+struct Watched<W> {
+    inner: W,
+    failed: bool,
+}
+
+impl<W: Write> Watched<W> {
+    fn note<T>(&mut self, result: io::Result<T>) -> io::Result<T> {
+        if matches!(&result, Err(error) if error.kind() != io::ErrorKind::Interrupted) {
+            self.failed = true;
+        }
+        result
+    }
+}
+
+impl<W: Write> Write for Watched<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let result = self.inner.write(buf);
+        self.note(result)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let result = self.inner.flush();
+        self.note(result)
+    }
 }
 
 /// Reads exactly `remaining` bytes from `inner`, or fails: a file that shrank after we took
@@ -271,14 +314,14 @@ pub fn archive(dir: &Path, out: &Path, compression: Compression) -> Result<Archi
     let (blob, summary, diff_id) = match compression {
         // The file is the tar: one digest serves as both.
         Compression::None => {
-            let summary = write(dir, &mut blob)?;
+            let summary = write_named(dir, &mut blob, out)?;
             (blob, summary, None)
         }
         Compression::Gzip => {
             // RFC 1952 header: no FNAME, MTIME 0, OS 255 ("unknown"): nothing of this machine.
             let gzip = GzBuilder::new().mtime(0).operating_system(255);
             let mut tar = DigestWriter::new(gzip.write(blob, Level::new(GZIP_LEVEL)));
-            let summary = write(dir, &mut tar)?;
+            let summary = write_named(dir, &mut tar, out)?;
             let (gzip, diff_id) = tar.finish();
             (gzip.finish().io("write", out)?, summary, Some(diff_id))
         }
@@ -538,5 +581,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.ends_with("the archive would contain itself, write it somewhere else"));
+    }
+
+    /// A writer that is always full, as `/dev/full` is (`man 4 full`).
+    struct Full;
+
+    impl Write for Full {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::from_raw_os_error(libc::ENOSPC))
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Regression: a full output was reported as "archive <file> failed: ENOSPC (did it
+    /// change while being archived?)", blaming the tree for the disk.
+    #[test]
+    fn a_failed_write_blames_the_output_not_the_tree() {
+        let dir = tree();
+        let error = write(dir.path(), &mut Full).unwrap_err().to_string();
+        assert_eq!(error, "write the archive failed: ENOSPC: no space left on device");
+        // More than BufWriter's 8 KiB, so that the write fails while a file is being appended.
+        fs::write(dir.path().join("big"), vec![7u8; 100_000]).unwrap();
+        for compression in [Compression::None, Compression::Gzip] {
+            let error = archive(dir.path(), Path::new("/dev/full"), compression).unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                "write /dev/full failed: ENOSPC: no space left on device",
+                "{compression:?}"
+            );
+        }
     }
 }

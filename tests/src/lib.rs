@@ -98,6 +98,9 @@ impl TestEnv {
     pub fn cmd(&self, name: &str) -> Command {
         let mut command = Command::new(bin(name));
         command.current_dir(self.path()).stdin(Stdio::null());
+        // The claims of user namespace ids go in the test's own directory, not the host's
+        // /var/lib/isolab/userns: nothing is left behind, and tests cannot take each other's.
+        command.env("ISOLAB_USERNS_DIR", self.path().join("userns"));
         command
     }
 
@@ -267,19 +270,36 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
 }
 
 /// Processes whose root directory is inside `dir`: a container left behind.
+///
+/// A chrooted process's `/proc/<pid>/root` names its root on the host. One that called
+/// `pivot_root(2)` in a mount namespace of its own shows `/` there, so its mount table is read
+/// too: the line of its `/` names where that root came from (the bind mount's root within its
+/// filesystem, or an overlay's layers in the options), which is inside `dir`.
 pub fn processes_rooted_in(dir: &Path) -> Vec<String> {
     let real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let needle = real.to_string_lossy().into_owned();
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.parse::<u32>().is_err() {
             continue;
         }
-        if let Ok(root) = std::fs::read_link(entry.path().join("root")) {
-            if root.starts_with(&real) {
-                found.push(name);
-            }
+        let rooted = std::fs::read_link(entry.path().join("root")).is_ok_and(|root| {
+            root.starts_with(&real)
+                || (root == Path::new("/") && root_mount_names(&entry.path(), &needle))
+        });
+        if rooted {
+            found.push(name);
         }
     }
     found
+}
+
+/// Does the mount of `/` in the mount table of process `proc_dir` name `needle`?
+fn root_mount_names(proc_dir: &Path, needle: &str) -> bool {
+    let Ok(mountinfo) = std::fs::read_to_string(proc_dir.join("mountinfo")) else { return false };
+    mountinfo
+        .lines()
+        .filter(|line| line.split(' ').nth(4) == Some("/"))
+        .any(|line| line.contains(needle))
 }

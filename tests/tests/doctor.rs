@@ -1,7 +1,8 @@
-//! `isolab doctor` on this machine: it runs, passes, and reports what the course's CI machine
-//! has (cgroup v1 controllers beside a nearly empty cgroup2 mount: "hybrid", so no limits
-//! without root). The detection
-//! logic itself is unit-tested on fake trees in `stages/isolab/src/doctor.rs`.
+//! `isolab doctor` on this machine, as root: it runs, passes, and says what each stage can do.
+//! What it reports depends on the machine (its kernel, its cgroup layout), so this test checks
+//! the report's shape and what holds on any machine the course runs on, not this host's
+//! layout; the detection logic itself is unit-tested on fake trees in
+//! `stages/isolab/src/doctor.rs`, and doctor as a user without root in `rootless.rs`.
 
 use isolab_tests::*;
 
@@ -15,9 +16,8 @@ fn doctor_passes_on_this_machine() {
     let report = text(&output.stdout);
     assert_eq!(code(&output), 0, "{report}{}", text(&output.stderr));
     assert!(report.starts_with("isolab doctor: can this machine run the course?\n"), "{report}");
-    assert!(
-        report.ends_with("ready: nothing fails\n") || report.contains("ready: nothing fails (")
-    );
+    let last = report.lines().last().unwrap_or_default();
+    assert!(last.starts_with("ready for root: "), "{report}");
 
     let line = |topic: &str| {
         report
@@ -28,32 +28,29 @@ fn doctor_passes_on_this_machine() {
     };
     let release = nix::sys::utsname::uname().unwrap().release().to_string_lossy().into_owned();
     assert!(line("kernel").ends_with(&format!("Linux {release}")), "{report}");
-    assert!(line("root").starts_with("ok "), "{report}");
-    let cgroups = line("cgroups");
-    assert!(cgroups.contains(" v1: ") || cgroups.contains(" hybrid: "), "{cgroups}");
-    assert!(line("controllers").contains("memory"), "{report}");
-    // Limits without root need a delegated cgroup v2 subtree: on this machine's v1
-    // controllers there is none, and doctor says how to get cgroup v2.
-    let rootless = line("rootless limits");
-    assert!(rootless.starts_with("warn ") && rootless.contains("cannot be delegated"), "{report}");
-    assert!(report.contains("fix: boot with cgroup v2 only"), "{report}");
+    assert!(line("user").starts_with("ok ") && line("user").ends_with("root (uid 0)"), "{report}");
     assert!(line("busybox").contains("statically linked"), "{report}");
-    for topic in ["user namespaces", "overlayfs"] {
+    // Every check has its line (what each says is this machine's business).
+    for topic in ["user namespaces", "cgroups", "controllers", "rootless limits", "overlayfs"] {
         line(topic);
     }
+    // No check fails, or doctor would not have said ready.
+    assert!(!report.lines().any(|line| line.starts_with("fail ")), "{report}");
+
+    // Then one line per stage, for root: every stage runs, chroot first of all.
+    assert!(report.contains("\nwhat runs for root:\n"), "{report}");
+    for n in 1..=4 {
+        let stage = report.lines().find(|line| line.get(9..16) == Some(&format!("stage {n}")));
+        let stage = stage.unwrap_or_else(|| panic!("no stage {n} line in\n{report}"));
+        assert!(!stage.starts_with("no "), "root runs every stage: {report}");
+    }
+    assert!(report.contains("ok       stage 1  chroot, as root\n"), "{report}");
 }
 
 #[test]
-fn doctor_fails_for_a_non_root_user_and_says_how_to_fix_it() {
-    if !require_root("doctor_fails_for_a_non_root_user_and_says_how_to_fix_it") {
-        return;
-    }
-    use std::os::unix::process::CommandExt;
+fn doctor_stage_must_be_a_stage() {
     let env = TestEnv::new();
-    let output = run(env.cmd("isolab").arg("doctor").uid(65534).gid(65534));
-    let report = text(&output.stdout);
-    assert_eq!(code(&output), 1, "{report}");
-    assert!(report.contains("fail  root "), "{report}");
-    assert!(report.contains("fix: sudo isolab doctor"), "{report}");
-    assert!(report.ends_with("not ready: 1 check fails; run the fixes above\n"), "{report}");
+    let output = run(env.cmd("isolab").args(["doctor", "--stage", "5"]));
+    assert_eq!(code(&output), 125, "{}", text(&output.stderr));
+    assert!(text(&output.stderr).contains("--stage"), "{}", text(&output.stderr));
 }

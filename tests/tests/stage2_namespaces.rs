@@ -160,7 +160,13 @@ fn dry_run_with_user_namespace_and_veth() {
         ],
     );
     assert_eq!(code(&output), 0, "{all}");
-    assert!(all.contains("write(\"/proc/<pid>/uid_map\", \"0 100000 65536\")"), "{all}");
+    // Root's container maps root inside to a slot of the pool: the plan shows its first slot
+    // (root's range in /etc/subuid, or isolab's own pool), which no host user has.
+    let hosts = libisolab::idrange::HostIds::read(Path::new("/etc")).unwrap();
+    let first = libisolab::idrange::Pool::of(&hosts).first().unwrap();
+    let map = format!("write(\"/proc/<pid>/uid_map\", \"0 {} 65536\")", first.uid);
+    assert!(all.contains(&map), "{all}");
+    assert!(all.contains("# a run claims the first slot no other container holds"), "{all}");
     settings(&env).bind(|| insta::assert_snapshot!("stage2_dry_run_all_veth", all));
 
     // The same request from an unprivileged user: rootless maps, and veth refused.
@@ -739,7 +745,7 @@ fn a_closed_parent_directory_is_named_with_the_fix() {
     }
     let env = TestEnv::new();
     env.busybox_rootfs("rootfs");
-    // The tempdir stays 0700: root inside (uid 100000 outside) cannot enter it.
+    // The tempdir stays 0700: root inside (a uid of the pool outside) cannot enter it.
     fs::set_permissions(env.path(), fs::Permissions::from_mode(0o700)).unwrap();
     let (transcript, output) = stage2(&env, &["run", "--rootfs", "rootfs", "--", "/bin/true"]);
     assert_eq!(code(&output), 125, "{transcript}");

@@ -6,6 +6,13 @@
 //! rootfs. Doctor looks at each, prints one `ok` / `warn` / `fail` line with what it found,
 //! and for every problem the exact command that fixes it.
 //!
+//! Then, for the user it runs as, one line per stage: `ok` (it runs, all of it), `limited` (it
+//! runs, without something: the line says what, and the fix how to get it) or `no`. Without
+//! root, stage 1 cannot chroot, but stages 2 to 4 run in a user namespace where the kernel
+//! allows unprivileged ones, with limits only in a delegated cgroup v2 subtree. The machine is
+//! *ready* for that user when no check fails and the stages they asked for (`--stage`; by
+//! default, any) run for them as they are.
+//!
 //! The detection functions read everything under a root directory ([`Machine::root`]) and
 //! get `statfs(2)` and the mount table passed in ([`Machine::filesystems`]), so tests run them
 //! on fake trees. The cgroup detection is stage 3's own (`libisolab::cgroups::detect`): what
@@ -19,11 +26,25 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use libisolab::cgroups::{self, rootless, FsTypes, Hierarchy, Kernel};
+use libisolab::idrange;
 use nix::unistd::Uid;
 
-/// Arguments of `isolab doctor` (none yet).
+/// Arguments of `isolab doctor`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The stages you mean to run, 1 to 4 (2,4 or --stage 2 --stage 4): ready only if each runs
+    /// for you as you are [default: ready if any stage does]
+    #[arg(long, value_name = "N", value_delimiter = ',', value_parser = parse_stage)]
+    pub stage: Vec<u8>,
+}
+
+fn parse_stage(text: &str) -> Result<u8, String> {
+    text.trim()
+        .parse()
+        .ok()
+        .filter(|stage| (1..=4).contains(stage))
+        .ok_or_else(|| format!("invalid --stage '{text}': the stages are 1, 2, 3 and 4"))
+}
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,22 +131,26 @@ impl Machine<'_> {
     }
 }
 
-/// Runs `isolab doctor`: prints the findings; exit 0 unless one fails.
-pub fn run(_args: Args) -> Result<ExitCode> {
+/// Runs `isolab doctor`: prints the findings, what each stage can do for this user, and the
+/// verdict; exit 0 when the machine is ready for them (see [`verdict`]), 1 otherwise.
+pub fn run(args: Args) -> Result<ExitCode> {
     let machine = Machine::this_one()?;
     let findings = examine(&machine);
-    print!("{}", render(&findings));
-    let failed = findings.iter().any(|finding| finding.level == Level::Fail);
-    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    let stages = check_stages(&machine);
+    let verdict = verdict(&findings, &stages, &args.stage, machine.euid);
+    print!("{}", render(&findings, &stages, &verdict));
+    Ok(if verdict.ready { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// Every check, in the order the course needs them.
 pub fn examine(machine: &Machine) -> Vec<Finding> {
-    let mut findings = vec![check_root(machine.euid), check_kernel(&machine.kernel_release)];
+    let mut findings = vec![check_user(machine.euid), check_kernel(&machine.kernel_release)];
     findings.extend(check_user_namespaces(machine));
+    findings.push(check_user_ids(machine));
     let (layout, hierarchy) = detect_cgroups(machine);
     findings.extend(check_cgroups(&layout));
-    if let Some(hierarchy) = &hierarchy {
+    // For root, how other users get limits; for anyone else it is stage 3's line below.
+    if let Some(hierarchy) = hierarchy.as_ref().filter(|_| machine.euid == 0) {
         findings.push(check_delegation(machine, hierarchy));
     }
     findings.push(check_overlay(machine));
@@ -133,8 +158,9 @@ pub fn examine(machine: &Machine) -> Vec<Finding> {
     findings
 }
 
-/// The report: one aligned line per finding, the fix under each problem, a verdict.
-pub fn render(findings: &[Finding]) -> String {
+/// The report: one aligned line per finding, the fix under each problem; one line per stage,
+/// for this user; the verdict.
+pub fn render(findings: &[Finding], stages: &[StageFinding], verdict: &Verdict) -> String {
     let width = findings.iter().map(|f| f.topic.len()).max().unwrap_or(0);
     let mut out = String::from("isolab doctor: can this machine run the course?\n\n");
     for finding in findings {
@@ -146,19 +172,102 @@ pub fn render(findings: &[Finding]) -> String {
             out.push_str(&format!("{:4}  {:width$}  fix: {fix}\n", "", ""));
         }
     }
+    if !stages.is_empty() {
+        out.push_str(&format!("\nwhat runs for {}:\n", verdict.who));
+    }
+    for stage in stages {
+        out.push_str(&format!("{:7}  stage {}  {}\n", stage.runs, stage.stage, stage.found));
+        if let Some(fix) = &stage.fix {
+            out.push_str(&format!("{:7}  {:7}  fix: {fix}\n", "", ""));
+        }
+    }
+    out.push('\n');
+    out.push_str(&verdict.line);
+    out.push('\n');
+    out
+}
+
+/// Whether the machine is ready for the user doctor runs as, in one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Ready: exit 0.
+    pub ready: bool,
+    /// Who doctor ran as: `root`, `uid 1000 (not root)`.
+    pub who: String,
+    /// The last line of the report.
+    pub line: String,
+}
+
+// ANCHOR: verdict
+/// Ready, for this user as they are, when no check fails and the stages they `asked` for run
+/// for them (`ok` or `limited`), or, when they asked for none, when at least one does. A
+/// stage that needs root is not a failure for a user without it: its line says so, and how.
+pub fn verdict(findings: &[Finding], stages: &[StageFinding], asked: &[u8], euid: u32) -> Verdict {
+    let who = if euid == 0 { "root".to_string() } else { format!("uid {euid} (not root)") };
     let count = |level| findings.iter().filter(|f| f.level == level).count();
     let (fails, warns) = (count(Level::Fail), count(Level::Warn));
-    out.push('\n');
-    out.push_str(&match (fails, warns) {
-        (0, 0) => "ready: nothing fails\n".to_string(),
-        (0, w) => format!("ready: nothing fails ({w} warning{}, see the fixes above)\n", plural(w)),
-        (f, _) => format!(
-            "not ready: {f} check{} fail{}; run the fixes above\n",
-            plural(f),
-            if f == 1 { "s" } else { "" }
-        ),
-    });
-    out
+    let numbers = |runs: &dyn Fn(Runs) -> bool| -> Vec<u8> {
+        stages.iter().filter(|s| runs(s.runs)).map(|s| s.stage).collect()
+    };
+    let running = numbers(&|runs| runs != Runs::No);
+    let limited = numbers(&|runs| runs == Runs::Limited);
+    let not_running = numbers(&|runs| runs == Runs::No);
+    let refused: Vec<u8> = asked.iter().copied().filter(|n| !running.contains(n)).collect();
+    let user = if euid == 0 { "root".to_string() } else { format!("uid {euid}") };
+    let (ready, line) = if fails > 0 {
+        (
+            false,
+            format!(
+                "not ready: {fails} check{} fail{}; run the fixes above",
+                plural(fails),
+                if fails == 1 { "s" } else { "" }
+            ),
+        )
+    } else if !refused.is_empty() {
+        let does = if refused.len() == 1 { "does" } else { "do" };
+        (
+            false,
+            format!(
+                "not ready for {user}: {} {does} not run; see the fixes above",
+                stage_list(&refused)
+            ),
+        )
+    } else if running.is_empty() {
+        (false, format!("not ready for {user}: no stage runs; see the fixes above"))
+    } else {
+        let mut line = format!("ready for {user}: {} run", stage_list(&running));
+        if !limited.is_empty() {
+            line.push_str(&format!(" ({} limited)", and_list(&limited)));
+        }
+        if !not_running.is_empty() {
+            let does = if not_running.len() == 1 { "does" } else { "do" };
+            line.push_str(&format!(", {} {does} not", stage_list(&not_running)));
+        }
+        if warns > 0 {
+            line.push_str(&format!(" ({warns} warning{})", plural(warns)));
+        }
+        if warns > 0 || !limited.is_empty() || !not_running.is_empty() {
+            line.push_str("; see the fixes above");
+        }
+        (true, line)
+    };
+    Verdict { ready, who, line }
+}
+// ANCHOR_END: verdict
+
+/// `stage 1`, `stages 2, 3 and 4`.
+fn stage_list(stages: &[u8]) -> String {
+    let noun = if stages.len() == 1 { "stage" } else { "stages" };
+    format!("{noun} {}", and_list(stages))
+}
+
+/// `1`, `2 and 3`, `2, 3 and 4`.
+fn and_list(numbers: &[u8]) -> String {
+    let words: Vec<String> = numbers.iter().map(u8::to_string).collect();
+    match words.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => words.join(""),
+    }
 }
 
 fn plural(n: usize) -> &'static str {
@@ -169,17 +278,13 @@ fn plural(n: usize) -> &'static str {
     }
 }
 
-/// Root: chroot needs CAP_SYS_CHROOT, mount and the namespaces CAP_SYS_ADMIN.
-pub fn check_root(euid: u32) -> Finding {
+/// Who doctor runs as. Not being root is no problem in itself: the stages' lines say what
+/// runs without root.
+pub fn check_user(euid: u32) -> Finding {
     if euid == 0 {
-        Finding::ok("root", "running as root (uid 0)")
+        Finding::ok("user", "root (uid 0)")
     } else {
-        Finding::problem(
-            Level::Fail,
-            "root",
-            format!("running as uid {euid}: every stage needs root (chroot, mount, namespaces)"),
-            "sudo isolab doctor   # and run the stages with sudo too",
-        )
+        Finding::ok("user", format!("uid {euid}, not root: what runs without root is below"))
     }
 }
 
@@ -219,6 +324,28 @@ pub fn check_kernel(release: &str) -> Finding {
             format!("cannot read a version in {release:?}"),
             fix,
         ),
+    }
+}
+
+/// Where root's containers get their host ids (`libisolab::idrange`): the pool, and how many of
+/// its slots no container holds (the claims are root's: for anyone else, only the pool).
+pub fn check_user_ids(machine: &Machine) -> Finding {
+    let topic = "user namespace ids";
+    let pool = match idrange::HostIds::read(&machine.at("/etc")) {
+        Ok(host) => idrange::Pool::of(&host),
+        Err(error) => return Finding::problem(Level::Warn, topic, error.to_string(), "ls -l /etc"),
+    };
+    let slots = pool.slots().count();
+    let claims = idrange::Claims::at(machine.at(&idrange::claims_dir().to_string_lossy()));
+    match claims.free_slots(&pool) {
+        Ok(0) => Finding::problem(
+            Level::Warn,
+            topic,
+            format!("{pool}: all {slots} slots are held, root's containers cannot start"),
+            "stage4-overlay rm <the stopped containers you no longer need>",
+        ),
+        Ok(free) => Finding::ok(topic, format!("{pool}: {free} of {slots} slots free")),
+        Err(_) => Finding::ok(topic, format!("{pool}: {slots} slots")),
     }
 }
 
@@ -419,8 +546,8 @@ pub fn check_delegation(machine: &Machine, hierarchy: &Hierarchy) -> Finding {
         return Finding::problem(
             Level::Warn,
             topic,
-            "not possible here: the controllers are on cgroup v1, which cannot be delegated to \
-             a user; stage 3 needs root for limits (or runs without: --cgroups optional)",
+            "the controllers are on cgroup v1, which cannot be delegated to a user: without \
+             root, stages 3 and 4 run without limits (--cgroups optional)",
             "boot with cgroup v2 only: add systemd.unified_cgroup_hierarchy=1 to \
              GRUB_CMDLINE_LINUX in /etc/default/grub, update-grub, reboot; then run stage 3 in \
              `systemd-run --user --scope -p Delegate=yes -- stage3-cgroups run …`",
@@ -465,7 +592,10 @@ pub fn check_delegation(machine: &Machine, hierarchy: &Hierarchy) -> Finding {
         Err(_) => Finding::problem(
             Level::Warn,
             topic,
-            format!("no cgroup is delegated to uid {user} where this runs"),
+            format!(
+                "no cgroup is delegated to uid {user} where this runs: stages 3 and 4 run \
+                 without limits (--cgroups optional)"
+            ),
             rootless::HOW_TO_DELEGATE,
         ),
     }
@@ -542,6 +672,184 @@ pub fn is_static_elf(bytes: &[u8]) -> Option<bool> {
     let elf = goblin::elf::Elf::parse(bytes).ok()?;
     Some(elf.interpreter.is_none())
 }
+
+/// Whether a stage runs for the user doctor runs as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runs {
+    /// It runs, with everything its chapter shows.
+    Ok,
+    /// It runs, without part of it (the line says which, the fix how to get it).
+    Limited,
+    /// It does not run for this user.
+    No,
+}
+
+impl fmt::Display for Runs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Runs::Ok => "ok",
+            Runs::Limited => "limited",
+            Runs::No => "no",
+        })
+    }
+}
+
+/// What one stage can do for the user doctor runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageFinding {
+    /// 1 to 4.
+    pub stage: u8,
+    /// ok, limited or no.
+    pub runs: Runs,
+    /// What it can do, or why not, in words.
+    pub found: String,
+    /// What to do to get the rest, for limited and no.
+    pub fix: Option<String>,
+}
+
+impl StageFinding {
+    fn new(stage: u8, runs: Runs, found: impl Into<String>, fix: Option<&str>) -> Self {
+        StageFinding { stage, runs, found: found.into(), fix: fix.map(str::to_string) }
+    }
+}
+
+/// The oldest kernel whose overlayfs may be mounted in a user namespace (Linux 5.11,
+/// `FS_USERNS_MOUNT` for overlay; `man 7 user_namespaces`): stage 4 without root needs it.
+pub const ROOTLESS_OVERLAY_KERNEL: (u32, u32) = (5, 11);
+
+// ANCHOR: check_stages
+/// What each stage can do for the user doctor runs as, from the same findings as above.
+///
+/// Root runs every stage the machine supports. Without root: stage 1 cannot chroot (it needs
+/// CAP_SYS_CHROOT, `man 2 chroot`); stage 2 runs in a user namespace, where the kernel allows
+/// unprivileged ones (`man 7 user_namespaces`); stage 3 too, with limits only in a cgroup v2
+/// subtree delegated to the user (`man 7 cgroups`), else only with `--cgroups optional`;
+/// stage 4 as stage 3, where the kernel mounts overlayfs in a user namespace (5.11 on).
+pub fn check_stages(machine: &Machine) -> Vec<StageFinding> {
+    let root = machine.euid == 0;
+    // The problems that stop this user's user namespaces: any, without root; root has other
+    // ways (namespaces without a user namespace), so only a failure counts.
+    let userns_problem = check_user_namespaces(machine).into_iter().find(|f| {
+        if root {
+            f.level == Level::Fail
+        } else {
+            f.level != Level::Ok
+        }
+    });
+
+    let stage1 = if root {
+        StageFinding::new(1, Runs::Ok, "chroot, as root", None)
+    } else {
+        StageFinding::new(
+            1,
+            Runs::No,
+            "chroot(2) needs CAP_SYS_CHROOT, which only root has here",
+            Some("sudo stage1-chroot run --rootfs rootfs -- /bin/sh"),
+        )
+    };
+
+    let stage2 = match (&userns_problem, root) {
+        (None, true) => {
+            StageFinding::new(2, Runs::Ok, "every namespace, and a veth pair to the host", None)
+        }
+        (Some(problem), true) => StageFinding::new(
+            2,
+            Runs::Limited,
+            "without a user namespace only (--ns mnt,uts,ipc,pid,net,cgroup)",
+            problem.fix.as_deref(),
+        ),
+        (None, false) => StageFinding::new(
+            2,
+            Runs::Ok,
+            format!(
+                "rootless, in a user namespace: root inside is uid {} outside (a veth pair \
+                 needs root)",
+                machine.euid
+            ),
+            None,
+        ),
+        (Some(problem), false) => StageFinding::new(
+            2,
+            Runs::No,
+            format!("without root it needs a user namespace: {}", problem.found),
+            Some(&format!("{}; or run it as root", problem.fix.as_deref().unwrap_or("sudo"))),
+        ),
+    };
+
+    let (layout, hierarchy) = detect_cgroups(machine);
+    let stage3 = match &hierarchy {
+        _ if stage2.runs == Runs::No => {
+            StageFinding::new(3, Runs::No, "it needs stage 2's namespaces", stage2.fix.as_deref())
+        }
+        None => StageFinding::new(
+            3,
+            Runs::Limited,
+            "no cgroups are mounted: it runs without limits (--cgroups optional)",
+            Some("mount -t cgroup2 none /sys/fs/cgroup"),
+        ),
+        Some(hierarchy) if !root => {
+            let delegation = check_delegation(machine, hierarchy);
+            if delegation.level == Level::Ok {
+                StageFinding::new(3, Runs::Ok, format!("limits, {}", delegation.found), None)
+            } else {
+                StageFinding::new(3, Runs::Limited, delegation.found, delegation.fix.as_deref())
+            }
+        }
+        Some(_) => {
+            let missing: Vec<&str> =
+                NEEDED_CONTROLLERS.into_iter().filter(|c| !layout.has(c)).collect();
+            if missing.is_empty() {
+                StageFinding::new(3, Runs::Ok, "limits, on the controllers above", None)
+            } else {
+                StageFinding::new(
+                    3,
+                    Runs::Limited,
+                    format!("without the {} controller(s)", missing.join(", ")),
+                    Some("see the controllers line above"),
+                )
+            }
+        }
+    };
+
+    let overlay = check_overlay(machine);
+    let kernel = parse_kernel_release(&machine.kernel_release);
+    let old_kernel =
+        kernel.is_some_and(|(major, minor, _)| (major, minor) < ROOTLESS_OVERLAY_KERNEL);
+    let stage4 = if stage3.runs == Runs::No {
+        StageFinding::new(4, Runs::No, "it needs stage 3's namespaces", stage3.fix.as_deref())
+    } else if overlay.level == Level::Fail {
+        StageFinding::new(
+            4,
+            Runs::Limited,
+            "no overlayfs: only --storage copy",
+            overlay.fix.as_deref(),
+        )
+    } else if !root && old_kernel {
+        StageFinding::new(
+            4,
+            Runs::Limited,
+            format!(
+                "Linux {} mounts no overlayfs in a user namespace (5.11 does): only --storage copy",
+                machine.kernel_release
+            ),
+            Some("upgrade the kernel to 5.11 or later, or run it as root"),
+        )
+    } else if stage3.runs == Runs::Limited {
+        let over = if root { "an overlay" } else { "an overlay in a user namespace" };
+        StageFinding::new(
+            4,
+            Runs::Limited,
+            format!("{over}; limits as for stage 3"),
+            Some("as for stage 3"),
+        )
+    } else if root {
+        StageFinding::new(4, Runs::Ok, "an overlay over a read-only base, and limits", None)
+    } else {
+        StageFinding::new(4, Runs::Ok, "an overlay in a user namespace, and limits", None)
+    };
+    vec![stage1, stage2, stage3, stage4]
+}
+// ANCHOR_END: check_stages
 
 #[cfg(test)]
 mod tests {
@@ -779,6 +1087,17 @@ hugetlb\t0\t1\t0
     }
 
     #[test]
+    fn user_ids_name_the_pool_and_its_free_slots() {
+        let root = tempfile::tempdir().unwrap();
+        let kinds = nothing();
+        write(root.path(), "etc/subuid", "alice:100000:65536\nroot:200000:131072\n");
+        write(root.path(), "etc/subgid", "root:200000:131072\n");
+        let found = check_user_ids(&machine(root.path(), &kinds));
+        let pool = "root's range in /etc/subuid (200000-331071) and /etc/subgid (200000-331071)";
+        assert_eq!(found, Finding::ok("user namespace ids", format!("{pool}: 2 of 2 slots free")));
+    }
+
+    #[test]
     fn overlay_listed_loadable_or_missing() {
         let root = tempfile::tempdir().unwrap();
         let kinds = nothing();
@@ -820,18 +1139,124 @@ hugetlb\t0\t1\t0
     }
 
     #[test]
-    fn render_shows_fixes_and_a_verdict() {
+    fn render_shows_fixes_stages_and_a_verdict() {
         let findings = vec![
-            Finding::ok("root", "running as root (uid 0)"),
+            Finding::ok("user", "root (uid 0)"),
             Finding::problem(Level::Warn, "overlayfs", "not loaded yet", "modprobe overlay"),
         ];
-        let text = render(&findings);
-        assert!(text.contains("ok    root       running as root (uid 0)\n"), "{text}");
+        let stages = vec![
+            StageFinding::new(1, Runs::Ok, "chroot, as root", None),
+            StageFinding::new(4, Runs::Limited, "no overlayfs", Some("modprobe overlay")),
+        ];
+        let verdict = verdict(&findings, &stages, &[], 0);
+        let text = render(&findings, &stages, &verdict);
+        assert!(text.contains("ok    user       root (uid 0)\n"), "{text}");
         let problem = "warn  overlayfs  not loaded yet\n                 fix: modprobe overlay\n";
         assert!(text.contains(problem), "{text}");
         assert!(
-            text.ends_with("ready: nothing fails (1 warning, see the fixes above)\n"),
+            text.contains("\nwhat runs for root:\nok       stage 1  chroot, as root\n"),
             "{text}"
         );
+        let limited = "limited  stage 4  no overlayfs\n                  fix: modprobe overlay\n";
+        assert!(text.contains(limited), "{text}");
+        assert!(
+            text.ends_with(
+                "ready for root: stages 1 and 4 run (4 limited) (1 warning); see the fixes above\n"
+            ),
+            "{text}"
+        );
+    }
+
+    /// The findings of a fake machine, but for busybox: a fake tree has no static one.
+    fn examine_but_busybox(machine: &Machine) -> Vec<Finding> {
+        examine(machine).into_iter().filter(|f| f.topic != "busybox").collect()
+    }
+
+    /// A non-root user on the course's kind of machine: a hybrid host (controllers on v1),
+    /// user namespaces allowed, overlayfs there, a recent kernel.
+    fn hybrid_machine_for_nobody(root: &Path) -> Fake {
+        write(root, "proc/cgroups", PROC_CGROUPS);
+        write(root, "proc/sys/user/max_user_namespaces", "96364\n");
+        write(root, "proc/filesystems", "nodev\tsysfs\nnodev\toverlay\n");
+        v1_machine(root, &["cpuset", "cpu", "memory", "pids"], true)
+    }
+
+    #[test]
+    fn without_root_stages_2_to_4_run_and_stage_1_does_not() {
+        let root = tempfile::tempdir().unwrap();
+        let fake = hybrid_machine_for_nobody(root.path());
+        let mut nobody = machine(root.path(), &fake);
+        nobody.euid = 65534;
+        let stages = check_stages(&nobody);
+        let runs: Vec<(u8, Runs)> = stages.iter().map(|s| (s.stage, s.runs)).collect();
+        assert_eq!(
+            runs,
+            [(1, Runs::No), (2, Runs::Ok), (3, Runs::Limited), (4, Runs::Limited)],
+            "{stages:#?}"
+        );
+        assert!(stages[0].fix.as_deref().unwrap().starts_with("sudo stage1-chroot"));
+        assert!(stages[2].found.contains("--cgroups optional"), "{stages:#?}");
+        assert!(stages[2].fix.as_deref().unwrap().contains("systemd.unified_cgroup_hierarchy=1"));
+        // Nothing fails: not being root is no failure, and the rootless limits are stage 3's.
+        let findings = examine_but_busybox(&nobody);
+        assert!(findings.iter().all(|f| f.level != Level::Fail), "{findings:#?}");
+        assert!(findings.iter().all(|f| f.topic != "rootless limits"), "{findings:#?}");
+        let ready = verdict(&findings, &stages, &[], 65534);
+        assert!(ready.ready, "{ready:?}");
+        assert_eq!(
+            ready.line,
+            "ready for uid 65534: stages 2, 3 and 4 run (3 and 4 limited), stage 1 does not; \
+             see the fixes above"
+        );
+        assert!(verdict(&findings, &stages, &[2, 4], 65534).ready);
+        let asked_for_1 = verdict(&findings, &stages, &[1, 2], 65534);
+        assert!(!asked_for_1.ready);
+        assert_eq!(
+            asked_for_1.line,
+            "not ready for uid 65534: stage 1 does not run; see the fixes above"
+        );
+        // Root, on the same machine, runs them all.
+        let as_root = machine(root.path(), &fake);
+        assert!(check_stages(&as_root).iter().all(|s| s.runs == Runs::Ok));
+    }
+
+    #[test]
+    fn without_unprivileged_user_namespaces_nothing_runs_without_root() {
+        let root = tempfile::tempdir().unwrap();
+        let fake = hybrid_machine_for_nobody(root.path());
+        write(root.path(), "proc/sys/kernel/apparmor_restrict_unprivileged_userns", "1\n");
+        let mut nobody = machine(root.path(), &fake);
+        nobody.euid = 1000;
+        let stages = check_stages(&nobody);
+        assert!(stages.iter().all(|s| s.runs == Runs::No), "{stages:#?}");
+        assert!(stages[1].fix.as_deref().unwrap().starts_with("sysctl -w kernel.apparmor"));
+        let verdict = verdict(&examine_but_busybox(&nobody), &stages, &[], 1000);
+        assert!(!verdict.ready);
+        assert_eq!(verdict.line, "not ready for uid 1000: no stage runs; see the fixes above");
+        // Root still runs every stage: those switches only stop unprivileged users.
+        assert!(check_stages(&machine(root.path(), &fake)).iter().all(|s| s.runs == Runs::Ok));
+    }
+
+    #[test]
+    fn rootless_overlay_needs_linux_5_11() {
+        let root = tempfile::tempdir().unwrap();
+        let fake = hybrid_machine_for_nobody(root.path());
+        let mut nobody = machine(root.path(), &fake);
+        nobody.euid = 1000;
+        nobody.kernel_release = "5.10.0-28-amd64".into();
+        let stage4 = check_stages(&nobody).pop().unwrap();
+        assert_eq!(stage4.runs, Runs::Limited);
+        assert!(stage4.found.contains("only --storage copy"), "{stage4:?}");
+        nobody.kernel_release = "5.11.0".into();
+        assert!(!check_stages(&nobody).pop().unwrap().found.contains("--storage copy"));
+    }
+
+    #[test]
+    fn a_failed_check_is_not_ready_for_anyone() {
+        let findings = vec![Finding::problem(Level::Fail, "busybox", "not found", "apt-get")];
+        let stages = vec![StageFinding::new(2, Runs::Ok, "rootless", None)];
+        let verdict = verdict(&findings, &stages, &[], 0);
+        assert!(!verdict.ready);
+        assert_eq!(verdict.line, "not ready: 1 check fails; run the fixes above");
     }
 }

@@ -19,7 +19,7 @@ use libisolab::{cli, exit};
 
 const EXAMPLES: &str = "\
 Examples:
-  sudo isolab doctor                 # can this machine run the course?
+  isolab doctor                      # can this machine run the course, for you?
   sudo isolab compare                # the isolation matrix, with evidence
   sudo isolab compare --markdown     # the matrix alone, as a markdown table
   sudo isolab compare --json --keep  # everything, and keep the rootfs and markers
@@ -40,10 +40,17 @@ Exit status: 0 when every column's probe reported, 1 when one did not (the matri
 shows it), 125 if compare itself failed (not root, no rootfs-builder, ...).";
 
 const DOCTOR_EXAMPLES: &str = "\
-Examples:
-  sudo isolab doctor
+After the checks, one line per stage for you as you are: ok (it runs), limited (it runs
+without something: the line says what, and a fix how to get it) or no (and what to do).
 
-Exit status: 0 when nothing fails (warnings allowed), 1 otherwise.";
+Examples:
+  isolab doctor                # what runs for you
+  isolab doctor --stage 2,4    # exit 1 unless stages 2 and 4 run for you
+  sudo isolab doctor           # what runs for root
+
+Exit status: 0 when this machine is ready for you: no check fails (warnings allowed), and
+the stages you asked for with --stage run for you, fully or limited (without --stage: at
+least one does); 1 otherwise.";
 
 const GC_EXAMPLES: &str = "\
 A runtime killed with SIGKILL cannot clean up after itself. gc finds what it left:
@@ -52,11 +59,16 @@ A runtime killed with SIGKILL cannot clean up after itself. gc finds what it lef
 - containers in the store (stage 4) whose runtime died: marked exited, --rm ones removed,
   half-made ones removed, mounts left in stopped containers' directories detached.
 
+Without root, gc cleans what is yours: your store, and your cgroups if a cgroup v2 subtree is
+delegated to you; the host's cgroups are root's, and gc says so in one line.
+
 Examples:
   sudo isolab gc
   sudo isolab gc --root /tmp/my-store
+  isolab gc --root ~/.local/share/isolab     # as yourself: your own store
 
-Exit status: 0 when every stale cgroup was removed (or there was none), 125 otherwise.";
+Exit status: 0 when everything stale it may remove was removed (or there was none), 125
+otherwise (and when --root is not a directory).";
 
 /// The isolab classroom tool: compare the stages' isolation, check this machine
 #[derive(Debug, Parser)]
@@ -71,7 +83,7 @@ enum Verb {
     /// Run the isolation probe on the host and under each stage; print the matrix (needs root)
     #[command(after_help = COMPARE_EXAMPLES)]
     Compare(compare::Args),
-    /// Check that this machine has what the course needs, with a fix for each problem
+    /// Check that this machine has what the course needs, and what each stage can do for you
     #[command(after_help = DOCTOR_EXAMPLES)]
     Doctor(doctor::Args),
     /// Clean up after killed runtimes (stale cgroups, stale containers), saying what was removed

@@ -35,7 +35,11 @@ pub fn enter(rootfs: &Path) -> Result<()> {
 }
 // ANCHOR_END: enter
 
-/// Checks that `rootfs` can be a root: it exists and is a directory.
+/// Checks that `rootfs` can be a root: it exists, is a directory, and is not the host's `/`.
+///
+/// `/` is refused up front: a chroot to it changes nothing (stage 1), and as a container's
+/// root (stage 2 on) it would be the host's own files and mounts that the container's mounts
+/// and `pivot_root` start from, which fails late and says "shared mount" when it does.
 pub fn check_rootfs(rootfs: &Path) -> Result<PathBuf> {
     let metadata = fs::metadata(rootfs).map_err(|error| {
         Error::Invalid(format!(
@@ -51,9 +55,17 @@ pub fn check_rootfs(rootfs: &Path) -> Result<PathBuf> {
             rootfs.display()
         )));
     }
-    fs::canonicalize(rootfs).map_err(|error| {
+    let canonical = fs::canonicalize(rootfs).map_err(|error| {
         Error::Invalid(format!("rootfs {}: {}", rootfs.display(), lowercase_io(&error)))
-    })
+    })?;
+    if canonical == Path::new("/") {
+        return Err(Error::Invalid(format!(
+            "rootfs {}: the host's / cannot be a container's root: build one with \
+             rootfs-builder (`rootfs-builder busybox rootfs`)",
+            rootfs.display()
+        )));
+    }
+    Ok(canonical)
 }
 
 fn lowercase_io(error: &std::io::Error) -> String {
@@ -210,6 +222,14 @@ mod tests {
         assert!(error.ends_with("is not a directory: pass the directory a rootfs was built into"));
 
         assert_eq!(check_rootfs(dir.path()).unwrap(), fs::canonicalize(dir.path()).unwrap());
+    }
+
+    #[test]
+    fn the_hosts_root_is_refused_however_it_is_spelled() {
+        for path in ["/", "/.", "/tmp/..", "//"] {
+            let error = check_rootfs(Path::new(path)).unwrap_err().to_string();
+            assert!(error.contains("the host's / cannot be a container's root"), "{error}");
+        }
     }
 
     #[test]

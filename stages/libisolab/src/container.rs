@@ -10,11 +10,13 @@ use std::ffi::OsString;
 use std::fmt;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::cgroups;
 use crate::chroot;
 use crate::error::Error;
 use crate::idmap::{self, IdMap};
+use crate::idrange::{self, Claim, Claims, UserIds, Wanted};
 use crate::init;
 use crate::mounts::{self, Step};
 use crate::namespaces::{self, Namespace, Namespaces};
@@ -37,12 +39,15 @@ pub struct Request {
     pub net: Option<Mode>,
     /// `--subnet`
     pub subnet: Option<Subnet>,
-    /// `--map-base`
-    pub map_base: u32,
+    /// Whose host ids root inside gets: a free slot, `--map-base` (and `--map-base-force`),
+    /// or, for stage 4's `start`, the slot a stopped container's files are owned by.
+    pub ids: Wanted,
     /// `--user`
     pub user: Option<User>,
     /// `--init`
     pub init: bool,
+    /// `--stop-timeout`
+    pub stop_timeout: Duration,
     /// `--workdir`
     pub workdir: PathBuf,
     /// `--env`
@@ -97,11 +102,16 @@ pub struct Plan {
     pub inside: Vec<Inside>,
     /// Run the command under a small init (PID 1) instead of as PID 1.
     pub init: bool,
+    /// How long the command may take to stop when asked to, before SIGKILL (`init::Stopping`).
+    pub stop_timeout: Duration,
     /// The command.
     pub command: Command,
     /// Chapter 3: the cgroup the runtime makes before the clone and moves the child into
     /// before it releases it (see [`Plan::add_cgroup`]).
     pub cgroup: Option<cgroups::Plan>,
+    /// The user namespace's host ids and where they come from (see `idrange`), if there is
+    /// one; claimed by [`Plan::claim_ids`].
+    pub user_ids: Option<UserIds>,
 }
 
 fn invalid(message: String) -> Error {
@@ -126,9 +136,23 @@ impl Plan {
         let mut outside = Vec::new();
         let mut inside = Vec::new();
 
-        // user: the maps the parent writes, and where root inside can go outside.
-        let id_map = has(Namespace::User)
-            .then(|| IdMap::for_caller(caller, Gid::effective(), request.map_base));
+        // user: the maps the parent writes, and where root inside can go outside: a slot of
+        // host ids that no host user and no other container has (idrange).
+        let user_ids = match (has(Namespace::User), &request.ids) {
+            (true, wanted) => {
+                let etc = Path::new("/etc");
+                Some(idrange::plan(caller, Gid::effective(), wanted, etc, Claims::host())?)
+            }
+            (false, Wanted::Base { .. }) => {
+                return Err(invalid(
+                    "--map-base needs the user namespace: add user to --ns (without it, no id \
+                     is mapped and root inside is the host's root)"
+                        .to_string(),
+                ))
+            }
+            (false, _) => None,
+        };
+        let id_map = user_ids.as_ref().map(|ids| ids.map);
         if let Some(map) = id_map {
             mounts::check_reachable(&rootfs, map.root_outside(), map.gid.outside)?;
             outside.push(Outside::IdMaps(map));
@@ -208,9 +232,47 @@ impl Plan {
         let home = request.user.unwrap_or(User::ROOT).home();
         let mut command = Command::new(request.argv, home, &request.env);
         command.workdir = request.workdir;
-        Ok(Plan { rootfs, namespaces, outside, inside, init: request.init, command, cgroup: None })
+        Ok(Plan {
+            rootfs,
+            namespaces,
+            outside,
+            inside,
+            init: request.init,
+            stop_timeout: request.stop_timeout,
+            command,
+            cgroup: None,
+            user_ids,
+        })
     }
     // ANCHOR_END: plan
+
+    // ANCHOR: claim_ids
+    /// Takes the host ids of the user namespace for this run (see `idrange`): the first slot
+    /// of the pool that no other container holds (which may not be the one the plan showed),
+    /// or exactly the `--map-base` range or a stopped container's slot. They are ours for as
+    /// long as the returned claim lives; `None` when there is nothing to claim (no user
+    /// namespace, or a rootless one, which maps only the caller's own id).
+    pub fn claim_ids(&mut self) -> Result<Option<Claim>, Error> {
+        let Some(ids) = &mut self.user_ids else { return Ok(None) };
+        let Some(claim) = ids.claim()? else { return Ok(None) };
+        let map = claim.slot().map();
+        if map != ids.map {
+            mounts::check_reachable(&self.rootfs, map.root_outside(), map.gid.outside)?;
+            ids.map = map;
+            for step in &mut self.outside {
+                if let Outside::IdMaps(planned) = step {
+                    *planned = map;
+                }
+            }
+            for step in &mut self.inside {
+                if let Inside::BecomeRoot(planned) = step {
+                    *planned = map;
+                }
+            }
+        }
+        Ok(Some(claim))
+    }
+    // ANCHOR_END: claim_ids
 
     // ANCHOR: privileges
     /// Refuses a plan the caller's privileges cannot carry out (the dry run only reports it).
@@ -401,9 +463,15 @@ impl Plan {
         Ok(())
     }
 
-    /// In the child, last: exec the command, or fork it under a small init (`--init`).
+    /// Does the child stay, as an init, and fork the command? With `--init`; and without a pid
+    /// namespace, where no kernel ends what the command leaves behind (see `init::run`).
+    pub fn runs_init(&self) -> bool {
+        self.init || !self.namespaces.contains(Namespace::Pid)
+    }
+
+    /// In the child, last: exec the command, or fork it under a small init (see `runs_init`).
     pub fn start_command(&self, pipe: &ErrorPipe) -> Result<Infallible, Failure> {
-        if self.init {
+        if self.runs_init() {
             init::run(|| process::exec(&self.command), pipe)
         } else {
             process::exec(&self.command)
@@ -462,6 +530,9 @@ impl fmt::Display for Plan {
         writeln!(f, "# the plan: nothing below has run (--dry-run)")?;
         writeln!(f, "# rootfs: {}", self.rootfs.display())?;
         writeln!(f, "# namespaces: {}", self.namespaces)?;
+        for line in self.user_ids.iter().flat_map(UserIds::describe) {
+            writeln!(f, "# {line}")?;
+        }
         if let Some(cgroup) = &self.cgroup {
             writeln!(f, "# cgroup: {} ({})", cgroup.id, cgroup.version)?;
             writeln!(f, "runtime, before the clone:")?;
@@ -577,8 +648,13 @@ impl fmt::Display for Plan {
             .collect();
         let exec =
             format!("execve({}, [{}])", argv.first().map_or("?", String::as_str), argv.join(", "));
-        if self.init {
-            writeln!(f, "  # --init: we stay PID 1, the command is PID 2")?;
+        if self.runs_init() {
+            match self.init {
+                true => writeln!(f, "  # --init: we stay PID 1, the command is PID 2")?,
+                false => {
+                    writeln!(f, "  # no pid namespace: we stay, to end what the command leaves")?
+                }
+            }
             writeln!(f, "  fork()")?;
             writeln!(f, "    child: {exec}")?;
             writeln!(
@@ -634,10 +710,14 @@ pub struct ContainerArgs {
     #[arg(long, value_name = "CIDR", value_parser = parse_with::<Subnet>)]
     pub subnet: Option<Subnet>,
     /// As root with a user namespace: the host uid/gid that root inside is (0-65535 inside
-    /// map to BASE..BASE+65535)
-    #[arg(long, value_name = "BASE", default_value_t = idmap::DEFAULT_BASE,
-          value_parser = parse_map_base)]
-    pub map_base: u32,
+    /// map to BASE..BASE+65535) [default: a free slot of root's range in /etc/subuid, or of
+    /// isolab's pool]
+    #[arg(long, value_name = "BASE", value_parser = parse_map_base)]
+    pub map_base: Option<u32>,
+    /// Use --map-base even over ids the host has given to a user, a group or another user's
+    /// range in /etc/subuid or /etc/subgid
+    #[arg(long, requires = "map_base")]
+    pub map_base_force: bool,
     /// Run the command as this user inside (numbers: UID or UID:GID), not as root
     #[arg(long, value_name = "UID[:GID]", value_parser = parse_with::<User>)]
     pub user: Option<User>,
@@ -649,6 +729,10 @@ pub struct CommandArgs {
     /// Run a small init as PID 1 that forwards signals to the command and reaps orphans
     #[arg(long)]
     pub init: bool,
+    /// When a signal that asks to stop (TERM, INT, HUP, QUIT) is passed on, send SIGKILL if the
+    /// command is still running this many seconds later (0: at once), as `docker stop` does
+    #[arg(long, value_name = "SECONDS", default_value_t = init::DEFAULT_STOP_TIMEOUT)]
+    pub stop_timeout: u64,
     /// The directory inside the container to start in
     #[arg(long, value_name = "PATH", default_value = "/")]
     pub workdir: PathBuf,
@@ -662,11 +746,16 @@ pub struct CommandArgs {
 
 impl Request {
     /// The request for a container described by `container`, running `command` (`None`: a
-    /// container that runs no command of the user's, like `escape`'s).
-    pub fn new(container: ContainerArgs, command: Option<CommandArgs>) -> Result<Request, Error> {
+    /// container that runs no command of the user's, like `escape`'s). A command without a
+    /// program name fails as a shell's would, with 127 (see `process::check_program`).
+    pub fn new(container: ContainerArgs, command: Option<CommandArgs>) -> Result<Request, Failure> {
         check_subnet_use(container.net, container.subnet)?;
+        if let Some(command) = &command {
+            process::check_program(&command.command)?;
+        }
         let command = command.unwrap_or(CommandArgs {
             init: false,
+            stop_timeout: init::DEFAULT_STOP_TIMEOUT,
             workdir: PathBuf::from("/"),
             env: Vec::new(),
             command: Vec::new(),
@@ -677,9 +766,13 @@ impl Request {
             hostname: container.hostname,
             net: container.net,
             subnet: container.subnet,
-            map_base: container.map_base,
+            ids: match container.map_base {
+                Some(base) => Wanted::Base { base, force: container.map_base_force },
+                None => Wanted::Free,
+            },
             user: container.user,
             init: command.init,
+            stop_timeout: Duration::from_secs(command.stop_timeout),
             workdir: command.workdir,
             env: command.env,
             argv: command.command,

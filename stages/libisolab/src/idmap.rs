@@ -9,10 +9,10 @@
 //!   its own, and must first write `deny` to `/proc/<pid>/setgroups` before it may write the
 //!   gid map (otherwise it could drop a group that was denying it access to a file, which
 //!   setgroups(2) would have forbidden; CVE-2014-8989). We map the caller to root inside.
-//! - **root with a user namespace**: root may map any range. We map root inside to an
-//!   unprivileged range outside (by default `0 100000 65536`, the first range that
-//!   `/etc/subuid` usually hands out): the container's root is then uid 100000 to the host,
-//!   which owns nothing there. That is the point, and its price: root inside cannot write the
+//! - **root with a user namespace**: root may map any range. We map root inside to 65,536
+//!   unprivileged ids outside, a slot that no host user and no other container has (see
+//!   [`crate::idrange`]: e.g. `0 1000000000 65536`): the container's root is then a host uid
+//!   that owns nothing there. That is the point, and its price: root inside cannot write the
 //!   rootfs's root-owned files, nor enter a directory outside that is closed to "others".
 
 use std::fmt;
@@ -22,8 +22,6 @@ use nix::unistd::{Gid, Pid, Uid};
 
 use crate::error::{Error, Result, SysResultExt};
 
-/// Where root inside starts outside, when the runtime runs as root (`--map-base` overrides).
-pub const DEFAULT_BASE: u32 = 100_000;
 /// How many ids are mapped when the runtime runs as root: 0–65535 inside, as a full system has.
 pub const DEFAULT_COUNT: u32 = 65_536;
 
@@ -56,18 +54,23 @@ pub struct IdMap {
 }
 
 impl IdMap {
-    /// The maps for a caller with effective ids `uid`/`gid`: root gets `0 base 65536`, any
-    /// other user the rootless map `0 uid 1` (and `setgroups` denied).
-    pub fn for_caller(uid: Uid, gid: Gid, base: u32) -> IdMap {
-        if uid.is_root() {
-            let range = Range { inside: 0, outside: base, count: DEFAULT_COUNT };
-            IdMap { uid: range, gid: range, deny_setgroups: false }
-        } else {
-            IdMap {
-                uid: Range { inside: 0, outside: uid.as_raw(), count: 1 },
-                gid: Range { inside: 0, outside: gid.as_raw(), count: 1 },
-                deny_setgroups: true,
-            }
+    /// The maps of a root caller: root inside is host uid `uid` and gid `gid`, and the 65,535
+    /// ids above it inside are the ones above those outside.
+    pub fn root_to(uid: u32, gid: u32) -> IdMap {
+        IdMap {
+            uid: Range { inside: 0, outside: uid, count: DEFAULT_COUNT },
+            gid: Range { inside: 0, outside: gid, count: DEFAULT_COUNT },
+            deny_setgroups: false,
+        }
+    }
+
+    /// The rootless map of any other caller: its own `uid`/`gid` as root inside, the one id it
+    /// may map, and `setgroups` denied.
+    pub fn rootless(uid: Uid, gid: Gid) -> IdMap {
+        IdMap {
+            uid: Range { inside: 0, outside: uid.as_raw(), count: 1 },
+            gid: Range { inside: 0, outside: gid.as_raw(), count: 1 },
+            deny_setgroups: true,
         }
     }
 
@@ -153,7 +156,7 @@ impl IdMap {
 /// Parses `--map-base`, the first host uid/gid that root inside maps to.
 pub fn parse_base(text: &str) -> Result<u32> {
     let base: u32 = text.parse().map_err(|_| {
-        Error::Invalid(format!("invalid --map-base '{text}': expected a uid, e.g. 100000"))
+        Error::Invalid(format!("invalid --map-base '{text}': expected a uid, e.g. 1000000000"))
     })?;
     if base == 0 || base.checked_add(DEFAULT_COUNT).is_none() {
         return Err(Error::Invalid(format!(
@@ -171,16 +174,16 @@ mod tests {
 
     #[test]
     fn root_maps_a_range_without_touching_setgroups() {
-        let map = IdMap::for_caller(Uid::from_raw(0), Gid::from_raw(0), DEFAULT_BASE);
+        let map = IdMap::root_to(1_000_000_000, 1_000_065_536);
         let writes: Vec<String> =
             map.writes().iter().map(|(file, content)| format!("{file}: {content}")).collect();
-        assert_eq!(writes, ["uid_map: 0 100000 65536", "gid_map: 0 100000 65536"]);
+        assert_eq!(writes, ["uid_map: 0 1000000000 65536", "gid_map: 0 1000065536 65536"]);
         assert!(map.maps_uid(65534) && !map.maps_uid(65536));
     }
 
     #[test]
     fn rootless_maps_only_itself_and_denies_setgroups_first() {
-        let map = IdMap::for_caller(Uid::from_raw(1000), Gid::from_raw(100), DEFAULT_BASE);
+        let map = IdMap::rootless(Uid::from_raw(1000), Gid::from_raw(100));
         let writes: Vec<String> =
             map.writes().iter().map(|(file, content)| format!("{file}: {content}")).collect();
         assert_eq!(writes, ["setgroups: deny", "uid_map: 0 1000 1", "gid_map: 0 100 1"]);

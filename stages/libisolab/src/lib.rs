@@ -18,6 +18,7 @@ pub mod copy;
 pub mod error;
 pub mod exit;
 pub mod idmap;
+pub mod idrange;
 pub mod init;
 pub mod mounts;
 pub mod namespaces;
@@ -42,6 +43,7 @@ pub const CHAPTERS: &[(&str, u8)] = &[
     ("chroot", 1),
     ("namespaces", 2),
     ("idmap", 2),
+    ("idrange", 2),
     ("mounts", 2),
     ("uts", 2),
     ("netlink", 2),

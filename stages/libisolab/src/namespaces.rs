@@ -325,6 +325,12 @@ where
     let saved_mask = process::block_for_child()?;
     let (error_read, error_write) = process::error_pipe()?;
     let (sync_read, sync_write) = process::error_pipe()?;
+    // We become a subreaper: what the container leaves when its first process dies outside a
+    // pid namespace (the orphans of an init that was sent SIGKILL, or that had no /proc to
+    // find them) comes to us rather than to the host's init, and `init::wait_stopping` ends
+    // it (man 2 prctl, PR_SET_CHILD_SUBREAPER; the child does not inherit it).
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag and nothing else.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
 
     let flags = namespaces.clone_flags();
     let (cloned, born_in_cgroup) = match cgroup.map(|fd| clone_into_cgroup(flags, fd)) {

@@ -16,9 +16,10 @@ use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{self, ForkResult, Pid};
 
@@ -270,10 +271,8 @@ pub(crate) fn restore(saved: &SigSet) {
 /// are the jail's. Failures carry the shell's codes: 127 when nothing is found, 126 when a file
 /// is found but cannot be executed.
 pub fn exec(command: &Command) -> Result<Infallible, Failure> {
-    let program = command.argv.first().ok_or_else(|| Failure {
-        code: exit::RUNTIME_ERROR,
-        message: "no command given".to_string(),
-    })?;
+    check_program(&command.argv)?;
+    let program = &command.argv[0];
     let argv = to_cstrings(command.argv.iter().map(|arg| arg.as_bytes().to_vec()))?;
     let envp = to_cstrings(command.env.iter().map(|(key, value)| {
         let mut pair = key.as_bytes().to_vec();
@@ -282,10 +281,11 @@ pub fn exec(command: &Command) -> Result<Infallible, Failure> {
         pair
     }))?;
 
-    // Signals the runtime ignores stay ignored across execve (man 7 signal); Rust ignores
-    // SIGPIPE, so without this `yes | head` would misbehave inside the container.
-    // SAFETY: setting a default disposition has no memory-safety implications.
-    let _ = unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+    // A signal that is ignored stays ignored across execve, and the mask is kept (man 7
+    // signal): the command would inherit the runtime's (Rust ignores SIGPIPE: `yes | head`
+    // would never stop) and its caller's (a shell starts `&` jobs with SIGINT and SIGQUIT
+    // ignored: `kill -INT` would never stop them). It starts as a fresh program does.
+    reset_signals()?;
 
     // The working directory is entered last, as the user the command runs as.
     unistd::chdir(&command.workdir).sys("chdir", command.workdir.display()).map_err(|error| {
@@ -329,6 +329,52 @@ pub fn exec(command: &Command) -> Result<Infallible, Failure> {
     })
 }
 // ANCHOR_END: exec
+
+/// Refuses a command line without a program: none at all, or an empty name (`-- ""`, often a
+/// variable that was empty: `-- "$CMD"`).
+///
+/// An empty name is no path, and a PATH lookup would try each directory itself
+/// (`/usr/local/sbin/` + ``), failing with a confusing EACCES. Shells answer `: command not
+/// found` and 127 (bash, dash and busybox sh; so do `env ""` and `docker run IMAGE ""`): the
+/// same answer here, before anything runs, for a user who typed what they would type there.
+pub fn check_program(argv: &[OsString]) -> Result<(), Failure> {
+    match argv.first() {
+        None => Err(Failure { code: exit::RUNTIME_ERROR, message: "no command given".to_string() }),
+        Some(program) if program.is_empty() => Err(Failure {
+            code: exit::NOT_FOUND,
+            message: "'': command not found: the program name after -- is empty (was a \
+                      variable empty, as in -- \"$CMD\"?)"
+                .to_string(),
+        }),
+        Some(_) => Ok(()),
+    }
+}
+
+// ANCHOR: reset_signals
+/// Gives the calling process the signal state a program expects when it starts: every
+/// catchable signal's disposition back to `SIG_DFL`, and an empty signal mask.
+///
+/// `execve(2)` resets only the signals that have a *handler*: an ignored signal stays ignored,
+/// and the mask is kept (`man 7 signal`, "Signal disposition" and "Signal mask and pending
+/// signals"). Without this, whatever the runtime or its caller ignored or blocked would reach
+/// the command.
+pub fn reset_signals() -> Result<()> {
+    // SAFETY: sigaction is plain data; all zeroes is SIG_DFL, no flags and an empty sa_mask.
+    let default: libc::sigaction = unsafe { std::mem::zeroed() };
+    for number in 1..=libc::SIGRTMAX() {
+        if number == libc::SIGKILL || number == libc::SIGSTOP {
+            continue; // their disposition cannot be changed
+        }
+        // glibc keeps two real-time signals for its threads (man 7 nptl) and refuses them
+        // with EINVAL: they are not ours to reset, so the error is ignored.
+        // SAFETY: `default` is a valid sigaction that installs no handler, and we ask for no
+        // old value back.
+        let _ = unsafe { libc::sigaction(number, &default, std::ptr::null_mut()) };
+    }
+    signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .sys("sigprocmask", "SIG_SETMASK, an empty set")
+}
+// ANCHOR_END: reset_signals
 
 fn to_cstrings(items: impl Iterator<Item = Vec<u8>>) -> Result<Vec<CString>, Failure> {
     items
@@ -392,17 +438,35 @@ fn not_found(program: &OsStr, candidates: &[PathBuf]) -> Failure {
 /// process group (Ctrl-C from the terminal) already reach the child, so they are not sent a
 /// second time.
 pub fn wait_forwarding_signals(child: Child) -> Result<WaitStatus> {
-    wait_forwarding_signals_and(child, |_pid, _signal| {})
+    wait_forwarding_signals_and(child, |_pid, _event| None)
 }
 
-/// [`wait_forwarding_signals`], calling `after_forward` with each signal passed on (chapter 2
-/// uses it to warn when the command, as PID 1 of its namespace, will drop the signal).
+/// What [`wait_forwarding_signals_and`] tells its caller while it waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// The runtime received `signal` and passed it on to the child; not when it came
+    /// `from_terminal`: the kernel delivered that one to the whole foreground group already.
+    Signal {
+        /// The signal.
+        signal: Signal,
+        /// Sent by the kernel (`si_code` `SI_KERNEL`: a terminal's Ctrl-C), not by a process.
+        from_terminal: bool,
+    },
+    /// The deadline the caller asked for has passed, and the child is still there.
+    Deadline,
+}
+
+/// [`wait_forwarding_signals`], telling `watch` about each signal received, and when the
+/// deadline that `watch` returns (if any) has passed. Chapter 2 uses it to say when the
+/// command, as PID 1 of its namespace, drops a signal, and to send SIGKILL when a command
+/// asked to stop is still running after a grace period (`init::Stopping`).
 pub fn wait_forwarding_signals_and(
     child: Child,
-    mut after_forward: impl FnMut(Pid, Signal),
+    mut watch: impl FnMut(Pid, Waiting) -> Option<Instant>,
 ) -> Result<WaitStatus> {
     let mut waited = forwarded_signals();
     waited.add(Signal::SIGCHLD);
+    let mut deadline: Option<Instant> = None;
     let result = loop {
         // The child may already be gone (a SIGCHLD delivered before we got here is pending,
         // but check first anyway, so a fast exit is never missed).
@@ -413,12 +477,16 @@ pub fn wait_forwarding_signals_and(
             Err(Errno::EINTR) => continue,
             Err(errno) => break Err(Error::sys("waitpid", child.pid, errno)),
         }
-        match wait_signal(&waited) {
-            Ok((signal, from_kernel)) if signal != Signal::SIGCHLD && !from_kernel => {
-                let _ = signal::kill(child.pid, signal);
-                after_forward(child.pid, signal);
+        let timeout = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
+        match wait_signal(&waited, timeout) {
+            Ok(Some((Signal::SIGCHLD, _))) => {}
+            Ok(Some((signal, from_terminal))) => {
+                if !from_terminal {
+                    let _ = signal::kill(child.pid, signal);
+                }
+                deadline = watch(child.pid, Waiting::Signal { signal, from_terminal });
             }
-            Ok(_) => {}
+            Ok(None) => deadline = watch(child.pid, Waiting::Deadline),
             Err(error) => break Err(error),
         }
     };
@@ -427,22 +495,40 @@ pub fn wait_forwarding_signals_and(
 }
 // ANCHOR_END: wait
 
-/// Waits for one of `set` (which must be blocked) with `sigwaitinfo(2)`; also says whether
-/// the kernel sent it (a terminal's Ctrl-C) rather than a process (`kill`).
-pub(crate) fn wait_signal(set: &SigSet) -> Result<(Signal, bool)> {
+/// Waits for one of `set` (which must be blocked) with `sigwaitinfo(2)`, or for at most
+/// `timeout` with `sigtimedwait(2)` (`None` when it passed first); also says whether the
+/// kernel sent it (a terminal's Ctrl-C) rather than a process (`kill`).
+pub(crate) fn wait_signal(
+    set: &SigSet,
+    timeout: Option<Duration>,
+) -> Result<Option<(Signal, bool)>> {
     loop {
         // SAFETY: siginfo_t is plain data, zeroes are a valid value for it.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `set` is a valid sigset_t and `info` a valid, writable siginfo_t.
-        let number = unsafe { libc::sigwaitinfo(set.as_ref(), &mut info) };
+        let number = match timeout {
+            // SAFETY: `set` is a valid sigset_t and `info` a valid, writable siginfo_t.
+            None => unsafe { libc::sigwaitinfo(set.as_ref(), &mut info) },
+            Some(timeout) => {
+                let timespec = libc::timespec {
+                    tv_sec: timeout.as_secs().try_into().unwrap_or(libc::time_t::MAX),
+                    tv_nsec: timeout.subsec_nanos().into(),
+                };
+                // SAFETY: as above, and `timespec` is a valid timespec.
+                unsafe { libc::sigtimedwait(set.as_ref(), &mut info, &timespec) }
+            }
+        };
         if number < 0 {
             match Errno::last() {
                 Errno::EINTR => continue,
-                errno => return Err(Error::sys("sigwaitinfo", "", errno)),
+                Errno::EAGAIN => return Ok(None),
+                errno => {
+                    let call = if timeout.is_some() { "sigtimedwait" } else { "sigwaitinfo" };
+                    return Err(Error::sys(call, "", errno));
+                }
             }
         }
         let Ok(signal) = Signal::try_from(number) else { continue };
-        return Ok((signal, info.si_code == libc::SI_KERNEL));
+        return Ok(Some((signal, info.si_code == libc::SI_KERNEL)));
     }
 }
 
@@ -476,6 +562,15 @@ mod tests {
         assert_eq!(found, [PathBuf::from("/bin/sh"), PathBuf::from("/usr/bin/sh")]);
         let direct = candidates(OsStr::new("./run"), Some(OsStr::new("/bin")));
         assert_eq!(direct, [PathBuf::from("./run")]);
+    }
+
+    #[test]
+    fn an_empty_program_name_is_not_found() {
+        let failure = check_program(&["".into(), "arg".into()]).unwrap_err();
+        assert_eq!(failure.code, 127);
+        assert!(failure.message.starts_with("'': command not found"), "{failure}");
+        assert_eq!(check_program(&[]).unwrap_err().code, 125);
+        assert!(check_program(&["sh".into()]).is_ok());
     }
 
     #[test]

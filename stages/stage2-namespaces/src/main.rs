@@ -81,7 +81,7 @@ fn main() -> std::process::ExitCode {
 /// Runs the command in new namespaces and returns its exit code.
 fn run(args: RunArgs) -> Result<u8, Failure> {
     // 1. The plan: every call we will make, checked and listed before the first one.
-    let plan = Plan::from(Request::new(args.container, Some(args.command))?)?;
+    let mut plan = Plan::from(Request::new(args.container, Some(args.command))?)?;
     if args.dry_run {
         let _ = write!(std::io::stdout(), "{plan}");
         if let Err(refused) = plan.check_privileges() {
@@ -94,6 +94,9 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
         return Ok(0);
     }
     plan.check_privileges()?;
+    // The user namespace's host ids: a slot no other container holds, ours until we return
+    // (the claim's lock dies with this process, however it ends).
+    let _ids = plan.claim_ids()?;
 
     // 2. clone(2) into the namespaces. The parent writes the id maps and creates the veth
     //    pair while the child waits; then the child builds its view (mounts, hostname,
@@ -112,19 +115,15 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
     );
     let child = spawned.inspect_err(|_| plan.remove_host_end(started.get()))?;
 
-    // 3. Wait, passing on signals (and saying so when PID 1 will drop one), then clean up.
+    // 3. Wait, passing on signals. A command asked to stop that is still running after
+    //    --stop-timeout gets SIGKILL, as with `docker stop`; what happens (PID 1 dropping a
+    //    signal, the SIGKILL) is said as it happens. Then clean up.
     let child_pid = child.pid;
-    let mut warned = false;
-    let status = process::wait_forwarding_signals_and(child, |pid, signal| {
-        if plan.command_is_pid1() && !warned && init::pid1_drops(pid, signal) {
-            eprintln!(
-                "stage2-namespaces: {} not delivered: the command is PID 1 of its pid \
-                 namespace and has no handler for it (man 7 pid_namespaces); run it with --init",
-                signal.as_str()
-            );
-            warned = true;
-        }
-    });
+    if !plan.namespaces.contains(namespaces::Namespace::Pid) {
+        cli::say("stage2-namespaces", &[init::without_pid_namespace()]);
+    }
+    let stopping = init::Stopping::new(plan.stop_timeout, plan.command_is_pid1());
+    let status = init::wait_stopping(child, stopping, |said| cli::say("stage2-namespaces", said));
     plan.remove_host_end(Some(child_pid));
     Ok(exit::code_for(status?))
 }
@@ -133,8 +132,9 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
 // ANCHOR: escape
 /// Builds the same container as `run`, then has the child try stage 1's escape and report.
 fn escape(args: ContainerArgs) -> Result<u8, Failure> {
-    let plan = Plan::from(Request::new(args, None)?)?;
+    let mut plan = Plan::from(Request::new(args, None)?)?;
     plan.check_privileges()?;
+    let _ids = plan.claim_ids()?;
     // Remember what the host's / is, so the child can tell whether it got back there.
     let host_root = DirId::of(Path::new("/"))?;
     let child = namespaces::spawn(

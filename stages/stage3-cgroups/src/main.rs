@@ -19,7 +19,7 @@ use libisolab::cgroups::runtime::{self, CgroupArgs};
 use libisolab::cgroups::{self, Kernel};
 use libisolab::container::{CommandArgs, ContainerArgs, Plan, Request};
 use libisolab::init;
-use libisolab::process::{self, Failure};
+use libisolab::process::Failure;
 use libisolab::{cli, exit, namespaces};
 use nix::unistd::Uid;
 
@@ -105,6 +105,9 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
         return Ok(0);
     }
     plan.check_privileges()?;
+    // The user namespace's host ids: a slot no other container holds, ours until we return
+    // (the claim's lock dies with this process, however it ends).
+    let _ids = plan.claim_ids()?;
 
     // 2. The cgroup: the stale ones of killed runtimes go first, then ours is made. The
     //    guard removes it again however this function is left.
@@ -135,19 +138,12 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
     );
     let child = spawned.inspect_err(|_| plan.remove_host_end(started.get()))?;
 
-    // 4. Wait, passing on signals (and saying so when PID 1 will drop one), then clean up.
+    // 4. Wait, passing on signals. A command asked to stop that is still running after
+    //    --stop-timeout gets SIGKILL, as with `docker stop`; what happens (PID 1 dropping a
+    //    signal, the SIGKILL) is said as it happens. Then clean up.
     let child_pid = child.pid;
-    let mut warned = false;
-    let status = process::wait_forwarding_signals_and(child, |pid, signal| {
-        if plan.command_is_pid1() && !warned && init::pid1_drops(pid, signal) {
-            eprintln!(
-                "{PROGRAM}: {} not delivered: the command is PID 1 of its pid namespace and has \
-                 no handler for it (man 7 pid_namespaces); run it with --init",
-                signal.as_str()
-            );
-            warned = true;
-        }
-    });
+    let stopping = init::Stopping::new(plan.stop_timeout, plan.command_is_pid1());
+    let status = init::wait_stopping(child, stopping, |said| cli::say(PROGRAM, said));
     plan.remove_host_end(Some(child_pid));
     let code = exit::code_for(status?);
 
@@ -164,14 +160,18 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
 // ANCHOR_END: run
 
 // ANCHOR: gc
-/// `gc`: removes the cgroups of runtimes that no longer run, and says what it removed.
+/// `gc`: removes the cgroups of runtimes that no longer run, and says what it removed. Without
+/// root, only the user's own (in their delegated subtree), and where they have none, it says
+/// so: the host's cgroups are root's.
 fn gc() -> Result<u8, Failure> {
     let hierarchy = cgroups::detect(Path::new(runtime::CGROUP_ROOT), &Kernel)?;
-    let removed = cgroups::gc::gc_for(&hierarchy, Uid::effective(), Rc::new(Kernel))?;
-    if removed.is_empty() {
+    let collected = cgroups::gc::gc_for(&hierarchy, Uid::effective(), Rc::new(Kernel))?;
+    if let Some(not_theirs) = collected.not_theirs {
+        println!("{not_theirs}");
+    } else if collected.removed.is_empty() {
         println!("no stale isolab cgroups");
     }
-    for stale in removed {
+    for stale in collected.removed {
         println!("{stale}");
     }
     Ok(0)

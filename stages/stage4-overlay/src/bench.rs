@@ -6,6 +6,7 @@
 //! and state (and, for `copy`, the copy of the base). The overlay itself is mounted later, at
 //! each start, inside the container's mount namespace: its cost is part of `run`'s time.
 
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,16 @@ pub fn bench_storage(store: &Store, args: &BenchArgs) -> Result<u8, Failure> {
     let base = chroot::check_rootfs(&args.rootfs)?;
     let base_size = copy::disk_usage(&base)?;
     let scratch = store.root().join(format!("bench-{}", std::process::id()));
+    // The scratch store is removed at the end: it must be ours, never something that was
+    // already there.
+    if fs::symlink_metadata(&scratch).is_ok() {
+        return Err(Error::Invalid(format!(
+            "{} already exists, and bench-storage removes its scratch store when done: move it \
+             away, or pass another --root",
+            scratch.display()
+        ))
+        .into());
+    }
     let mut measured = Vec::new();
     for storage in [Storage::Overlay, Storage::Copy] {
         let result = measure(&scratch, &base, storage, args.count);

@@ -6,17 +6,18 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use libisolab::cgroups::format_size;
-use libisolab::copy;
 use libisolab::process::Failure;
 use libisolab::store::{self, Container, Listed, State, Status, Store};
+use libisolab::{copy, idrange};
 
 use crate::PROGRAM;
 
 /// `ps`: one line per container, broken ones included (and said why).
 pub fn ps(store: &Store) -> Result<u8, Failure> {
-    // STATUS is as wide as `running (pid 4194304)` (the largest pid_max), so that the table
-    // does not shift with the number of digits in a pid.
-    let status = format!("{:<21}", "STATUS");
+    // STATUS is as wide as its widest value, `exited (runtime killed)` (wider than `running
+    // (pid 4194304)`, the largest pid_max), so that the table does not shift with the number
+    // of digits in a pid.
+    let status = format!("{:<23}", "STATUS");
     let mut rows =
         vec![["CONTAINER ID", "NAME", &status, "EXIT", "CREATED (UTC)", "STORAGE", "COMMAND"]
             .map(String::from)
@@ -43,6 +44,8 @@ fn row(container: &Container, state: &State) -> Vec<String> {
     let config = &container.config;
     let status = match (state.status, state.runtime_pid) {
         (Status::Running, Some(pid)) => format!("running (pid {pid})"),
+        // Its lock is free: the runtime was killed (a `gc` will write this down).
+        (_, _) if state.runtime_died => "exited (runtime killed)".to_string(),
         (status, _) => status.to_string(),
     };
     let exit = match (state.status, state.exit_code) {
@@ -80,18 +83,17 @@ pub fn diff(store: &Store, name: &str, upper: bool) -> Result<u8, Failure> {
 
 /// `rm`: removes each container; the first failure ends it (and is the error).
 pub fn rm(store: &Store, names: &[String], force: bool) -> Result<u8, Failure> {
-    gc(store)?;
-    for name in names {
-        let removed = store.remove(name, force)?;
-        println!("{removed}");
-    }
-    Ok(0)
-}
-
-/// `gc`: cleans up, and says what it did (or that there was nothing).
-pub fn gc(store: &Store) -> Result<u8, Failure> {
-    for cleaned in store.gc()? {
+    for cleaned in store.gc_journal()? {
         eprintln!("{PROGRAM}: gc: {cleaned}");
+    }
+    for name in names {
+        // The user namespace ids its files were owned by: free once it is gone.
+        let owner = store.find(name).ok().and_then(|container| container.config.owner);
+        let removed = store.remove(name, force)?;
+        if let Some((uid, _)) = owner {
+            idrange::Claims::host().release_stale(uid)?;
+        }
+        println!("{removed}");
     }
     Ok(0)
 }
@@ -108,13 +110,14 @@ pub fn df(store: &Store) -> Result<u8, Failure> {
     }
     let (mut base_total, mut own_total, mut as_copies, mut count) = (0, 0, 0, 0);
     for (base, containers) in &bases {
-        let size = copy::disk_usage(base)?;
-        println!(
-            "base {}: {} on disk, {} containers",
-            base.display(),
-            format_size(size),
-            containers.len()
-        );
+        // A base removed since its containers were made takes no disk, but is not "0 B".
+        let size = if base.exists() { copy::disk_usage(base)? } else { 0 };
+        let shown = if base.exists() {
+            format!("{} on disk", format_size(size))
+        } else {
+            "missing (removed since: its containers cannot start)".to_string()
+        };
+        println!("base {}: {shown}, {} containers", base.display(), containers.len());
         let header = ["CONTAINER ID", "NAME", "STORAGE", "OWN DISK USE"];
         let mut table = vec![header.map(String::from).to_vec()];
         for container in containers {

@@ -23,8 +23,9 @@ use clap::{Args, Parser, Subcommand};
 use libisolab::cgroups::runtime::{self, CgroupArgs, Host};
 use libisolab::cgroups::{self, Kernel};
 use libisolab::container::{CommandArgs, ContainerArgs, Plan, Request};
+use libisolab::idrange::Wanted;
 use libisolab::init;
-use libisolab::process::{self, Failure};
+use libisolab::process::Failure;
 use libisolab::store::{self, Container, New, Storage, Store};
 use libisolab::{cli, exit, namespaces, Error};
 use nix::unistd::Uid;
@@ -188,7 +189,16 @@ fn run(args: RunArgs, store: &Store, stopped: Option<Container>) -> Result<u8, F
     //    directory in the store, where an overlay mount will show its upper over the base.
     let new = stopped.is_none();
     let spec = new_container(&args)?;
-    let mut plan = Plan::from(Request::new(args.container, Some(args.command))?)?;
+    let mut request = Request::new(args.container, Some(args.command))?;
+    if let Some((owner, dir)) = stopped.as_ref().and_then(|c| Some((c.config.owner?, &c.dir))) {
+        // Its upper is owned by the ids it ran on: it runs on those again.
+        request.ids = Wanted::kept(owner, dir);
+    }
+    let mut plan = Plan::from(request)?;
+    // The user namespace's host ids: a new container's are claimed before the store is
+    // written, since its upper is made theirs (a dry run claims nothing, and shows the pool's
+    // first slot).
+    let mut ids = if new && !args.dry_run { plan.claim_ids()? } else { None };
     let container = match stopped {
         Some(container) => container,
         None => store.prepare(spec.over(&plan))?,
@@ -208,7 +218,19 @@ fn run(args: RunArgs, store: &Store, stopped: Option<Container>) -> Result<u8, F
     //    directories, config and state) or the stopped one taken, locked for as long as it
     //    runs. The guard removes a new container again if its command never starts.
     collect_garbage(store);
+    if let Some(ids) = &mut ids {
+        // The ids stay the container's when we exit, for as long as its directory exists.
+        // Said before the directory is made: a runtime killed in between leaves no
+        // container whose ids another could take.
+        ids.keep_for(&container.dir)?;
+    }
     let running = if new { store.create(&container)? } else { container.start()? };
+    // A stopped container runs on the ids its files are owned by, claimed once the store has
+    // let it start (a `start` of a running container is the store's to refuse).
+    let _ids = match ids {
+        None if !new => plan.claim_ids()?,
+        ids => ids,
+    };
 
     // 3. The cgroup: the stale ones of killed runtimes go first, then ours is made. The
     //    guard removes it again however this function is left.
@@ -240,19 +262,12 @@ fn run(args: RunArgs, store: &Store, stopped: Option<Container>) -> Result<u8, F
     );
     let child = spawned.inspect_err(|_| plan.remove_host_end(started.get()))?;
 
-    // 5. Wait, passing on signals (and saying so when PID 1 will drop one), then clean up.
+    // 5. Wait, passing on signals. A command asked to stop that is still running after
+    //    --stop-timeout gets SIGKILL, as with `docker stop`; what happens (PID 1 dropping a
+    //    signal, the SIGKILL) is said as it happens. Then clean up.
     let child_pid = child.pid;
-    let mut warned = false;
-    let status = process::wait_forwarding_signals_and(child, |pid, signal| {
-        if plan.command_is_pid1() && !warned && init::pid1_drops(pid, signal) {
-            eprintln!(
-                "{PROGRAM}: {} not delivered: the command is PID 1 of its pid namespace and has \
-                 no handler for it (man 7 pid_namespaces); run it with --init",
-                signal.as_str()
-            );
-            warned = true;
-        }
-    });
+    let stopping = init::Stopping::new(plan.stop_timeout, plan.command_is_pid1());
+    let status = init::wait_stopping(child, stopping, |said| cli::say(PROGRAM, said));
     plan.remove_host_end(Some(child_pid));
     let code = exit::code_for(status?);
 
@@ -347,7 +362,7 @@ impl Spec {
 /// Cleans up what killed runtimes left in the store, and says what it did. A failure is
 /// only a warning: someone else's mess must not stop this container.
 fn collect_garbage(store: &Store) {
-    match store.gc() {
+    match store.gc_journal() {
         Ok(cleaned) => {
             for cleaned in cleaned {
                 eprintln!("{PROGRAM}: gc: {cleaned}");
@@ -371,12 +386,10 @@ fn print_plan(plan: &Plan, host: Option<&Host>, container: &Container) {
         text.push_str(&format!("  {step}\n"));
     }
     text.push_str(&plan.to_string());
-    let end = if config.remove {
-        "remove the container (--rm)".to_string()
-    } else {
-        format!("write(\"{}\", exited)", container.dir.join("state.json").display())
-    };
-    text.push_str(&format!("runtime, last:\n  {end}\n"));
+    text.push_str("runtime, last:\n");
+    for step in container.finish_steps() {
+        text.push_str(&format!("  {step}\n"));
+    }
     let _ = write!(std::io::stdout(), "{}", runtime::dry_run_text(plan, text, host));
 }
 
@@ -385,9 +398,17 @@ fn print_plan(plan: &Plan, host: Option<&Host>, container: &Container) {
 /// containers they left running and unmounts what they left mounted; says what it did.
 fn gc(store: &Store) -> Result<u8, Failure> {
     let hierarchy = cgroups::detect(Path::new(runtime::CGROUP_ROOT), &Kernel)?;
-    let removed = cgroups::gc::gc_for(&hierarchy, Uid::effective(), Rc::new(Kernel))?;
+    let collected = cgroups::gc::gc_for(&hierarchy, Uid::effective(), Rc::new(Kernel))?;
+    // Without root and a delegated subtree, the host's cgroups are not this user's: one line
+    // says so, and the store, which is theirs, is cleaned all the same.
+    let removed = collected.removed;
+    if let Some(not_theirs) = &collected.not_theirs {
+        println!("{not_theirs}");
+    }
     let cleaned = store.gc()?;
-    if removed.is_empty() && cleaned.is_empty() {
+    if collected.not_theirs.is_some() && cleaned.is_empty() {
+        println!("no stale container states or mounts");
+    } else if removed.is_empty() && cleaned.is_empty() {
         println!("no stale isolab cgroups, container states or mounts");
     }
     for stale in removed {

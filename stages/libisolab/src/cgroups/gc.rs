@@ -9,6 +9,11 @@
 //! A pid can be reused: a stale cgroup whose pid now belongs to an unrelated process is kept
 //! until that process ends — the safe way to be wrong. The one pid we can be sure of is our
 //! own: we have not made our cgroup yet, so a cgroup with our pid is a leftover.
+//!
+//! Without root, a user may only remove cgroups in a cgroup v2 subtree delegated to them, and
+//! that is also the only place their runtimes could make one. A user with no such subtree
+//! (every user but root on a v1 or hybrid host) has no cgroups to collect: the host's are
+//! root's. Their gc says so and goes on with what is theirs (stage 4's store).
 
 use std::rc::Rc;
 
@@ -16,6 +21,16 @@ use nix::unistd::{getpid, Uid};
 
 use super::{backends, Backend, Cgroupfs, Hierarchy, Removed};
 use crate::error::Result;
+
+/// What [`gc_for`] did for one user.
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// The stale cgroups removed.
+    pub removed: Vec<Removed>,
+    /// Set when none were looked at because none can be this user's (no cgroup v2 subtree is
+    /// delegated to them): one line that says so, for the user.
+    pub not_theirs: Option<String>,
+}
 
 /// Removes the stale isolab cgroups of every part of `hierarchy` (v1 hierarchies and the v2
 /// mount), killing what is left in them; returns what was removed.
@@ -27,13 +42,34 @@ pub fn gc(hierarchy: &Hierarchy, fs: Rc<dyn Cgroupfs>) -> Result<Vec<Removed>> {
     Ok(removed)
 }
 
-/// The stale cgroups `user` may remove: root those of every hierarchy ([`gc()`]), any other
-/// user those in the cgroup v2 subtree delegated to them (see [`super::rootless`]).
-pub fn gc_for(hierarchy: &Hierarchy, user: Uid, fs: Rc<dyn Cgroupfs>) -> Result<Vec<Removed>> {
+/// Removes the stale cgroups `user` may remove: root those of every hierarchy ([`gc()`]), any
+/// other user those in the cgroup v2 subtree delegated to them (see [`super::rootless`]); a
+/// user without one has none, and is told so in [`Collected::not_theirs`].
+pub fn gc_for(hierarchy: &Hierarchy, user: Uid, fs: Rc<dyn Cgroupfs>) -> Result<Collected> {
     if user.is_root() {
-        return gc(hierarchy, fs);
+        return Ok(Collected { removed: gc(hierarchy, fs)?, not_theirs: None });
     }
-    collect(&*super::open(hierarchy, user, fs)?)
+    // Without root, `open` fails only where nothing is delegated to this user.
+    match super::open(hierarchy, user, fs) {
+        Ok(backend) => Ok(Collected { removed: collect(&*backend)?, not_theirs: None }),
+        Err(_) => {
+            Ok(Collected { removed: Vec::new(), not_theirs: Some(not_theirs(hierarchy, user)) })
+        }
+    }
+}
+
+/// Why `user`, who has no delegated subtree, has no cgroups to collect, in one line.
+fn not_theirs(hierarchy: &Hierarchy, user: Uid) -> String {
+    match hierarchy {
+        Hierarchy::V2(_) => format!(
+            "cgroups: not collected, no cgroup v2 subtree is delegated to uid {user} where this \
+             runs (run gc in the scope its runtimes ran in, or as root)"
+        ),
+        _ => format!(
+            "cgroups: not uid {user}'s to collect: on cgroup v1 only root makes them (`sudo \
+             isolab gc` collects the host's)"
+        ),
+    }
 }
 
 // ANCHOR: collect
@@ -105,6 +141,42 @@ mod tests {
         let removed = collect(&backend).unwrap();
         assert_eq!(removed.len(), 1);
         assert!(!backend.parent().exists());
+    }
+
+    #[test]
+    fn without_root_on_a_hybrid_host_the_host_s_cgroups_are_left_alone_and_it_says_so() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let tree = FakeTree::v1(root);
+        fs::create_dir(root.join("memory")).unwrap();
+        let v1 = vec![V1Mount { path: root.join("memory"), controllers: vec!["memory".into()] }];
+        fs::create_dir(root.join("unified")).unwrap();
+        let unified = Unified { mount: root.join("unified"), controllers: vec![], enabled: vec![] };
+        // A stale cgroup of root's runtime: not this user's to remove.
+        tree.mkdir(&root.join("memory/isolab")).unwrap();
+        tree.mkdir(&root.join("memory/isolab/c1-111")).unwrap();
+        tree.take_log();
+        let nobody = Uid::from_raw(65534);
+        for hierarchy in [Hierarchy::Hybrid { v1: v1.clone(), unified }, Hierarchy::V1(v1)] {
+            let collected = gc_for(&hierarchy, nobody, Rc::new(tree.clone())).unwrap();
+            assert!(collected.removed.is_empty());
+            let said = collected.not_theirs.unwrap();
+            assert_eq!(
+                said,
+                "cgroups: not uid 65534's to collect: on cgroup v1 only root makes them (`sudo \
+                 isolab gc` collects the host's)"
+            );
+            assert!(said.len() < 120);
+        }
+        assert!(tree.take_log().is_empty());
+        assert!(root.join("memory/isolab/c1-111").exists());
+        // Root's gc is unchanged: it removes it.
+        let v1 = Hierarchy::V1(vec![V1Mount {
+            path: root.join("memory"),
+            controllers: vec!["memory".into()],
+        }]);
+        let collected = gc_for(&v1, Uid::from_raw(0), Rc::new(tree)).unwrap();
+        assert_eq!((collected.removed.len(), collected.not_theirs), (1, None));
     }
 
     #[test]

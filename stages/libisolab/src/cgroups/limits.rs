@@ -2,7 +2,8 @@
 //!
 //! `--memory 64M`, `--cpus 0.5`, `--pids 16`… arrive as text. [`Limits::parse`] turns them
 //! into the numbers the kernel wants and refuses, with one clear message each, what the kernel
-//! would refuse later or silently misread: `12XB`, `0`, `-1`, more CPUs than the machine has.
+//! would refuse later or silently misread: `12XB`, `0`, `-1`, more CPUs than the machine has,
+//! a memory limit too small for any command to start.
 //! The conversions between the versions' units live here too: `--cpus` becomes a quota per
 //! period, and `--cpu-shares` (v1) becomes a `cpu.weight` (v2) with the formula runc and crun
 //! use, so the same flag means the same on every host.
@@ -23,6 +24,14 @@ pub const SHARES: std::ops::RangeInclusive<u64> = 2..=262_144;
 
 /// The largest `pids.max` the kernel takes (`PID_MAX_LIMIT`).
 pub const PIDS_MAX: u64 = 4_194_304;
+
+/// The smallest `--memory`: 6 MiB, docker's minimum (`linuxMinMemory` in moby's
+/// `daemon/daemon_unix.go`, "to account for overhead during startup"; podman and older docker
+/// use 4 MiB). The kernel has none: it rounds `memory.max` (v2) or `memory.limit_in_bytes` (v1)
+/// down to whole pages, so `--memory 4095` is a limit of 0 bytes, and even a few hundred KiB
+/// are less than the runtime's child needs to exec the command: the OOM killer ends it before
+/// it starts, and the report says "limit 0 B". Refusing is clearer.
+pub const MIN_MEMORY: u64 = 6 << 20;
 
 /// The limit flags, as typed. Stage 3 flattens this into its command line.
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
@@ -198,7 +207,7 @@ impl Limits {
     // ANCHOR: parse
     /// Checks every flag, and the flags against each other and against `machine`.
     pub fn parse(args: &LimitArgs, machine: &Machine) -> Result<Limits> {
-        let memory = args.memory.as_deref().map(|text| parse_size("--memory", text)).transpose()?;
+        let memory = args.memory.as_deref().map(parse_memory).transpose()?;
         let memory_swap = args.memory_swap.as_deref().map(parse_swap).transpose()?;
         match (memory, memory_swap) {
             (None, Some(_)) => {
@@ -277,6 +286,19 @@ pub fn parse_size(flag: &str, text: &str) -> Result<u64> {
     Ok(bytes as u64)
 }
 // ANCHOR_END: size
+
+/// Parses `--memory`: a size of at least [`MIN_MEMORY`].
+pub fn parse_memory(text: &str) -> Result<u64> {
+    let bytes = parse_size("--memory", text)?;
+    if bytes < MIN_MEMORY {
+        return Err(Error::Invalid(format!(
+            "invalid --memory '{text}': less than {}, too little for any command to start \
+             (docker refuses it too); use 6M or more",
+            super::format_size(MIN_MEMORY)
+        )));
+    }
+    Ok(bytes)
+}
 
 const SIZE_FORMAT: &str =
     "expected bytes, or a number with a binary unit: 512k, 64M, 1.5G (1k = 1024 bytes)";
@@ -409,6 +431,27 @@ mod tests {
         for text in ["", "M", "1.2.3M", "1.5", "64 M M", "1e9", "0x10", "9999999999T"] {
             assert!(parse_size("--memory", text).is_err(), "{text:?}");
         }
+    }
+
+    #[test]
+    fn memory_below_the_minimum_is_refused() {
+        // Each of these was accepted, then OOM-killed at once with "limit 0 B".
+        for text in ["1", "4095", "64k", "5.9M", "6291455"] {
+            assert_eq!(
+                message(parse_memory(text)),
+                format!(
+                    "invalid --memory '{text}': less than 6 MiB, too little for any command to \
+                     start (docker refuses it too); use 6M or more"
+                )
+            );
+        }
+        assert_eq!(parse_memory("6M").unwrap(), MIN_MEMORY);
+        assert_eq!(parse_memory("6291456").unwrap(), MIN_MEMORY);
+        // Bad text is still refused as such, and --memory-swap has no minimum of its own.
+        assert!(message(parse_memory("0")).contains("more than 0 bytes"));
+        assert_eq!(parse_swap("4M").unwrap(), Swap::Total(4 << 20));
+        let args = LimitArgs { memory: Some("64k".into()), ..LimitArgs::default() };
+        assert!(message(Limits::parse(&args, &two_cpus())).starts_with("invalid --memory '64k'"));
     }
 
     #[test]

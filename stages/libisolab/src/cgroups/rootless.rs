@@ -24,6 +24,12 @@ pub const HOW_TO_DELEGATE: &str = "run the runtime in a delegated systemd scope:
      --user --scope -p Delegate=yes -- <command>`, or set Delegate=yes on the service that \
      starts it; or run as root";
 
+/// The one line a user without a cgroup of their own hears on every run with `--cgroups
+/// optional`. It is said on every run, so it is short; why, and what to do about it, is
+/// `isolab doctor`'s to explain, once, at length.
+pub const WITHOUT_LIMITS: &str =
+    "warning: running without a cgroup, so without limits: `isolab doctor` says how to get them";
+
 /// The cgroup of this process on v2 (the `0::` line of `/proc/self/cgroup`), relative to the
 /// cgroup2 mount.
 pub fn own_cgroup() -> Result<PathBuf> {
@@ -72,11 +78,14 @@ pub fn delegated_parent(mount: &Path, own: &Path, user: Uid) -> Result<PathBuf> 
 /// Where a user's containers' cgroups go on this host, or why there is nowhere.
 pub fn delegation(hierarchy: &Hierarchy, user: Uid) -> Result<PathBuf> {
     let Hierarchy::V2(unified) = hierarchy else {
-        return Err(Error::Invalid(format!(
+        // The host's hierarchies are not named here: this is said on every run without root,
+        // and `isolab doctor` shows them.
+        return Err(Error::Invalid(
             "limits without root need cgroup v2, and this host's controllers are on cgroup v1, \
              which cannot be delegated to a user safely: run as root, or boot with \
-             systemd.unified_cgroup_hierarchy=1 ({hierarchy})"
-        )));
+             systemd.unified_cgroup_hierarchy=1 (`isolab doctor` shows this host's cgroups)"
+                .to_string(),
+        ));
     };
     delegated_parent(&unified.mount, &own_cgroup()?, user)
 }
@@ -133,5 +142,23 @@ mod tests {
     fn v1_cannot_be_delegated() {
         let error = delegation(&Hierarchy::V1(Vec::new()), Uid::from_raw(1000)).unwrap_err();
         assert!(error.to_string().starts_with("limits without root need cgroup v2"));
+    }
+
+    #[test]
+    fn the_error_and_the_warning_leave_the_host_s_cgroups_to_doctor() {
+        // Nine v1 hierarchies made this a 500-character line, on every run.
+        let mounts: Vec<super::super::V1Mount> = (0..9)
+            .map(|n| super::super::V1Mount {
+                path: PathBuf::from(format!("/sys/fs/cgroup/controller{n}")),
+                controllers: vec![format!("controller{n}")],
+            })
+            .collect();
+        let error = delegation(&Hierarchy::V1(mounts), Uid::from_raw(1000)).unwrap_err();
+        let error = error.to_string();
+        assert!(!error.contains("/sys/fs/cgroup/controller"), "{error}");
+        assert!(error.ends_with("(`isolab doctor` shows this host's cgroups)"), "{error}");
+        // With the longest prefix a stage gives it.
+        assert!(format!("stage4-overlay: {WITHOUT_LIMITS}").len() < 120);
+        assert!(WITHOUT_LIMITS.contains("without limits") && WITHOUT_LIMITS.contains("doctor"));
     }
 }

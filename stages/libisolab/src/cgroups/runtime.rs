@@ -69,6 +69,9 @@ pub enum Planned {
     Cgroup(Host),
     /// No cgroup (`--cgroups optional`), for this reason: the run goes on without limits.
     Without(Error),
+    /// No cgroup (`--cgroups optional`): this user may not make one on this host (no cgroup v2
+    /// subtree is delegated to them, see [`super::rootless`]). The run goes on without limits.
+    NotDelegated(Error),
 }
 
 impl Planned {
@@ -83,6 +86,9 @@ impl Planned {
                      (--cgroups optional): {reason}"
                 )],
             ),
+            // Said on every run of a user who cannot have limits here: one short line, the
+            // reason is `isolab doctor`'s to explain.
+            Planned::NotDelegated(_) => (None, vec![super::rootless::WITHOUT_LIMITS.to_string()]),
         }
     }
 }
@@ -100,25 +106,23 @@ pub fn plan_cgroup(
     dry_run: bool,
 ) -> Result<Planned> {
     let limits = Limits::parse(&args.limits, &Machine::current()?)?;
-    let opened = super::detect(&args.cgroup_root, &Kernel).and_then(|hierarchy| {
-        let user = Uid::effective();
-        let backend = match open(&hierarchy, user, Rc::new(Kernel)) {
-            Err(_) if dry_run && !user.is_root() => {
-                open(&hierarchy, Uid::from_raw(0), Rc::new(Kernel))?
-            }
-            opened => opened?,
-        };
-        Ok(Host { hierarchy, backend })
-    });
-    let host = match (opened, args.cgroups) {
-        (Ok(host), _) => host,
-        (Err(error), CgroupsWhen::Required) => {
-            return Err(Error::Invalid(format!(
-                "{error}; or run without limits: --cgroups optional"
-            )))
-        }
-        (Err(error), CgroupsWhen::Optional) => return Ok(Planned::Without(error)),
+    let user = Uid::effective();
+    let hierarchy = match super::detect(&args.cgroup_root, &Kernel) {
+        Ok(hierarchy) => hierarchy,
+        Err(error) => return without(error, args.cgroups, Planned::Without),
     };
+    // Without root, a backend only where a cgroup v2 subtree is delegated to this user; a dry
+    // run shows root's plan instead (and says what would be refused).
+    let opened = match open(&hierarchy, user, Rc::new(Kernel)) {
+        Err(_) if dry_run && !user.is_root() => open(&hierarchy, Uid::from_raw(0), Rc::new(Kernel)),
+        opened => opened,
+    };
+    let backend = match opened {
+        Ok(backend) => backend,
+        Err(error) if user.is_root() => return without(error, args.cgroups, Planned::Without),
+        Err(error) => return without(error, args.cgroups, Planned::NotDelegated),
+    };
+    let host = Host { hierarchy, backend };
     let id = ContainerId::for_this_runtime(name)?;
     let cgroup = host.backend.plan(&id, &limits)?;
     let view = super::view::mounts(&cgroup, &host.hierarchy);
@@ -126,6 +130,17 @@ pub fn plan_cgroup(
     Ok(Planned::Cgroup(host))
 }
 // ANCHOR_END: plan_cgroup
+
+/// No cgroup for this run, because of `error`: refused with `--cgroups required`, planned as
+/// `planned` with `--cgroups optional`.
+fn without(error: Error, when: CgroupsWhen, planned: fn(Error) -> Planned) -> Result<Planned> {
+    match when {
+        CgroupsWhen::Required => {
+            Err(Error::Invalid(format!("{error}; or run without limits: --cgroups optional")))
+        }
+        CgroupsWhen::Optional => Ok(planned(error)),
+    }
+}
 
 /// The container's name, which its cgroup is named after: its hostname, if it has one.
 pub fn container_name(plan: &Plan) -> &str {
@@ -169,7 +184,7 @@ pub struct Created {
 /// Removes what killed runtimes left behind, then makes the container's cgroup.
 pub fn create(host: Host, plan: &Plan) -> Result<Created> {
     let said = match gc::gc_for(&host.hierarchy, Uid::effective(), Rc::new(Kernel)) {
-        Ok(removed) => removed.iter().map(|stale| format!("gc: {stale}")).collect(),
+        Ok(collected) => collected.removed.iter().map(|stale| format!("gc: {stale}")).collect(),
         Err(error) => vec![format!("warning: gc of stale cgroups failed: {error}")],
     };
     let planned = plan.cgroup.clone().ok_or_else(|| Error::Invalid("no cgroup planned".into()))?;

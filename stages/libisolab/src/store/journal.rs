@@ -1,0 +1,117 @@
+//! The store's journal: what runtimes are doing to containers right now.
+//!
+//! Before a runtime creates, runs or removes a container, it writes `<root>/active/<id>`
+//! naming what it is doing (`create`, `run` or `remove`); when it is done, it removes the
+//! entry. It holds the container's lock all the while. So when `gc` finds an entry whose
+//! container's lock is free, it knows three things: isolab was doing this, its runtime is
+//! gone, and what was left half done. That is the proof `gc` needs before it removes
+//! anything: a directory without an entry is never taken for a half-made container.
+//!
+//! The journal also keeps `gc` cheap: the `gc` each `run` does first reads only the entries,
+//! one per live (or killed) runtime, not every container of the store.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+use super::files::{io_error, replace_quickly};
+
+/// What a runtime was doing to a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    /// Making its directories and files.
+    Create,
+    /// Running its command.
+    Run,
+    /// Removing it.
+    Remove,
+}
+
+impl Intent {
+    fn word(self) -> &'static str {
+        match self {
+            Intent::Create => "create",
+            Intent::Run => "run",
+            Intent::Remove => "remove",
+        }
+    }
+}
+
+/// Records (atomically) that a runtime is doing `intent` to container `id`.
+pub(super) fn write(active: &Path, id: &str, intent: Intent) -> Result<()> {
+    replace_quickly(active, id, format!("{}\n", intent.word()).as_bytes())
+}
+
+/// What the entry for `id` says (`None`: no entry).
+pub(super) fn read(active: &Path, id: &str) -> Result<Option<Intent>> {
+    let path = active.join(id);
+    match fs::read_to_string(&path) {
+        Ok(text) => match text.trim() {
+            "create" => Ok(Some(Intent::Create)),
+            "run" => Ok(Some(Intent::Run)),
+            "remove" => Ok(Some(Intent::Remove)),
+            // A crash cannot leave this (entries are replaced atomically): someone wrote it.
+            other => Err(Error::Invalid(format!(
+                "{} says '{other}', not create, run or remove: remove the file by hand",
+                path.display()
+            ))),
+        },
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(io_error("read", &path, &error)),
+    }
+}
+
+/// Removes the entry for `id` (done, or nothing to do).
+pub(super) fn clear(active: &Path, id: &str) -> Result<()> {
+    let path = active.join(id);
+    match fs::remove_file(&path) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => {
+            Err(io_error("unlink", &path, &error))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The ids with an entry, sorted (temporary files of interrupted writes left out).
+pub(super) fn ids(active: &Path) -> Result<Vec<String>> {
+    let entries = match fs::read_dir(active) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(io_error("opendir", active, &error)),
+    };
+    let mut ids = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| io_error("readdir", active, &e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if super::names::looks_like_id(&name) {
+            ids.push(name);
+        }
+    }
+    ids.sort();
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip() {
+        let tmp = tempfile::tempdir().unwrap();
+        let active = tmp.path();
+        assert_eq!(read(active, "aaaaaaaaaaaa").unwrap(), None);
+        write(active, "aaaaaaaaaaaa", Intent::Create).unwrap();
+        write(active, "aaaaaaaaaaaa", Intent::Run).unwrap();
+        write(active, "bbbbbbbbbbbb", Intent::Remove).unwrap();
+        fs::write(active.join("cccccccccccc.tmp-9"), "cr").unwrap();
+        assert_eq!(ids(active).unwrap(), ["aaaaaaaaaaaa", "bbbbbbbbbbbb"]);
+        assert_eq!(read(active, "aaaaaaaaaaaa").unwrap(), Some(Intent::Run));
+        clear(active, "aaaaaaaaaaaa").unwrap();
+        clear(active, "aaaaaaaaaaaa").unwrap();
+        assert_eq!(ids(active).unwrap(), ["bbbbbbbbbbbb"]);
+        fs::write(active.join("dddddddddddd"), "nonsense").unwrap();
+        assert!(read(active, "dddddddddddd").is_err());
+    }
+}
