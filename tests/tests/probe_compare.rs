@@ -296,6 +296,12 @@ fn compare_markdown_is_the_books_table() {
     // No evidence, so nothing random: the snapshot is stable from run to run.
     assert!(!table.contains("/tmp") && !table.contains("isolab-"), "{table}");
     snapshot_settings(Some(&env)).bind(|| insta::assert_snapshot!("compare_markdown", table));
+    // Each stage's chapter ends with its columns of the same table, beside the stage before.
+    for (stage, columns) in STAGE_COLUMNS {
+        let shown = columns_of(&table, columns);
+        let name = format!("compare_column_{stage}");
+        snapshot_settings(Some(&env)).bind(|| insta::assert_snapshot!(name, shown));
+    }
     // The claims of user namespace ids (TestEnv puts them here, for the host's
     // /var/lib/isolab/userns): every run's claim went with it.
     let claims = env.path().join("userns");
@@ -343,4 +349,40 @@ fn compare_says_it_needs_root() {
         "isolab: error: isolab compare needs root: the stages chroot, mount and set the \
          hostname (run it with sudo)\n"
     );
+}
+
+/// The columns each stage's chapter shows: the stage before it, then its own.
+const STAGE_COLUMNS: &[(&str, &[&str])] = &[
+    ("stage1", &["host", "stage1", "stage1 (as nobody)"]),
+    ("stage2", &["stage1", "stage2", "stage2 (no user ns)"]),
+    ("stage3", &["stage2", "stage3"]),
+    ("stage4", &["stage3", "stage4"]),
+];
+
+/// The `check` column and `columns` of a markdown table, as a markdown table again.
+fn columns_of(table: &str, columns: &[&str]) -> String {
+    let rows: Vec<Vec<String>> = table
+        .lines()
+        .filter(|line| line.starts_with('|') && !line.starts_with("| ---"))
+        .map(|line| line.trim_matches('|').split('|').map(|cell| cell.trim().to_string()).collect())
+        .collect();
+    let header = &rows[0];
+    let wanted: Vec<usize> = std::iter::once("check")
+        .chain(columns.iter().copied())
+        .map(|name| {
+            header
+                .iter()
+                .position(|cell| cell == name)
+                .unwrap_or_else(|| panic!("no column {name}"))
+        })
+        .collect();
+    let mut out = String::new();
+    for (number, row) in rows.iter().enumerate() {
+        let cells: Vec<&str> = wanted.iter().map(|&index| row[index].as_str()).collect();
+        out.push_str(&format!("| {} |\n", cells.join(" | ")));
+        if number == 0 {
+            out.push_str(&format!("|{}\n", " --- |".repeat(cells.len())));
+        }
+    }
+    out
 }

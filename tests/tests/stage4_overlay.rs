@@ -27,15 +27,21 @@ const NO_USERNS: &str = "mnt,uts,ipc,pid,net,cgroup";
 /// change and delete, and the test directory opened to root of a user namespace.
 fn base(env: &TestEnv) -> PathBuf {
     let rootfs = env.namespaced_rootfs("rootfs");
-    fs::create_dir_all(rootfs.join("srv/data")).unwrap();
-    fs::create_dir_all(rootfs.join("srv/cache/deep")).unwrap();
-    fs::write(rootfs.join("etc/motd"), "welcome\n").unwrap();
-    fs::write(rootfs.join("etc/hostname"), "base\n").unwrap();
-    fs::write(rootfs.join("srv/data/old"), "old\n").unwrap();
-    fs::write(rootfs.join("srv/data/kept"), "kept\n").unwrap();
-    fs::write(rootfs.join("srv/cache/deep/blob"), "blob\n").unwrap();
+    let output = run(Command::new("sh").args(["-ec", BASE_FILES]).current_dir(env.path()));
+    assert!(output.status.success(), "{}", text(&output.stderr));
     rootfs
 }
+
+/// What the chapter tells a reader to add to the busybox rootfs before the `diff` section:
+/// shown there from a snapshot of this very text, and run as it is by every test here.
+const BASE_FILES: &str = "\
+mkdir -p rootfs/srv/data rootfs/srv/cache/deep
+echo welcome > rootfs/etc/motd
+echo base > rootfs/etc/hostname
+echo old > rootfs/srv/data/old
+echo kept > rootfs/srv/data/kept
+echo blob > rootfs/srv/cache/deep/blob
+";
 
 /// Runs stage4-overlay with the store `store` (relative to the test's directory) and `args`;
 /// the transcript shows the command as a reader would type it.
@@ -311,6 +317,7 @@ fn diff_lists_adds_changes_deletes_and_an_opaque_directory() {
     assert_eq!(whiteout.rdev(), 0);
     let shown = format!("{run}{diff}{upper}");
     settings(&env).bind(|| insta::assert_snapshot!("stage4_diff", shown));
+    settings(&env).bind(|| insta::assert_snapshot!("stage4_diff_base", BASE_FILES));
 }
 
 #[test]

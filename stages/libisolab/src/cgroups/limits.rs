@@ -5,7 +5,7 @@
 //! would refuse later or silently misread: `12XB`, `0`, `-1`, more CPUs than the machine has,
 //! a memory limit too small for any command to start.
 //! The conversions between the versions' units live here too: `--cpus` becomes a quota per
-//! period, and `--cpu-shares` (v1) becomes a `cpu.weight` (v2) with the formula runc and crun
+//! period, and `--cpu-shares` (v1) becomes a `cpu.weight` (v2) with the curve runc and crun
 //! use, so the same flag means the same on every host.
 
 use std::fmt;
@@ -357,11 +357,21 @@ pub fn parse_shares(text: &str) -> Result<u64> {
 
 // ANCHOR: weight
 /// Converts v1 `cpu.shares` (2…262144, default 1024) to v2 `cpu.weight` (1…10000, default
-/// 100), as runc and crun do: the ends of the ranges meet, and the default 1024 becomes 39,
-/// not 100 (the scales are linear, the defaults were not chosen to line up).
+/// 100) as runc (from 1.3.2) and crun (from 1.23) do: a curve through the points that matter,
+/// both ends and both defaults, so the default 1024 shares become the default weight 100.
+/// (The straight line runc used before, `1 + (shares - 2) * 9999 / 262142`, met only the
+/// ends: it turned the default 1024 into 39, and a container given the default shares lost to
+/// every process left at v2's default weight.) The curve is `10^((l² + 125·l) / 612 − 7/34)`
+/// with `l = log2(shares)`, rounded up.
 pub fn shares_to_weight(shares: u64) -> u64 {
     let shares = shares.clamp(*SHARES.start(), *SHARES.end());
-    1 + ((shares - 2) * 9999) / 262_142
+    let l = (shares as f64).log2();
+    let weight = 10f64.powf((l * l + 125.0 * l) / 612.0 - 7.0 / 34.0);
+    // Rounded up, but a value that is whole up to floating-point noise stays whole (1024
+    // shares must give 100, not 101).
+    let weight =
+        if (weight - weight.round()).abs() < 1e-9 { weight.round() } else { weight.ceil() };
+    (weight as u64).clamp(1, 10_000)
 }
 // ANCHOR_END: weight
 
@@ -495,8 +505,10 @@ mod tests {
     #[test]
     fn shares_convert_to_weight_as_runc_does() {
         assert_eq!(shares_to_weight(2), 1);
-        assert_eq!(shares_to_weight(1024), 39);
-        assert_eq!(shares_to_weight(512), 20);
+        assert_eq!(shares_to_weight(1024), 100);
+        assert_eq!(shares_to_weight(512), 59);
+        assert_eq!(shares_to_weight(1536), 138);
+        assert_eq!(shares_to_weight(3), 2);
         assert_eq!(shares_to_weight(262_144), 10_000);
         assert_eq!(parse_shares("1024").unwrap(), 1024);
         assert!(message(parse_shares("1")).contains("from 2 to 262144"));

@@ -30,7 +30,9 @@ pub fn steps(dir: &Path, limits: &Limits) -> Vec<Step> {
         steps.push(Step::write(
             dir.join("cpu.weight"),
             shares_to_weight(shares),
-            format!("--cpu-shares {shares} as a v2 weight (1 + (shares - 2) * 9999 / 262142)"),
+            format!(
+                "--cpu-shares {shares} as a v2 weight (runc's curve: 1024 shares are weight 100)"
+            ),
         ));
     }
     steps

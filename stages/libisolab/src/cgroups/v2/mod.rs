@@ -263,8 +263,8 @@ mod tests {
              write(\"/cg/isolab/c1-4242/memory.swap.max\", \"33554432\")\n\
              # --cpus 0.5: 50000 µs of CPU time in every 100000 µs period\n\
              write(\"/cg/isolab/c1-4242/cpu.max\", \"50000 100000\")\n\
-             # --cpu-shares 1024 as a v2 weight (1 + (shares - 2) * 9999 / 262142)\n\
-             write(\"/cg/isolab/c1-4242/cpu.weight\", \"39\")\n\
+             # --cpu-shares 1024 as a v2 weight (runc's curve: 1024 shares are weight 100)\n\
+             write(\"/cg/isolab/c1-4242/cpu.weight\", \"100\")\n\
              # --pids 16: fork and clone fail with EAGAIN past it\n\
              write(\"/cg/isolab/c1-4242/pids.max\", \"16\")\n\
              # --cpuset 0\n\
@@ -290,7 +290,7 @@ mod tests {
                 "write isolab/c1-4242/memory.max 67108864",
                 "write isolab/c1-4242/memory.swap.max 33554432",
                 "write isolab/c1-4242/cpu.max 50000 100000",
-                "write isolab/c1-4242/cpu.weight 39",
+                "write isolab/c1-4242/cpu.weight 100",
                 "write isolab/c1-4242/pids.max 16",
                 "write isolab/c1-4242/cpuset.cpus 0",
                 "write isolab/c1-4242/cgroup.procs 777",
