@@ -290,6 +290,19 @@ fn timeout_ends_a_pid1_busy_loop_with_sigkill_after_the_stop_timeout() {
                 )),
             "{stage}: {lines:?}"
         );
+        if stage == "stage2-namespaces" {
+            // The chapter's transcript: the command as typed, what the runtime said, the code.
+            let typed = ["timeout", "--preserve-status", "-k", "20", "-s", "TERM", "2", stage]
+                .into_iter()
+                .map(String::from)
+                .chain(args.iter().cloned())
+                .map(|arg| shell_quote(&arg))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let shown = format!("$ {typed}\n{}\n[exit status 137]\n", lines.join("\n"));
+            snapshot_settings(Some(&env))
+                .bind(|| insta::assert_snapshot!("stage2_stop_timeout", shown));
+        }
     }
 }
 
@@ -401,7 +414,13 @@ fn ctrl_c_twice_kills_a_pid1_that_drops_it() {
     let status = started.wait(Duration::from_secs(5));
     assert_eq!(status.map(shown), Some(137), "{:?}", started.lines());
     assert!(pressed.elapsed() < Duration::from_secs(2), "{:?}", pressed.elapsed());
-    assert_eq!(started.lines(), ["stage2-namespaces: Ctrl-C again: SIGKILL sent to the command"]);
+    let last = started.lines();
+    assert_eq!(last, ["stage2-namespaces: Ctrl-C again: SIGKILL sent to the command"]);
+    // The chapter's transcript, as a terminal shows it: each Ctrl-C echoed as ^C.
+    let typed: Vec<String> = args.iter().map(|arg| shell_quote(arg)).collect();
+    let shown =
+        format!("$ {stage} {}\n^C{warning}\n^C{}\n[exit status 137]\n", typed.join(" "), last[0]);
+    snapshot_settings(Some(&env)).bind(|| insta::assert_snapshot!("stage2_ctrl_c_twice", shown));
 }
 
 // A program that catches Ctrl-C (a shell with a trap, an editor, a REPL) means to go on: the
@@ -453,6 +472,9 @@ fn without_a_pid_namespace_nothing_outlives_a_sigkilled_runtime() {
             && note.contains("add pid to --ns"),
         "{note}"
     );
+    let typed: Vec<String> = args.iter().map(|arg| shell_quote(arg)).collect();
+    let transcript = format!("$ stage2-namespaces {}\n{note}\n", typed.join(" "));
+    snapshot_settings(Some(&env)).bind(|| insta::assert_snapshot!("stage2_no_pid_ns", transcript));
 
     kill(Pid::from_raw(started.pid()), Signal::SIGKILL).unwrap();
     assert_eq!(started.wait(Duration::from_secs(5)).map(shown), Some(137));
