@@ -279,17 +279,19 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
-    fn host_busybox() -> Option<PathBuf> {
+    fn host_busybox(test: &str) -> Option<PathBuf> {
         let found = find_busybox(None, std::env::var_os("PATH").as_deref()).ok();
         if found.is_none() {
-            eprintln!("skipping: no busybox on this machine (apt-get install busybox-static)");
+            crate::skip(test, "no busybox on this machine (apt-get install busybox-static)");
         }
         found
     }
 
     #[test]
     fn builds_a_rootfs_with_applets_users_and_the_probe() {
-        let Some(busybox) = host_busybox() else { return };
+        let Some(busybox) = host_busybox("builds_a_rootfs_with_applets_users_and_the_probe") else {
+            return;
+        };
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("rootfs");
         // Any dynamically linked program stands in for the probe here.
@@ -332,7 +334,9 @@ mod tests {
     /// `etc -> /somewhere` must land in the rootfs's /somewhere, never the host's.
     #[test]
     fn force_never_writes_through_a_symlink_to_the_host() {
-        let Some(busybox) = host_busybox() else { return };
+        let Some(busybox) = host_busybox("force_never_writes_through_a_symlink_to_the_host") else {
+            return;
+        };
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("rootfs");
         let outside = dir.path().join("outside");

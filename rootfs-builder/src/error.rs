@@ -135,14 +135,6 @@ impl Error {
         }
         self
     }
-
-    /// The kind of I/O error, when the error came from a filesystem call.
-    pub fn io_kind(&self) -> Option<io::ErrorKind> {
-        match self {
-            Error::Io { error, .. } => Some(error.kind()),
-            _ => None,
-        }
-    }
 }
 
 /// Names the call and the path of an `io::Result`'s error.
@@ -163,8 +155,7 @@ impl<T> IoResultExt<T> for io::Result<T> {
 /// middle of a sentence; errors that did not come from the kernel keep their text, lowercased.
 pub fn io_words(error: &io::Error) -> String {
     if let Some(raw) = error.raw_os_error() {
-        let errno = nix::errno::Errno::from_raw(raw);
-        return format!("{errno:?}: {}", lowercase_first(errno.desc()));
+        return libisolab::error::errno_name(nix::errno::Errno::from_raw(raw));
     }
     lowercase_first(&error.to_string())
 }

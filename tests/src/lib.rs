@@ -41,17 +41,62 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// Is this CI (`CI=true`)? CI runs as root on a machine `scripts/setup` prepared, so every
+/// test can run there, and a test that does not is a failure.
+pub fn in_ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+/// Says that `test` (or the part of it that `what` names) did not run on this machine, and
+/// `why`. Under CI a test must run, so there this fails instead.
+pub fn skip(test: &str, what: &str, why: &str) {
+    assert!(!in_ci(), "{test}: {what} cannot run here ({why}), and under CI a test must run");
+    eprintln!("skipping {test}: {what}: {why}");
+}
+
+/// Says that `test` (or its part `what`) did not run on this machine and `why`, where the same
+/// check runs elsewhere, in `covered_by`; so this is no failure under CI either. Name only a
+/// check that CI really runs.
+pub fn skip_covered(test: &str, what: &str, why: &str, covered_by: &str) {
+    eprintln!("skipping {test}: {what}: {why}; covered by {covered_by}");
+}
+
+/// Which of `checks` the cgroup v2 lane does *not* run: those without a `pass <check>` in its
+/// `/init` (`tests/vm/init`, booted by `tests/tests/cgroup_v2_vm.rs` with cgroup v2's memory,
+/// cpu and pids controllers, which this machine's cgroup2 mount lacks).
+pub fn not_in_v2_lane<'a>(checks: &[&'a str]) -> Vec<&'a str> {
+    let init = std::fs::read_to_string(workspace_root().join("tests/vm/init")).unwrap_or_default();
+    let lane = workspace_root().join("tests/tests/cgroup_v2_vm.rs").is_file();
+    checks
+        .iter()
+        .copied()
+        .filter(|check| {
+            let passes = init.lines().any(|line| line.trim() == format!("pass {check}"));
+            !(lane && passes)
+        })
+        .collect()
+}
+
+/// A part of `test` that needs cgroup v2 with controllers, which this machine lacks: covered
+/// when the cgroup v2 lane runs every one of `lane_checks`, else a skip (a failure under CI).
+pub fn needs_v2_controllers(test: &str, what: &str, lane_checks: &[&str]) {
+    let why = "no cgroup2 mount here offers the controllers (they are on cgroup v1)";
+    let missing = not_in_v2_lane(lane_checks);
+    if missing.is_empty() {
+        let covered = format!("the cgroup v2 lane's checks {}", lane_checks.join(", "));
+        skip_covered(test, what, why, &covered);
+    } else {
+        skip(test, what, &format!("{why}, and the v2 lane does not check {}", missing.join(", ")));
+    }
+}
+
 /// Call at the top of a test that needs root. Returns false (and says so) when the test must
 /// be skipped; under CI (`CI=true`) a skip is a failure, because CI runs as root.
 pub fn require_root(test: &str) -> bool {
     if is_root() {
         return true;
     }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test} needs root and CI runs as root: a privileged test must not skip under CI"
-    );
-    eprintln!("skipping {test}: needs root (run the tests with sudo, as the README says)");
+    skip(test, "the whole test", "it needs root (run the tests with sudo, as the README says)");
     false
 }
 
@@ -161,16 +206,9 @@ pub fn transcript_of(env: &TestEnv, name: &str, args: &[&str]) -> (String, Outpu
     (transcript(&shown, &output), output)
 }
 
-/// Quotes an argument the way a reader would type it in a shell.
-pub fn shell_quote(arg: &str) -> String {
-    let plain = !arg.is_empty()
-        && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+%".contains(c));
-    if plain {
-        arg.to_string()
-    } else {
-        format!("'{}'", arg.replace('\'', r"'\''"))
-    }
-}
+/// Quotes an argument the way a reader would type it in a shell (the library's, which stage 4's
+/// `ps` shows commands with).
+pub use libisolab::cli::shell_quote;
 
 /// insta settings shared by every snapshot: filters for what varies between runs (temporary
 /// paths, pids, inode and device numbers, durations), and the snapshot dir beside the tests.

@@ -738,7 +738,7 @@ fn bad_input_is_one_line_exit_125_and_affects_no_other_container() {
     let typed = "stage4-overlay --root store run --rootfs rootfs --cgroups optional -- /bin/true";
     let nobody = transcript(&format!("{typed}   # as uid 65534"), &output);
     assert_eq!(code(&output), 125, "{nobody}");
-    assert!(nobody.contains("is not writable by uid 65534"), "{nobody}");
+    assert!(nobody.contains("belongs to uid 0, not to uid 65534"), "{nobody}");
     // The cgroup warning (rootless, --cgroups optional) is host-specific: only the error shown.
     let nobody: String =
         nobody.lines().filter(|l| !l.contains("warning")).map(|l| format!("{l}\n")).collect();

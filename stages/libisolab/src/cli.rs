@@ -4,7 +4,8 @@
 //! This is the one place that knows the exit-code convention of [`crate::exit`] from the
 //! user's side: bad usage is a runtime error (125), so that a typo is never mistaken for the
 //! command's own exit status. It is the one module of the library that writes to stderr, and
-//! only the binaries' `main`s call it; every other module returns what to say.
+//! only the binaries' `main`s call it; every other module returns what to say. It also writes a
+//! command line as a reader would type it ([`shell_quote`]), for `ps` and the tests' transcripts.
 
 use std::process::ExitCode;
 
@@ -69,5 +70,34 @@ pub fn say(program: &str, lines: &[String]) {
     let mut stderr = std::io::stderr().lock();
     for line in lines {
         let _ = writeln!(stderr, "{program}: {line}");
+    }
+}
+
+/// An argument as a reader would type it in a shell: as it is when it holds only characters no
+/// shell treats specially, else in single quotes (a `'` inside becoming `'\''`). For showing a
+/// command line (`ps`, the book's transcripts), never for running one: isolab passes argv
+/// straight to `execve(2)`, with no shell in between.
+pub fn shell_quote(arg: &str) -> String {
+    let plain = !arg.is_empty()
+        && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+%".contains(c));
+    if plain {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_quote_quotes_only_what_a_shell_would_change() {
+        assert_eq!(shell_quote("/bin/sh"), "/bin/sh");
+        assert_eq!(shell_quote("--memory=32M,x@y+z%"), "--memory=32M,x@y+z%");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("echo hello"), "'echo hello'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote("$HOME"), "'$HOME'");
     }
 }

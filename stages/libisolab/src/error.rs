@@ -5,6 +5,8 @@
 //! [`Error::Invalid`] is for input we refuse before asking the kernel anything.
 
 use std::fmt;
+use std::io;
+use std::path::Path;
 
 use nix::errno::Errno;
 
@@ -35,6 +37,13 @@ impl Error {
     /// A failed call on `subject`, without a hint.
     pub fn sys(call: &'static str, subject: impl fmt::Display, errno: Errno) -> Self {
         Error::Sys { call, subject: subject.to_string(), errno, hint: None }
+    }
+
+    /// A failed call that the standard library reported as an [`io::Error`]
+    /// (`fs::read_to_string`, `File::open`, …): the same error as [`Error::sys`], with the
+    /// kernel's errno. `subject` is usually a path (any `&str`, `String` or `Path` will do).
+    pub fn io(call: &'static str, subject: impl AsRef<Path>, error: &io::Error) -> Self {
+        Error::sys(call, subject.as_ref().display(), io_errno(error))
     }
 
     /// Adds (or replaces) the hint of a [`Error::Sys`]; other errors are returned unchanged.
@@ -85,6 +94,14 @@ pub fn errno_name(errno: Errno) -> String {
     format!("{errno:?}: {lowered}")
 }
 
+/// The errno behind an [`io::Error`]. The few I/O errors that no system call returned (invalid
+/// UTF-8 in `read_to_string`, a write that wrote nothing) become `EIO`: a reader sees an
+/// input/output error rather than `UnknownErrno`, and code that matches an errno never mistakes
+/// one for `ENOENT`.
+pub fn io_errno(error: &io::Error) -> Errno {
+    Errno::from_raw(error.raw_os_error().unwrap_or(libc::EIO))
+}
+
 /// Turns a nix result into ours, naming the call and its subject.
 pub trait SysResultExt<T> {
     /// Names the call and what it was called on.
@@ -108,6 +125,15 @@ mod tests {
             error.to_string(),
             "chroot /srv/jail failed: EPERM: operation not permitted (run as root)"
         );
+    }
+
+    #[test]
+    fn io_error_keeps_the_kernels_errno() {
+        let error = Error::io("open", "/srv/x", &io::Error::from_raw_os_error(libc::ENOENT));
+        assert_eq!(error.errno(), Some(Errno::ENOENT));
+        assert_eq!(error.to_string(), "open /srv/x failed: ENOENT: no such file or directory");
+        let not_from_the_kernel = io::Error::new(io::ErrorKind::InvalidData, "not UTF-8");
+        assert_eq!(Error::io("read", "/x", &not_from_the_kernel).errno(), Some(Errno::EIO));
     }
 
     #[test]

@@ -114,8 +114,7 @@ impl IdMap {
         for (file, content) in self.writes() {
             let path = format!("/proc/{pid}/{file}");
             fs::write(&path, format!("{content}\n")).map_err(|error| {
-                let errno = nix::errno::Errno::from_raw(error.raw_os_error().unwrap_or(0));
-                Error::sys("write", format!("'{content}' to {path}"), errno).hint(
+                Error::io("write", format!("'{content}' to {path}"), &error).hint(
                     "root may map a range, any other user only its own id (man 7 \
                      user_namespaces); the uid range outside must not overflow",
                 )

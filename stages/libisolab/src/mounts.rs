@@ -295,12 +295,12 @@ fn apply_one(step: &Step) -> Result<()> {
             .mode(*mode)
             .create(path)
             .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(*mode)))
-            .map_err(|e| io_error("mkdir", path, &e)),
+            .map_err(|e| Error::io("mkdir", path, &e)),
         Step::MakeFile { path } => {
-            fs::File::create(path).map(drop).map_err(|e| io_error("open", path, &e))
+            fs::File::create(path).map(drop).map_err(|e| Error::io("open", path, &e))
         }
         Step::Symlink { target, link } => {
-            std::os::unix::fs::symlink(target, link).map_err(|e| io_error("symlink", link, &e))
+            std::os::unix::fs::symlink(target, link).map_err(|e| Error::io("symlink", link, &e))
         }
         Step::PivotRoot { new_root } => {
             nix::unistd::chdir(new_root).sys("chdir", new_root.display())?;
@@ -345,10 +345,6 @@ fn mount_hint(error: Error) -> Error {
         ),
         _ => error,
     }
-}
-
-fn io_error(call: &'static str, path: &Path, error: &std::io::Error) -> Error {
-    Error::sys(call, path.display(), Errno::from_raw(error.raw_os_error().unwrap_or(0)))
 }
 
 /// Checks, before anything runs, that `rootfs` has the directories the steps mount on.

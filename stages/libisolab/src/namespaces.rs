@@ -417,7 +417,7 @@ pub fn identity(pid: Pid, kind: Namespace) -> Result<String> {
     let path = format!("/proc/{pid}/ns/{}", kind.name());
     std::fs::read_link(&path)
         .map(|target| target.display().to_string())
-        .map_err(|e| Error::sys("readlink", path, Errno::from_raw(e.raw_os_error().unwrap_or(0))))
+        .map_err(|e| Error::io("readlink", &path, &e))
 }
 
 #[cfg(test)]

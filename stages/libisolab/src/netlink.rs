@@ -34,11 +34,11 @@ impl Netlink {
     /// Opens the socket; it talks to the network namespace we are in *now*.
     pub fn open() -> Result<Netlink> {
         let mut socket =
-            Socket::new(NETLINK_ROUTE).map_err(|e| io_error("socket", "NETLINK_ROUTE", &e))?;
-        socket.bind_auto().map_err(|e| io_error("bind", "NETLINK_ROUTE", &e))?;
+            Socket::new(NETLINK_ROUTE).map_err(|e| Error::io("socket", "NETLINK_ROUTE", &e))?;
+        socket.bind_auto().map_err(|e| Error::io("bind", "NETLINK_ROUTE", &e))?;
         socket
             .connect(&SocketAddr::new(0, 0))
-            .map_err(|e| io_error("connect", "NETLINK_ROUTE", &e))?;
+            .map_err(|e| Error::io("connect", "NETLINK_ROUTE", &e))?;
         Ok(Netlink { socket, sequence: 0 })
     }
 
@@ -61,12 +61,12 @@ impl Netlink {
         packet.finalize();
         let mut buffer = vec![0; packet.buffer_len()];
         packet.serialize(&mut buffer);
-        self.socket.send(&buffer, 0).map_err(|e| io_error("sendmsg", what, &e))?;
+        self.socket.send(&buffer, 0).map_err(|e| Error::io("sendmsg", what, &e))?;
 
         // The answer is an NLMSG_ERROR message: error code 0 is the ack, otherwise -errno.
         loop {
             let (bytes, _) =
-                self.socket.recv_from_full().map_err(|e| io_error("recvmsg", what, &e))?;
+                self.socket.recv_from_full().map_err(|e| Error::io("recvmsg", what, &e))?;
             let mut offset = 0;
             while offset < bytes.len() {
                 let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[offset..])
@@ -90,8 +90,4 @@ impl Netlink {
         }
     }
     // ANCHOR_END: request
-}
-
-fn io_error(call: &'static str, what: &str, error: &std::io::Error) -> Error {
-    Error::sys(call, what, Errno::from_raw(error.raw_os_error().unwrap_or(0)))
 }

@@ -135,9 +135,8 @@ pub const POOL: Subnet = Subnet { network: Ipv4Addr::new(10, 200, 0, 0), prefix:
 /// lives in the `local` table that file does not show. The default route is left out: it
 /// "overlaps" everything and conflicts with nothing.
 pub fn host_routes() -> Result<Vec<(Subnet, String)>> {
-    let text = fs::read_to_string("/proc/net/route").map_err(|e| {
-        Error::sys("read", "/proc/net/route", Errno::from_raw(e.raw_os_error().unwrap_or(0)))
-    })?;
+    let text = fs::read_to_string("/proc/net/route")
+        .map_err(|e| Error::io("read", "/proc/net/route", &e))?;
     let mut routes =
         vec![(Subnet { network: Ipv4Addr::new(127, 0, 0, 0), prefix: 8 }, "lo".to_string())];
     for line in text.lines().skip(1) {
@@ -191,8 +190,9 @@ pub fn check_free(subnet: Subnet, routes: &[(Subnet, String)]) -> Result<()> {
     }
 }
 
-/// The name of the host's end of the pair for the container whose first process is `pid`.
-pub fn host_link_name(pid: Pid) -> String {
+/// The name of the host's end of the pair for the container whose first process is `pid` (a
+/// plan shows it with a placeholder for the pid: the same name, from the same function).
+pub fn host_link_name(pid: impl std::fmt::Display) -> String {
     format!("isolab{pid}h")
 }
 

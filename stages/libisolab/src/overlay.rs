@@ -31,6 +31,7 @@ use nix::mount::MsFlags;
 use nix::sys::statfs::{statfs, FsType, OVERLAYFS_SUPER_MAGIC};
 
 use crate::error::{Error, Result, SysResultExt};
+use crate::mountinfo::{self, unescape};
 use crate::mounts::{self, Step};
 
 /// The xattr that marks an opaque directory when overlayfs runs as the host's root.
@@ -192,9 +193,7 @@ fn stacked_too_deep(path: &Path) -> Result<Option<PathBuf>> {
     if filesystem(path)? != OVERLAYFS_SUPER_MAGIC {
         return Ok(None);
     }
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| Error::Invalid(format!("cannot read /proc/self/mountinfo: {e}")))?;
-    for layer in overlay_layers(&mountinfo, path) {
+    for layer in overlay_layers(&mountinfo::read()?, path) {
         if layer.exists() && filesystem(&layer)? == OVERLAYFS_SUPER_MAGIC {
             return Ok(Some(layer));
         }
@@ -204,28 +203,22 @@ fn stacked_too_deep(path: &Path) -> Result<Option<PathBuf>> {
 
 /// The layers (lowers, upper) of the overlay mount that `path` is on, from a mount table:
 /// the overlay whose mount point is the longest prefix of `path`.
-fn overlay_layers(mountinfo: &str, path: &Path) -> Vec<PathBuf> {
+fn overlay_layers(table: &str, path: &Path) -> Vec<PathBuf> {
     // `36 35 0:50 / /mnt rw,relatime - overlay overlay rw,lowerdir=/a:/b,upperdir=/u,…`
     let mut best: Option<(usize, Vec<PathBuf>)> = None;
-    for line in mountinfo.lines() {
-        let Some((mount, fs)) = line.split_once(" - ") else { continue };
-        let point = PathBuf::from(unescape(mount.split(' ').nth(4).unwrap_or_default()));
-        let mut fs = fs.split(' ');
-        if fs.next() != Some("overlay") || !path.starts_with(&point) {
+    for mount in mountinfo::parse(table) {
+        if mount.fstype != "overlay" || !path.starts_with(&mount.mount_point) {
             continue;
         }
-        let options = fs.nth(1).unwrap_or_default();
         let mut layers = Vec::new();
-        for option in options.split(',') {
+        for option in mount.super_options.split(',') {
             if let Some(lowers) = option.strip_prefix("lowerdir=") {
-                layers.extend(
-                    split_unescaped(lowers, ':').iter().map(|l| PathBuf::from(unescape(l))),
-                );
+                layers.extend(split_unescaped(lowers, ':').iter().map(|l| unescape(l)));
             } else if let Some(upper) = option.strip_prefix("upperdir=") {
-                layers.push(PathBuf::from(unescape(upper)));
+                layers.push(unescape(upper));
             }
         }
-        let depth = point.components().count();
+        let depth = mount.mount_point.components().count();
         let deeper = match &best {
             Some((best_depth, _)) => depth >= *best_depth,
             None => true,
@@ -254,29 +247,6 @@ fn split_unescaped(text: &str, separator: char) -> Vec<String> {
         }
     }
     parts
-}
-
-/// The kernel's `\ooo` octal escapes in the mount table (space, tab, newline, backslash).
-fn unescape(field: &str) -> String {
-    let mut out = Vec::new();
-    let bytes = field.as_bytes();
-    let mut index = 0;
-    while index < bytes.len() {
-        let digits = bytes.get(index + 1..index + 4);
-        match digits
-            .filter(|d| bytes[index] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)))
-        {
-            Some(d) => {
-                out.push(d.iter().fold(0u8, |value, digit| value * 8 + (digit - b'0')));
-                index += 4;
-            }
-            None => {
-                out.push(bytes[index]);
-                index += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The running kernel's release, as `uname -r` prints it.

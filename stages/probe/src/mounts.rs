@@ -23,35 +23,9 @@ pub fn source_for(token: &str) -> String {
     format!("isolab-{token}")
 }
 
-/// Decodes a path field of `/proc/self/mountinfo`, where the kernel escapes space, tab,
-/// newline and backslash as octal (`\040`).
-pub fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        let octal = bytes.get(index + 1..index + 4).filter(|digits| {
-            bytes[index] == b'\\' && digits.iter().all(|d| (b'0'..=b'7').contains(d))
-        });
-        match octal.and_then(|digits| u8::from_str_radix(std::str::from_utf8(digits).ok()?, 8).ok())
-        {
-            Some(byte) => {
-                out.push(byte);
-                index += 4;
-            }
-            None => {
-                out.push(bytes[index]);
-                index += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The mount point of one `/proc/self/mountinfo` line (field 5, `man 5 proc_pid_mountinfo`).
-pub fn mount_point(line: &str) -> Option<PathBuf> {
-    line.split(' ').nth(4).map(|field| PathBuf::from(unescape(field)))
-}
+/// The mount point of one `/proc/self/mountinfo` line (the library's parser, which the host
+/// side of `isolab compare` uses through the probe).
+pub use libisolab::mountinfo::mount_point;
 
 /// `mounts`: mount a tmpfs in the scratch directory, hold it, unmount it.
 pub fn mounts(inputs: &Inputs) -> Check {
@@ -128,18 +102,5 @@ impl Drop for Unmount {
         if let Some(target) = self.0.take() {
             let _ = unmount(&target);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_paths_are_unescaped() {
-        assert_eq!(unescape("/a\\040b\\011c"), "/a b\tc");
-        assert_eq!(unescape("/plain\\"), "/plain\\");
-        let line = "36 27 0:40 / /tmp/x\\040y rw,relatime - tmpfs isolab-t0k rw,size=16k";
-        assert_eq!(mount_point(line).unwrap(), Path::new("/tmp/x y"));
     }
 }

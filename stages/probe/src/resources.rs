@@ -19,7 +19,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::{mounts, Check, CheckId, Status};
+use libisolab::mountinfo;
+
+use crate::{Check, CheckId, Status};
 
 /// Which cgroup version a hierarchy is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,26 +45,19 @@ pub struct CgroupMount {
     pub controllers: Vec<String>,
 }
 
-/// Parses the cgroup mounts out of `/proc/self/mountinfo` (`man 5 proc_pid_mountinfo`):
-/// `id parent major:minor root mount-point options [optional...] - fstype source super-options`.
+/// The cgroup mounts of a mount table (`/proc/self/mountinfo`, `man 5 proc_pid_mountinfo`).
 pub fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
-    text.lines()
-        .filter_map(|line| {
-            let (before, after) = line.split_once(" - ")?;
-            let fields: Vec<&str> = before.split(' ').collect();
-            let (root, mount_point) = (fields.get(3)?, fields.get(4)?);
-            let mut after = after.split(' ');
-            let fstype = after.next()?;
-            let _source = after.next()?;
-            let super_options = after.next().unwrap_or("");
-            let version = match fstype {
+    mountinfo::parse(text)
+        .filter_map(|mount| {
+            let version = match mount.fstype.as_str() {
                 "cgroup" => Version::V1,
                 "cgroup2" => Version::V2,
                 _ => return None,
             };
             let controllers = match version {
                 Version::V2 => Vec::new(),
-                Version::V1 => super_options
+                Version::V1 => mount
+                    .super_options
                     .split(',')
                     .filter(|option| is_controller(option))
                     .map(String::from)
@@ -70,8 +65,8 @@ pub fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
             };
             Some(CgroupMount {
                 version,
-                mount_point: PathBuf::from(mounts::unescape(mount_point)),
-                root: PathBuf::from(mounts::unescape(root)),
+                mount_point: mount.mount_point,
+                root: mount.root,
                 controllers,
             })
         })

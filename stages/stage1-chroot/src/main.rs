@@ -16,6 +16,8 @@ use libisolab::process::{self, Command, Failure};
 use libisolab::user::{self, User};
 use libisolab::{cli, exit, Error};
 
+const PROGRAM: &str = "stage1-chroot";
+
 const EXAMPLES: &str = "\
 Examples:
   rootfs-builder busybox rootfs
@@ -84,7 +86,7 @@ fn parse_env(text: &str) -> Result<(OsString, OsString), String> {
 }
 
 fn main() -> ExitCode {
-    let cli: Cli = match cli::parse("stage1-chroot") {
+    let cli: Cli = match cli::parse(PROGRAM) {
         Ok(cli) => cli,
         Err(code) => return code,
     };
@@ -92,19 +94,21 @@ fn main() -> ExitCode {
         Verb::Run(args) => run(args),
         Verb::Escape(args) => escape(args),
     };
-    cli::finish("stage1-chroot", result)
+    cli::finish(PROGRAM, result)
 }
 
 // ANCHOR: run
 /// Runs the command in the jail and returns its exit code.
 fn run(args: RunArgs) -> Result<u8, Failure> {
-    // 1. Check the input before touching anything: the rootfs must be a directory.
+    // The plan: the input is checked before anything is touched (the rootfs must be a
+    // directory), and the command is decided.
     let rootfs = chroot::check_rootfs(&args.rootfs)?;
     let as_user = args.user.unwrap_or(User::ROOT);
     let mut command = Command::new(args.command, as_user.home(), &args.env);
     command.workdir = args.workdir;
 
-    // 2. fork(2). The child becomes the contained process; the parent stays on the host.
+    // The child: fork(2). The child becomes the contained process; the parent stays on the
+    // host.
     let child = process::spawn(|| {
         chroot::enter(&rootfs)?; // chroot(2) + chdir("/")
         if let Some(user) = args.user {
@@ -113,9 +117,10 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
         process::exec(&command) // execve(2): returns only if it failed
     })?;
 
-    // 3. Wait for the command, passing on signals, and hand back its exit code.
-    let status = process::wait_forwarding_signals(child)?;
-    Ok(exit::code_for(status))
+    // The wait: signals are passed on; the command's exit code is ours.
+    let status = process::wait_forwarding_signals(child);
+    let code = exit::code_for(status?);
+    Ok(code)
 }
 // ANCHOR_END: run
 

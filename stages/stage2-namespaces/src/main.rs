@@ -20,6 +20,8 @@ use libisolab::{cli, exit, Error};
 
 use libisolab::container::{CommandArgs, ContainerArgs, Plan, Request};
 
+const PROGRAM: &str = "stage2-namespaces";
+
 const EXAMPLES: &str = "\
 Examples:
   rootfs-builder busybox rootfs
@@ -66,7 +68,7 @@ struct RunArgs {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli: Cli = match cli::parse("stage2-namespaces") {
+    let cli: Cli = match cli::parse(PROGRAM) {
         Ok(cli) => cli,
         Err(code) => return code,
     };
@@ -74,23 +76,16 @@ fn main() -> std::process::ExitCode {
         Verb::Run(args) => run(args),
         Verb::Escape(args) => escape(args),
     };
-    cli::finish("stage2-namespaces", result)
+    cli::finish(PROGRAM, result)
 }
 
 // ANCHOR: run
 /// Runs the command in new namespaces and returns its exit code.
 fn run(args: RunArgs) -> Result<u8, Failure> {
-    // 1. The plan: every call we will make, checked and listed before the first one.
+    // The plan: every call we will make, checked and listed before the first one.
     let mut plan = Plan::from(Request::new(args.container, Some(args.command))?)?;
     if args.dry_run {
-        let _ = write!(std::io::stdout(), "{plan}");
-        if let Err(refused) = plan.check_privileges() {
-            let _ = writeln!(
-                std::io::stdout(),
-                "# as uid {}, this would be refused: {refused}",
-                nix::unistd::Uid::effective()
-            );
-        }
+        let _ = write!(std::io::stdout(), "{}", plan.dry_run());
         return Ok(0);
     }
     plan.check_privileges()?;
@@ -98,12 +93,12 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
     // (the claim's lock dies with this process, however it ends).
     let _ids = plan.claim_ids()?;
 
-    // 2. clone(2) into the namespaces. The parent writes the id maps and creates the veth
-    //    pair while the child waits; then the child builds its view (mounts, hostname,
-    //    network, clocks, user) and execs the command, or forks it under our init.
+    // The child: clone(2) into the namespaces. The parent writes the id maps and creates the
+    // veth pair while the child waits; then the child builds its view (mounts, hostname,
+    // network, clocks, user) and execs the command, or forks it under our init.
     let started = Cell::new(None);
     let spawned = namespaces::spawn(
-        plan.namespaces,
+        plan.clone_namespaces(),
         |pid| {
             started.set(Some(pid));
             Ok(plan.apply_outside(pid)?)
@@ -115,17 +110,18 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
     );
     let child = spawned.inspect_err(|_| plan.remove_host_end(started.get()))?;
 
-    // 3. Wait, passing on signals. A command asked to stop that is still running after
-    //    --stop-timeout gets SIGKILL, as with `docker stop`; what happens (PID 1 dropping a
-    //    signal, the SIGKILL) is said as it happens. Then clean up.
+    // The wait: signals are passed on. A command asked to stop that is still running after
+    // --stop-timeout gets SIGKILL, as with `docker stop`; what happens (PID 1 dropping a
+    // signal, the SIGKILL) is said as it happens. Then the host's end of the veth pair goes.
     let child_pid = child.pid;
     if !plan.namespaces.contains(namespaces::Namespace::Pid) {
-        cli::say("stage2-namespaces", &[init::without_pid_namespace()]);
+        cli::say(PROGRAM, &[init::without_pid_namespace()]);
     }
     let stopping = init::Stopping::new(plan.stop_timeout, plan.command_is_pid1());
-    let status = init::wait_stopping(child, stopping, |said| cli::say("stage2-namespaces", said));
+    let status = init::wait_stopping(child, stopping, |said| cli::say(PROGRAM, said));
     plan.remove_host_end(Some(child_pid));
-    Ok(exit::code_for(status?))
+    let code = exit::code_for(status?);
+    Ok(code)
 }
 // ANCHOR_END: run
 

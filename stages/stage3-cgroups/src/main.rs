@@ -15,8 +15,8 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
-use libisolab::cgroups::runtime::{self, CgroupArgs};
 use libisolab::cgroups::{self, Kernel};
+use libisolab::container::cgroup::{self, CgroupArgs};
 use libisolab::container::{CommandArgs, ContainerArgs, Plan, Request};
 use libisolab::init;
 use libisolab::process::Failure;
@@ -92,16 +92,16 @@ fn main() -> std::process::ExitCode {
 // ANCHOR: run
 /// Runs the command in new namespaces and a cgroup of its own, and returns its exit code.
 fn run(args: RunArgs) -> Result<u8, Failure> {
-    // 1. The plan: every call we will make, checked and listed before the first one; now
-    //    also the limits, and every mkdir and write that makes the cgroup.
+    // The plan: every call we will make, checked and listed before the first one.
+    // Now also the limits, and every mkdir and write that makes the cgroup, on the kernel's
+    // cgroup filesystem (`Kernel`; the library's tests plan on a fake one).
     let mut plan = Plan::from(Request::new(args.container, Some(args.command))?)?;
-    let name = runtime::container_name(&plan).to_string();
+    let name = plan.name().to_string();
     let (host, said) =
-        runtime::plan_cgroup(&mut plan, &args.cgroup, &name, args.dry_run)?.into_host();
+        cgroup::plan(&mut plan, &args.cgroup, &name, args.dry_run, Kernel)?.into_host();
     cli::say(PROGRAM, &said);
     if args.dry_run {
-        let text = runtime::dry_run_text(&plan, plan.to_string(), host.as_ref());
-        let _ = write!(std::io::stdout(), "{text}");
+        let _ = write!(std::io::stdout(), "{}", plan.dry_run());
         return Ok(0);
     }
     plan.check_privileges()?;
@@ -109,21 +109,22 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
     // (the claim's lock dies with this process, however it ends).
     let _ids = plan.claim_ids()?;
 
-    // 2. The cgroup: the stale ones of killed runtimes go first, then ours is made. The
-    //    guard removes it again however this function is left.
-    let created = host.map(|host| runtime::create(host, &plan)).transpose()?;
+    // The cgroup: the stale ones of killed runtimes go first, then ours is made. The guard
+    // removes it again however this function is left.
+    let created = host.map(|host| cgroup::create(host, &plan)).transpose()?;
     let cgroup = created.map(|created| {
         cli::say(PROGRAM, &created.said);
         created.cgroup
     });
 
-    // 3. clone(2) into the namespaces: on cgroup v2 the child is born in its cgroup
-    //    (clone3), on v1 the parent moves it in first. The parent writes the id maps and
-    //    creates the veth pair while the child waits; then the child makes
-    //    its cgroup namespace, builds its view and execs the command.
+    // The child: clone(2) into the namespaces. The parent writes the id maps and creates the
+    // veth pair while the child waits; then the child builds its view (mounts, hostname,
+    // network, clocks, user) and execs the command, or forks it under our init.
+    // Now on cgroup v2 the child is born in its cgroup (clone3); on v1 the parent moves it in
+    // first. The child makes its cgroup namespace before it builds its view.
     let started = Cell::new(None);
     let start_time = Instant::now();
-    let born_in = plan.cgroup_to_clone_into().map(runtime::open_dir).transpose()?;
+    let born_in = plan.cgroup_to_clone_into().map(cgroup::open_dir).transpose()?;
     let spawned = namespaces::spawn_into(
         plan.clone_namespaces(),
         born_in.as_ref().map(AsFd::as_fd),
@@ -138,18 +139,21 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
     );
     let child = spawned.inspect_err(|_| plan.remove_host_end(started.get()))?;
 
-    // 4. Wait, passing on signals. A command asked to stop that is still running after
-    //    --stop-timeout gets SIGKILL, as with `docker stop`; what happens (PID 1 dropping a
-    //    signal, the SIGKILL) is said as it happens. Then clean up.
+    // The wait: signals are passed on. A command asked to stop that is still running after
+    // --stop-timeout gets SIGKILL, as with `docker stop`; what happens (PID 1 dropping a
+    // signal, the SIGKILL) is said as it happens. Then the host's end of the veth pair goes.
     let child_pid = child.pid;
+    if !plan.namespaces.contains(namespaces::Namespace::Pid) {
+        cli::say(PROGRAM, &[init::without_pid_namespace()]);
+    }
     let stopping = init::Stopping::new(plan.stop_timeout, plan.command_is_pid1());
     let status = init::wait_stopping(child, stopping, |said| cli::say(PROGRAM, said));
     plan.remove_host_end(Some(child_pid));
     let code = exit::code_for(status?);
 
-    // 5. The report: what the cgroup counted; then the cgroup is removed.
+    // The report: what the cgroup counted; then the cgroup is removed.
     if let Some(cgroup) = cgroup {
-        let shown = runtime::finish(cgroup, code, start_time.elapsed(), args.cgroup.json);
+        let shown = cgroup::finish(cgroup, code, start_time.elapsed(), args.cgroup.json);
         if let Some(json) = shown.json {
             let _ = writeln!(std::io::stdout(), "{json}");
         }
@@ -164,7 +168,7 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
 /// root, only the user's own (in their delegated subtree), and where they have none, it says
 /// so: the host's cgroups are root's.
 fn gc() -> Result<u8, Failure> {
-    let hierarchy = cgroups::detect(Path::new(runtime::CGROUP_ROOT), &Kernel)?;
+    let hierarchy = cgroups::detect(Path::new(cgroup::CGROUP_ROOT), &Kernel)?;
     let collected = cgroups::gc::gc_for(&hierarchy, Uid::effective(), Rc::new(Kernel))?;
     if let Some(not_theirs) = collected.not_theirs {
         println!("{not_theirs}");

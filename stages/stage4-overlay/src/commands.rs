@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use libisolab::cgroups::format_size;
 use libisolab::process::Failure;
 use libisolab::store::{self, Container, Listed, State, Status, Store};
-use libisolab::{copy, idrange};
+use libisolab::{cli, copy, idrange};
 
 use crate::PROGRAM;
 
@@ -53,7 +53,7 @@ fn row(container: &Container, state: &State) -> Vec<String> {
         (Status::Exited, None) => "unknown".to_string(),
         _ => "-".to_string(),
     };
-    let command: Vec<String> = config.command.iter().map(|arg| quote(arg)).collect();
+    let command: Vec<String> = config.command.iter().map(|arg| cli::shell_quote(arg)).collect();
     vec![
         config.id.clone(),
         config.name.clone(),
@@ -83,8 +83,15 @@ pub fn diff(store: &Store, name: &str, upper: bool) -> Result<u8, Failure> {
 
 /// `rm`: removes each container; the first failure ends it (and is the error).
 pub fn rm(store: &Store, names: &[String], force: bool) -> Result<u8, Failure> {
-    for cleaned in store.gc_journal()? {
-        eprintln!("{PROGRAM}: gc: {cleaned}");
+    // What dead runtimes left is cleaned first; if that fails, say so and remove anyway: `rm`
+    // is how a user gets out of a broken store (or a full disk).
+    match store.gc_journal() {
+        Ok(cleaned) => {
+            for cleaned in cleaned {
+                eprintln!("{PROGRAM}: gc: {cleaned}");
+            }
+        }
+        Err(error) => eprintln!("{PROGRAM}: warning: gc of the store failed: {error}"),
     }
     for name in names {
         // The user namespace ids its files were owned by: free once it is gone.
@@ -117,7 +124,8 @@ pub fn df(store: &Store) -> Result<u8, Failure> {
         } else {
             "missing (removed since: its containers cannot start)".to_string()
         };
-        println!("base {}: {shown}, {} containers", base.display(), containers.len());
+        let plural = if containers.len() == 1 { "" } else { "s" };
+        println!("base {}: {shown}, {} container{plural}", base.display(), containers.len());
         let header = ["CONTAINER ID", "NAME", "STORAGE", "OWN DISK USE"];
         let mut table = vec![header.map(String::from).to_vec()];
         for container in containers {
@@ -137,8 +145,9 @@ pub fn df(store: &Store) -> Result<u8, Failure> {
         count += containers.len();
     }
     println!(
-        "{count} containers: {} of bases, {} of their own; as full copies of their bases they \
+        "{count} container{}: {} of bases, {} of their own; as full copies of their bases they \
          would take {}",
+        if count == 1 { "" } else { "s" },
         format_size(base_total),
         format_size(own_total),
         format_size(as_copies)
@@ -170,16 +179,5 @@ pub fn print_table(rows: &[Vec<String>]) {
             }
         }
         let _ = writeln!(out, "{}", line.trim_end());
-    }
-}
-
-/// An argument as a shell would need it typed.
-fn quote(arg: &str) -> String {
-    let plain = !arg.is_empty()
-        && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+%".contains(c));
-    if plain {
-        arg.to_string()
-    } else {
-        format!("'{}'", arg.replace('\'', r"'\''"))
     }
 }

@@ -12,7 +12,6 @@ mod bench;
 mod commands;
 
 use std::cell::Cell;
-use std::ffi::OsString;
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -20,13 +19,13 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
-use libisolab::cgroups::runtime::{self, CgroupArgs, Host};
 use libisolab::cgroups::{self, Kernel};
-use libisolab::container::{CommandArgs, ContainerArgs, Plan, Request};
-use libisolab::idrange::Wanted;
+use libisolab::container::cgroup::{self, CgroupArgs};
+use libisolab::container::{CommandArgs, ContainerArgs, Plan};
 use libisolab::init;
 use libisolab::process::Failure;
-use libisolab::store::{self, Container, New, Storage, Store};
+use libisolab::store::runtime::{self, Spec, StoreArgs};
+use libisolab::store::{self, Container, Store};
 use libisolab::{cli, exit, namespaces, Error};
 use nix::unistd::Uid;
 
@@ -107,21 +106,6 @@ struct RunArgs {
     command: CommandArgs,
 }
 
-#[derive(Debug, Clone, Args)]
-struct StoreArgs {
-    /// The container's name, unique in the store, also the name of its cgroup [default:
-    /// c-<6 hex digits of its id>]
-    #[arg(long, value_name = "NAME", value_parser = parse_name)]
-    name: Option<String>,
-    /// Remove the container when its command ends
-    #[arg(long)]
-    rm: bool,
-    /// How the container's root is made from the base: overlay (its own upper over the
-    /// read-only base) or copy (a full copy of the base)
-    #[arg(long, value_name = "DRIVER", default_value = "overlay", value_parser = parse_storage)]
-    storage: Storage,
-}
-
 #[derive(Debug, Args)]
 struct NameArgs {
     /// The container's name or id
@@ -149,18 +133,6 @@ struct RmArgs {
     force: bool,
 }
 
-fn text_error(error: Error) -> String {
-    error.to_string()
-}
-
-fn parse_name(text: &str) -> Result<String, String> {
-    store::check_name(text).map_err(text_error)
-}
-
-fn parse_storage(text: &str) -> Result<Storage, String> {
-    text.parse().map_err(text_error)
-}
-
 fn main() -> std::process::ExitCode {
     let cli: Cli = match cli::parse(PROGRAM) {
         Ok(cli) => cli,
@@ -183,18 +155,15 @@ fn main() -> std::process::ExitCode {
 /// Creates a container over the base (or, for `start`, takes the `stopped` one), runs the
 /// command in it, and returns its exit code.
 fn run(args: RunArgs, store: &Store, stopped: Option<Container>) -> Result<u8, Failure> {
-    // 1. The plan: every call we will make, checked and listed before the first one; now
-    //    also the limits, and every mkdir and write that makes the cgroup. The base is
-    //    checked as stage 3 checked its rootfs; then the container's root moves to its own
-    //    directory in the store, where an overlay mount will show its upper over the base.
+    // The plan: every call we will make, checked and listed before the first one.
+    // Now also the limits, and every mkdir and write that makes the cgroup, on the kernel's
+    // cgroup filesystem (`Kernel`; the library's tests plan on a fake one).
+    // Now also the container: its base is checked as stage 3 checked its rootfs (a stopped
+    // container's is the one its first run resolved and recorded); then its root moves to
+    // its own directory in the store, where an overlay mount will show its upper over the base.
     let new = stopped.is_none();
-    let spec = new_container(&args)?;
-    let mut request = Request::new(args.container, Some(args.command))?;
-    if let Some((owner, dir)) = stopped.as_ref().and_then(|c| Some((c.config.owner?, &c.dir))) {
-        // Its upper is owned by the ids it ran on: it runs on those again.
-        request.ids = Wanted::kept(owner, dir);
-    }
-    let mut plan = Plan::from(request)?;
+    let spec = Spec::new(&args.store, &args.command, std::env::args_os().skip(1))?;
+    let mut plan = Plan::from(runtime::request(args.container, args.command, stopped.as_ref())?)?;
     // The user namespace's host ids: a new container's are claimed before the store is
     // written, since its upper is made theirs (a dry run claims nothing, and shows the pool's
     // first slot).
@@ -204,20 +173,20 @@ fn run(args: RunArgs, store: &Store, stopped: Option<Container>) -> Result<u8, F
         None => store.prepare(spec.over(&plan))?,
     };
     plan.move_rootfs(&container.rootfs(), container.rootfs_mounts())?;
+    let name = container.config.name.clone();
     let (host, said) =
-        runtime::plan_cgroup(&mut plan, &args.cgroup, &container.config.name, args.dry_run)?
-            .into_host();
+        cgroup::plan(&mut plan, &args.cgroup, &name, args.dry_run, Kernel)?.into_host();
     cli::say(PROGRAM, &said);
     if args.dry_run {
-        print_plan(&plan, host.as_ref(), &container);
+        let _ = write!(std::io::stdout(), "{}", runtime::dry_run(&plan, &container));
         return Ok(0);
     }
     plan.check_privileges()?;
 
-    // 2. The store: what killed runtimes left goes first; then the container is made (its
-    //    directories, config and state) or the stopped one taken, locked for as long as it
-    //    runs. The guard removes a new container again if its command never starts.
-    collect_garbage(store);
+    // The store: what killed runtimes left goes first; then the container is made (its
+    // directories, config and state) or the stopped one taken, locked for as long as it
+    // runs. The guard removes a new container again if its command never starts.
+    cli::say(PROGRAM, &runtime::collect_garbage(store));
     if let Some(ids) = &mut ids {
         // The ids stay the container's when we exit, for as long as its directory exists.
         // Said before the directory is made: a runtime killed in between leaves no
@@ -232,22 +201,23 @@ fn run(args: RunArgs, store: &Store, stopped: Option<Container>) -> Result<u8, F
         ids => ids,
     };
 
-    // 3. The cgroup: the stale ones of killed runtimes go first, then ours is made. The
-    //    guard removes it again however this function is left.
-    let created = host.map(|host| runtime::create(host, &plan)).transpose()?;
+    // The cgroup: the stale ones of killed runtimes go first, then ours is made. The guard
+    // removes it again however this function is left.
+    let created = host.map(|host| cgroup::create(host, &plan)).transpose()?;
     let cgroup = created.map(|created| {
         cli::say(PROGRAM, &created.said);
         created.cgroup
     });
 
-    // 4. clone(2) into the namespaces: on cgroup v2 the child is born in its cgroup
-    //    (clone3), on v1 the parent moves it in first. The parent writes the id maps and
-    //    creates the veth pair while the child waits; then the child makes
-    //    its cgroup namespace, mounts its root (the overlay), builds its view and execs the
-    //    command.
+    // The child: clone(2) into the namespaces. The parent writes the id maps and creates the
+    // veth pair while the child waits; then the child builds its view (mounts, hostname,
+    // network, clocks, user) and execs the command, or forks it under our init.
+    // Now on cgroup v2 the child is born in its cgroup (clone3); on v1 the parent moves it in
+    // first. The child makes its cgroup namespace before it builds its view.
+    // Now the child's first mount is its root: the overlay, in its own mount namespace.
     let started = Cell::new(None);
     let start_time = Instant::now();
-    let born_in = plan.cgroup_to_clone_into().map(runtime::open_dir).transpose()?;
+    let born_in = plan.cgroup_to_clone_into().map(cgroup::open_dir).transpose()?;
     let spawned = namespaces::spawn_into(
         plan.clone_namespaces(),
         born_in.as_ref().map(AsFd::as_fd),
@@ -262,25 +232,28 @@ fn run(args: RunArgs, store: &Store, stopped: Option<Container>) -> Result<u8, F
     );
     let child = spawned.inspect_err(|_| plan.remove_host_end(started.get()))?;
 
-    // 5. Wait, passing on signals. A command asked to stop that is still running after
-    //    --stop-timeout gets SIGKILL, as with `docker stop`; what happens (PID 1 dropping a
-    //    signal, the SIGKILL) is said as it happens. Then clean up.
+    // The wait: signals are passed on. A command asked to stop that is still running after
+    // --stop-timeout gets SIGKILL, as with `docker stop`; what happens (PID 1 dropping a
+    // signal, the SIGKILL) is said as it happens. Then the host's end of the veth pair goes.
     let child_pid = child.pid;
+    if !plan.namespaces.contains(namespaces::Namespace::Pid) {
+        cli::say(PROGRAM, &[init::without_pid_namespace()]);
+    }
     let stopping = init::Stopping::new(plan.stop_timeout, plan.command_is_pid1());
     let status = init::wait_stopping(child, stopping, |said| cli::say(PROGRAM, said));
     plan.remove_host_end(Some(child_pid));
     let code = exit::code_for(status?);
 
-    // 6. The report: what the cgroup counted; then the cgroup is removed.
+    // The report: what the cgroup counted; then the cgroup is removed.
     if let Some(cgroup) = cgroup {
-        let shown = runtime::finish(cgroup, code, start_time.elapsed(), args.cgroup.json);
+        let shown = cgroup::finish(cgroup, code, start_time.elapsed(), args.cgroup.json);
         if let Some(json) = shown.json {
             let _ = writeln!(std::io::stdout(), "{json}");
         }
         cli::say(PROGRAM, &shown.said);
     }
 
-    // 7. The container's state says how it ended; with --rm, it goes.
+    // The state: the container's state says how it ended; with --rm, it goes.
     if running.container.config.remove {
         running.remove()?;
     } else {
@@ -291,19 +264,19 @@ fn run(args: RunArgs, store: &Store, stopped: Option<Container>) -> Result<u8, F
 // ANCHOR_END: run
 
 // ANCHOR: start
-/// Runs a stopped container again: the command line that created it, over its base, with
-/// the upper it left.
+/// Runs a stopped container again, with the upper it left: the command line that created it
+/// gives the options (limits, network, command); what its first run resolved (its base)
+/// comes from the store's record of it, never from a second reading of that command line.
 fn start(name: &str, store: &Store) -> Result<u8, Failure> {
     let container = store.find(name)?;
     let argv = std::iter::once(PROGRAM.to_string()).chain(container.config.argv.clone());
-    let Ok(Cli { command: Verb::Run(mut args), .. }) = Cli::try_parse_from(argv) else {
+    let Ok(Cli { command: Verb::Run(args), .. }) = Cli::try_parse_from(argv) else {
         return Err(Error::Invalid(format!(
             "{}/config.json holds no `run` command line to start again",
             container.dir.display()
         ))
         .into());
     };
-    args.container.rootfs = container.config.lowers.first().cloned().unwrap_or_default();
     run(*args, store, Some(container))
 }
 // ANCHOR_END: start
@@ -317,87 +290,11 @@ fn open_store(root: Option<PathBuf>) -> Result<Store, Failure> {
     Ok(Store::at(&root)?)
 }
 
-/// What the store keeps of a new container: its name, `--storage`, `--rm`, and the command
-/// line, which `start` will parse again.
-struct Spec {
-    store: StoreArgs,
-    argv: Vec<String>,
-    command: Vec<String>,
-}
-
-fn new_container(args: &RunArgs) -> Result<Spec, Failure> {
-    let text = |arg: OsString| {
-        arg.into_string().map_err(|arg| {
-            Failure::from(Error::Invalid(format!(
-                "argument {arg:?} is not UTF-8 text, which the store's JSON files must be"
-            )))
-        })
-    };
-    let argv = std::env::args_os().skip(1).map(text).collect::<Result<_, _>>()?;
-    let command = args.command.command.iter().cloned().map(text).collect::<Result<_, _>>()?;
-    Ok(Spec { store: args.store.clone(), argv, command })
-}
-
-impl Spec {
-    /// The container over the base the plan checked. In a user namespace, overlayfs is
-    /// mounted by root of that namespace, who must own the upper (and `userxattr` keeps its
-    /// marks in `user.*` xattrs, which that root may write).
-    fn over(self, plan: &Plan) -> New {
-        let map = plan.id_map();
-        let root_outside = map.map(|map| (map.root_outside(), map.gid.outside));
-        New {
-            name: self.store.name,
-            storage: self.store.storage,
-            lowers: vec![plan.rootfs.clone()],
-            userxattr: map.is_some(),
-            // Rootless, that root is the caller, who owns what it makes anyway.
-            owner: root_outside.filter(|&(uid, _)| uid != Uid::effective().as_raw()),
-            remove: self.store.rm,
-            argv: self.argv,
-            command: self.command,
-        }
-    }
-}
-
-/// Cleans up what killed runtimes left in the store, and says what it did. A failure is
-/// only a warning: someone else's mess must not stop this container.
-fn collect_garbage(store: &Store) {
-    match store.gc_journal() {
-        Ok(cleaned) => {
-            for cleaned in cleaned {
-                eprintln!("{PROGRAM}: gc: {cleaned}");
-            }
-        }
-        Err(error) => eprintln!("{PROGRAM}: warning: gc of the store failed: {error}"),
-    }
-}
-
-/// Prints the plan (`--dry-run`), the runtime's pid as `<runtime pid>`: a real run has
-/// another. Says, for a user without the privileges, what would be refused.
-fn print_plan(plan: &Plan, host: Option<&Host>, container: &Container) {
-    let config = &container.config;
-    let mut text = "# the store: nothing below is written (--dry-run)\n".to_string();
-    text.push_str(&format!(
-        "# container {} ({}), storage {}\n",
-        config.name, config.id, config.storage
-    ));
-    text.push_str("runtime, first:\n");
-    for step in container.create_steps() {
-        text.push_str(&format!("  {step}\n"));
-    }
-    text.push_str(&plan.to_string());
-    text.push_str("runtime, last:\n");
-    for step in container.finish_steps() {
-        text.push_str(&format!("  {step}\n"));
-    }
-    let _ = write!(std::io::stdout(), "{}", runtime::dry_run_text(plan, text, host));
-}
-
 // ANCHOR: gc
 /// `gc`: removes the cgroups of runtimes that no longer run, fixes the state of the
 /// containers they left running and unmounts what they left mounted; says what it did.
 fn gc(store: &Store) -> Result<u8, Failure> {
-    let hierarchy = cgroups::detect(Path::new(runtime::CGROUP_ROOT), &Kernel)?;
+    let hierarchy = cgroups::detect(Path::new(cgroup::CGROUP_ROOT), &Kernel)?;
     let collected = cgroups::gc::gc_for(&hierarchy, Uid::effective(), Rc::new(Kernel))?;
     // Without root and a delegated subtree, the host's cgroups are not this user's: one line
     // says so, and the store, which is theirs, is cleaned all the same.

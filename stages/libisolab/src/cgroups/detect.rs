@@ -16,8 +16,9 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::statfs::statfs;
 
-use super::fs::{errno, Kernel};
+use super::fs::Kernel;
 use crate::error::{Error, Result};
+use crate::mountinfo;
 
 /// `f_type` of the cgroup2 filesystem (`man 2 statfs`; "cgrp" in ASCII).
 pub const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
@@ -84,8 +85,7 @@ impl FsTypes for Kernel {
     }
 
     fn mountinfo(&self) -> Result<String> {
-        std::fs::read_to_string("/proc/self/mountinfo")
-            .map_err(|error| Error::sys("read", "/proc/self/mountinfo", errno(&error)))
+        mountinfo::read()
     }
 }
 
@@ -234,8 +234,8 @@ fn not_cgroups(root: &Path, magic: i64) -> Error {
 fn unified(mount: &Path) -> Result<Unified> {
     let words = |file: &str| -> Result<Vec<String>> {
         let path = mount.join(file);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|error| Error::sys("read", path.display(), errno(&error)))?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|error| Error::io("read", &path, &error))?;
         Ok(text.split_whitespace().map(str::to_string).collect())
     };
     Ok(Unified {
@@ -245,33 +245,25 @@ fn unified(mount: &Path) -> Result<Unified> {
     })
 }
 
-/// The cgroup mounts at or below `root` in a mountinfo text, each with its v1 controllers
-/// (none for cgroup2), in the order mounted.
+/// The cgroup mounts at or below `root` in a mount table (the text of `/proc/self/mountinfo`),
+/// each with its v1 controllers (none for cgroup2), in the order mounted.
 ///
 /// A line: `35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory` — the
-/// mount point is the 5th field; after the ` - ` come the type, the source and the super
-/// options, which for v1 name the controllers.
-pub fn cgroup_mounts(mountinfo: &str, root: &Path) -> Vec<(PathBuf, Vec<String>)> {
+/// super options (after the type and the source) name a v1 hierarchy's controllers.
+pub fn cgroup_mounts(table: &str, root: &Path) -> Vec<(PathBuf, Vec<String>)> {
     let mut mounts = Vec::new();
     let mut seen = BTreeSet::new();
-    for line in mountinfo.lines() {
-        let Some((before, after)) = line.split_once(" - ") else { continue };
-        let Some(point) = before.split(' ').nth(4) else { continue };
-        let mut after = after.split(' ');
-        let (Some(fstype), Some(_source), Some(options)) =
-            (after.next(), after.next(), after.next())
-        else {
-            continue;
-        };
-        let path = PathBuf::from(unescape(point));
-        if !matches!(fstype, "cgroup" | "cgroup2") || !path.starts_with(root) {
+    for mount in mountinfo::parse(table) {
+        let path = mount.mount_point;
+        if !matches!(mount.fstype.as_str(), "cgroup" | "cgroup2") || !path.starts_with(root) {
             continue;
         }
         if !seen.insert(path.clone()) {
             continue;
         }
-        let controllers = if fstype == "cgroup" {
-            options
+        let controllers = if mount.fstype == "cgroup" {
+            mount
+                .super_options
                 .split(',')
                 .filter(|option| V1_CONTROLLERS.contains(option) || option.starts_with("name="))
                 .map(str::to_string)
@@ -282,29 +274,6 @@ pub fn cgroup_mounts(mountinfo: &str, root: &Path) -> Vec<(PathBuf, Vec<String>)
         mounts.push((path, controllers));
     }
     mounts
-}
-
-/// mountinfo writes a space in a path as `\040` (and tab, newline, backslash likewise).
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        let octal = bytes.get(index + 1..index + 4).filter(|digits| {
-            bytes[index] == b'\\' && digits.iter().all(|digit| (b'0'..=b'7').contains(digit))
-        });
-        match octal {
-            Some(digits) => {
-                out.push(digits.iter().fold(0u8, |value, digit| value * 8 + (digit - b'0')));
-                index += 4;
-            }
-            None => {
-                out.push(bytes[index]);
-                index += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -18,8 +18,8 @@ use nix::errno::Errno;
 use nix::unistd::Pid;
 
 use super::detect::{FsType, FsTypes};
-use super::fs::{errno, Cgroupfs};
-use crate::error::Result;
+use super::fs::Cgroupfs;
+use crate::error::{io_errno, Result};
 
 /// `statfs` and the mount table, as a test sets them.
 pub struct FakeTypes {
@@ -177,7 +177,7 @@ impl FakeTree {
 
 impl Cgroupfs for FakeTree {
     fn mkdir(&self, path: &Path) -> Result<(), Errno> {
-        fs::create_dir(path).map_err(|error| errno(&error))?;
+        fs::create_dir(path).map_err(|error| io_errno(&error))?;
         for (name, contents) in self.files.iter() {
             fs::write(path.join(name), contents).unwrap();
         }
@@ -217,7 +217,7 @@ impl Cgroupfs for FakeTree {
     }
 
     fn read(&self, path: &Path) -> Result<String, Errno> {
-        fs::read_to_string(path).map_err(|error| errno(&error))
+        fs::read_to_string(path).map_err(|error| io_errno(&error))
     }
 
     fn exists(&self, path: &Path) -> bool {
@@ -226,7 +226,7 @@ impl Cgroupfs for FakeTree {
 
     fn children(&self, path: &Path) -> Result<Vec<PathBuf>, Errno> {
         let mut dirs: Vec<PathBuf> = fs::read_dir(path)
-            .map_err(|error| errno(&error))?
+            .map_err(|error| io_errno(&error))?
             .flatten()
             .map(|entry| entry.path())
             .filter(|path| path.is_dir())
@@ -246,5 +246,60 @@ impl Cgroupfs for FakeTree {
 
     fn is_running(&self, pid: Pid) -> bool {
         self.running.borrow().contains(&pid.as_raw())
+    }
+}
+
+/// A whole fake host for what a runtime asks about cgroups: where they are mounted (a
+/// [`FakeTypes`]) and the calls on them (a [`FakeTree`]), as [`super::Kernel`] answers both
+/// for real. The runtime's code takes it as a parameter, like the kernel.
+#[derive(Clone)]
+pub struct FakeKernel {
+    /// `statfs` and the mount table.
+    pub types: Rc<FakeTypes>,
+    /// The tree.
+    pub tree: FakeTree,
+}
+
+impl FsTypes for FakeKernel {
+    fn fs_type(&self, path: &Path) -> Result<FsType> {
+        self.types.fs_type(path)
+    }
+
+    fn mountinfo(&self) -> Result<String> {
+        self.types.mountinfo()
+    }
+}
+
+impl Cgroupfs for FakeKernel {
+    fn mkdir(&self, path: &Path) -> Result<(), Errno> {
+        self.tree.mkdir(path)
+    }
+
+    fn rmdir(&self, path: &Path) -> Result<(), Errno> {
+        self.tree.rmdir(path)
+    }
+
+    fn write(&self, path: &Path, value: &str) -> Result<(), Errno> {
+        self.tree.write(path, value)
+    }
+
+    fn read(&self, path: &Path) -> Result<String, Errno> {
+        self.tree.read(path)
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        self.tree.exists(path)
+    }
+
+    fn children(&self, path: &Path) -> Result<Vec<PathBuf>, Errno> {
+        self.tree.children(path)
+    }
+
+    fn kill(&self, pid: Pid) -> Result<(), Errno> {
+        self.tree.kill(pid)
+    }
+
+    fn is_running(&self, pid: Pid) -> bool {
+        self.tree.is_running(pid)
     }
 }

@@ -9,12 +9,14 @@
 //! in explicitly: nothing switches silently between the real and the fake.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
+
+use crate::error::io_errno;
 
 /// The calls the backends make on cgroups. Errors are the kernel's errno.
 pub trait Cgroupfs {
@@ -43,22 +45,22 @@ pub struct Kernel;
 
 impl Cgroupfs for Kernel {
     fn mkdir(&self, path: &Path) -> Result<(), Errno> {
-        fs::create_dir(path).map_err(|error| errno(&error))
+        fs::create_dir(path).map_err(|error| io_errno(&error))
     }
 
     fn rmdir(&self, path: &Path) -> Result<(), Errno> {
-        fs::remove_dir(path).map_err(|error| errno(&error))
+        fs::remove_dir(path).map_err(|error| io_errno(&error))
     }
 
     fn write(&self, path: &Path, value: &str) -> Result<(), Errno> {
         // No O_CREAT and no O_TRUNC: the kernel made the file, we only hand it a value.
         let mut file =
-            fs::OpenOptions::new().write(true).open(path).map_err(|error| errno(&error))?;
-        file.write_all(value.as_bytes()).map_err(|error| errno(&error))
+            fs::OpenOptions::new().write(true).open(path).map_err(|error| io_errno(&error))?;
+        file.write_all(value.as_bytes()).map_err(|error| io_errno(&error))
     }
 
     fn read(&self, path: &Path) -> Result<String, Errno> {
-        fs::read_to_string(path).map_err(|error| errno(&error))
+        fs::read_to_string(path).map_err(|error| io_errno(&error))
     }
 
     fn exists(&self, path: &Path) -> bool {
@@ -67,9 +69,9 @@ impl Cgroupfs for Kernel {
 
     fn children(&self, path: &Path) -> Result<Vec<PathBuf>, Errno> {
         let mut dirs = Vec::new();
-        for entry in fs::read_dir(path).map_err(|error| errno(&error))? {
-            let entry = entry.map_err(|error| errno(&error))?;
-            if entry.file_type().map_err(|error| errno(&error))?.is_dir() {
+        for entry in fs::read_dir(path).map_err(|error| io_errno(&error))? {
+            let entry = entry.map_err(|error| io_errno(&error))?;
+            if entry.file_type().map_err(|error| io_errno(&error))?.is_dir() {
                 dirs.push(entry.path());
             }
         }
@@ -91,9 +93,4 @@ impl Cgroupfs for Kernel {
         let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
         !matches!(state, Some('Z' | 'X'))
     }
-}
-
-/// The errno behind an I/O error.
-pub(crate) fn errno(error: &io::Error) -> Errno {
-    Errno::from_raw(error.raw_os_error().unwrap_or(libc::EIO))
 }

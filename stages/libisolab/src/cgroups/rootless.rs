@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 
 use nix::unistd::Uid;
 
-use super::fs::errno;
 use super::Hierarchy;
 use crate::error::{Error, Result};
 
@@ -34,7 +33,7 @@ pub const WITHOUT_LIMITS: &str =
 /// cgroup2 mount.
 pub fn own_cgroup() -> Result<PathBuf> {
     let text = std::fs::read_to_string("/proc/self/cgroup")
-        .map_err(|error| Error::sys("read", "/proc/self/cgroup", errno(&error)))?;
+        .map_err(|error| Error::io("read", "/proc/self/cgroup", &error))?;
     parse_own_cgroup(&text).ok_or_else(|| {
         Error::Invalid("/proc/self/cgroup has no cgroup v2 line (0::/…)".to_string())
     })

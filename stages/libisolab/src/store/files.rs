@@ -12,7 +12,8 @@ use nix::unistd::Uid;
 use serde::{Deserialize, Serialize};
 
 use crate::copy;
-use crate::error::{Error, Result};
+use crate::error::{io_errno, Error, Result};
+use crate::mountinfo;
 
 // ANCHOR: write_atomic
 /// Replaces files of directory `dir`, each atomically: written to a temporary file in the
@@ -24,19 +25,19 @@ pub fn write_atomic(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
     for (name, bytes) in files {
         let temporary = dir.join(format!("{name}.tmp-{}", std::process::id()));
         let written = File::create(&temporary)
-            .map_err(|e| io_error("open", &temporary, &e))
+            .map_err(|e| Error::io("open", &temporary, &e))
             .and_then(|mut file| {
-                file.write_all(bytes).map_err(|e| io_error("write", &temporary, &e))?;
-                file.sync_all().map_err(|e| io_error("fsync", &temporary, &e))
+                file.write_all(bytes).map_err(|e| Error::io("write", &temporary, &e))?;
+                file.sync_all().map_err(|e| Error::io("fsync", &temporary, &e))
             });
         if let Err(error) = written {
             let _ = fs::remove_file(&temporary);
             return Err(error);
         }
         let path = dir.join(name);
-        fs::rename(&temporary, &path).map_err(|e| io_error("rename", &path, &e))?;
+        fs::rename(&temporary, &path).map_err(|e| Error::io("rename", &path, &e))?;
     }
-    File::open(dir).and_then(|dir| dir.sync_all()).map_err(|e| io_error("fsync", dir, &e))
+    File::open(dir).and_then(|dir| dir.sync_all()).map_err(|e| Error::io("fsync", dir, &e))
 }
 // ANCHOR_END: write_atomic
 
@@ -48,10 +49,10 @@ pub(super) fn replace_quickly(dir: &Path, name: &str, bytes: &[u8]) -> Result<()
     let temporary = dir.join(format!("{name}.tmp-{}", std::process::id()));
     if let Err(error) = fs::write(&temporary, bytes) {
         let _ = fs::remove_file(&temporary);
-        return Err(io_error("write", &temporary, &error));
+        return Err(Error::io("write", &temporary, &error));
     }
     let path = dir.join(name);
-    fs::rename(&temporary, &path).map_err(|e| io_error("rename", &path, &e))
+    fs::rename(&temporary, &path).map_err(|e| Error::io("rename", &path, &e))
 }
 
 /// Is this the name of a temporary file of [`write_atomic`]?
@@ -73,6 +74,27 @@ pub(super) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     write_atomic(path.parent().unwrap_or(Path::new(".")), &[(&name, json(value)?)])
 }
 
+/// Replaces one JSON file as [`write_json`] does; on a full disk (`ENOSPC`, `EDQUOT`), where
+/// the temporary file cannot be written, overwrites the existing file in place instead: its
+/// blocks are already allocated, and a state is a few hundred bytes, so this works when
+/// nothing else can. For the last word of a runtime (a container exited; its runtime died),
+/// which must not be lost because the container filled the disk. The price: a crash during
+/// that one write could leave half a file, which `ps` then shows as broken.
+pub(super) fn write_json_even_if_full<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    match write_json(path, value) {
+        Err(error) if matches!(error.errno(), Some(Errno::ENOSPC | Errno::EDQUOT)) => {
+            let bytes = json(value)?;
+            let in_place = File::options().write(true).open(path).and_then(|mut file| {
+                file.write_all(&bytes)?;
+                file.set_len(bytes.len() as u64)?;
+                file.sync_all()
+            });
+            in_place.map_err(|_| error)
+        }
+        other => other,
+    }
+}
+
 /// Reads one of a container's JSON files; an error names the file and the way out.
 pub(super) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     let id = container_id(path);
@@ -84,7 +106,7 @@ pub(super) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> 
                 path.display()
             )))
         }
-        Err(error) => return Err(io_error("read", path, &error)),
+        Err(error) => return Err(Error::io("read", path, &error)),
     };
     serde_json::from_slice(&text).map_err(|error| {
         Error::Invalid(format!(
@@ -111,23 +133,42 @@ pub(super) enum Lock {
     Missing,
 }
 
+/// Opens a lock file the way the store must: never through a symlink (`O_NOFOLLOW`: a link
+/// planted there must not make root create or lock a file elsewhere), never waiting on a FIFO
+/// (`O_NONBLOCK`: `ps` only looks, it must not hang), and only if it is a regular file.
+fn open_lock(path: &Path, create: bool) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = File::options()
+        .create(create)
+        .truncate(false)
+        .read(true)
+        .write(create)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    Ok(file)
+}
+
 /// Tries to take the `flock(2)` on `path` without waiting. With `create`, a missing lock file
 /// is made (a runtime about to run the container); without, a missing one is
 /// [`Lock::Missing`] (gc and `ps` only look: they must not make files in a directory that is
-/// being removed).
+/// being removed). A lock that is not a regular file isolab made (a directory, a symlink, a
+/// FIFO) is an error that names the way out.
 pub(super) fn try_lock(path: &Path, create: bool) -> Result<Lock> {
-    let opened = File::options().create(create).truncate(false).write(true).open(path);
-    let file = match opened {
+    let file = match open_lock(path, create) {
         Ok(file) => file,
         Err(error) if !create && error.kind() == io::ErrorKind::NotFound => {
             return Ok(Lock::Missing)
         }
         Err(error) => {
-            let error = io_error("open", path, &error);
+            let error = Error::io("open", path, &error);
             return Err(match error.errno() {
-                Some(Errno::EISDIR) => error.hint(
-                    "the container's lock is a directory, not a file isolab made: `rm --force` \
-                     removes the container",
+                Some(Errno::EISDIR | Errno::ELOOP | Errno::EINVAL | Errno::ENXIO) => error.hint(
+                    "the container's lock is not a file isolab made (a directory, a symlink or a \
+                     FIFO): `rm --force` removes the container",
                 ),
                 _ => error,
             });
@@ -143,7 +184,7 @@ pub(super) fn try_lock(path: &Path, create: bool) -> Result<Lock> {
 /// Does a live runtime hold the lock at `path`? Looks only: a shared lock taken and let go
 /// at once, on a file opened read-only, never created (`ps` writes nothing).
 pub(super) fn is_held(path: &Path) -> bool {
-    let Ok(file) = File::open(path) else { return false };
+    let Ok(file) = open_lock(path, false) else { return false };
     match Flock::lock(file, FlockArg::LockSharedNonblock) {
         Ok(lock) => {
             drop(lock);
@@ -153,20 +194,37 @@ pub(super) fn is_held(path: &Path) -> bool {
     }
 }
 
+/// Is `path` a real directory (not a symlink to one)? The store follows no symlink it did not
+/// make, and it makes none under `containers/`.
+pub(super) fn is_real_dir(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|metadata| metadata.is_dir())
+}
+
 /// Takes a container's directory apart, in an order that a crash at any moment leaves in a
 /// state the next `gc` can finish: whatever is mounted in it first (removing files through a
 /// mount point would remove the mounted filesystem's files), then everything but its `lock`
 /// (which the caller holds, so that nobody else touches the directory meanwhile), then the
 /// lock and the directory itself. Returns the mounts it detached.
 pub(super) fn dismantle(dir: &Path) -> Result<Vec<PathBuf>> {
+    match fs::symlink_metadata(dir) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(Error::io("lstat", dir, &error)),
+        // A symlink (or a file) where a container's directory should be: isolab never makes
+        // one, so it goes itself, and nothing it points to is touched.
+        Ok(metadata) if !metadata.is_dir() => {
+            remove_any(dir)?;
+            return Ok(Vec::new());
+        }
+        Ok(_) => {}
+    }
     let unmounted = unmount_under(dir)?;
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(unmounted),
-        Err(error) => return Err(io_error("opendir", dir, &error)),
+        Err(error) => return Err(Error::io("opendir", dir, &error)),
     };
     for entry in entries {
-        let entry = entry.map_err(|e| io_error("readdir", dir, &e))?;
+        let entry = entry.map_err(|e| Error::io("readdir", dir, &e))?;
         if entry.file_name() != "lock" {
             remove_any(&entry.path())?;
         }
@@ -175,7 +233,7 @@ pub(super) fn dismantle(dir: &Path) -> Result<Vec<PathBuf>> {
     match fs::remove_dir(dir) {
         Ok(()) => Ok(unmounted),
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(unmounted),
-        Err(error) => Err(io_error("rmdir", dir, &error)),
+        Err(error) => Err(Error::io("rmdir", dir, &error)),
     }
 }
 
@@ -183,11 +241,11 @@ pub(super) fn dismantle(dir: &Path) -> Result<Vec<PathBuf>> {
 pub(super) fn remove_any(path: &Path) -> Result<()> {
     match fs::symlink_metadata(path) {
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(error) => Err(io_error("lstat", path, &error)),
+        Err(error) => Err(Error::io("lstat", path, &error)),
         Ok(metadata) if metadata.is_dir() => copy::remove_tree(path),
         Ok(_) => match fs::remove_file(path) {
             Err(error) if error.kind() != io::ErrorKind::NotFound => {
-                Err(io_error("unlink", path, &error))
+                Err(Error::io("unlink", path, &error))
             }
             _ => Ok(()),
         },
@@ -196,12 +254,8 @@ pub(super) fn remove_any(path: &Path) -> Result<()> {
 
 /// The mount points on the host at or below `dir`, deepest first.
 pub(super) fn mount_points_under(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| io_error("read", Path::new("/proc/self/mountinfo"), &e))?;
-    let mut points: Vec<PathBuf> = mountinfo
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(unescape_mount_point)
+    let mut points: Vec<PathBuf> = mountinfo::parse(&mountinfo::read()?)
+        .map(|mount| mount.mount_point)
         .filter(|point| point.starts_with(dir))
         .collect();
     points.sort();
@@ -225,30 +279,6 @@ pub(super) fn unmount_under(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(points)
 }
 
-/// Mount points in mountinfo escape space, tab, newline and backslash as `\ooo` octal.
-pub(super) fn unescape_mount_point(field: &str) -> PathBuf {
-    use std::os::unix::ffi::OsStringExt;
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        let octal = bytes.get(index + 1..index + 4).filter(|digits| {
-            bytes[index] == b'\\' && digits.iter().all(|digit| (b'0'..=b'7').contains(digit))
-        });
-        match octal {
-            Some(digits) => {
-                out.push(digits.iter().fold(0u8, |value, digit| value * 8 + (digit - b'0')));
-                index += 4;
-            }
-            None => {
-                out.push(bytes[index]);
-                index += 1;
-            }
-        }
-    }
-    PathBuf::from(std::ffi::OsString::from_vec(out))
-}
-
 /// An error for a store directory the caller may not write, with the way out.
 pub(super) fn not_writable(
     call: &'static str,
@@ -256,7 +286,7 @@ pub(super) fn not_writable(
     path: &Path,
     error: &io::Error,
 ) -> Error {
-    let errno = Errno::from_raw(error.raw_os_error().unwrap_or(0));
+    let errno = io_errno(error);
     let error = Error::sys(call, path.display(), errno);
     match errno {
         Errno::EACCES | Errno::EPERM | Errno::EROFS => error.hint(format!(
@@ -274,18 +304,9 @@ pub(super) fn not_writable(
     }
 }
 
-pub(super) fn io_error(call: &'static str, path: &Path, error: &io::Error) -> Error {
-    Error::sys(call, path.display(), Errno::from_raw(error.raw_os_error().unwrap_or(0)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mount_points_are_unescaped() {
-        assert_eq!(unescape_mount_point("/a\\040b\\134c"), PathBuf::from("/a b\\c"));
-    }
 
     #[test]
     fn temporary_names() {

@@ -133,29 +133,64 @@ impl Store {
     /// containers the store holds.
     pub fn gc_journal(&self) -> Result<Vec<Cleaned>> {
         let mut cleaned = Vec::new();
+        self.check_owner()?;
         if !self.active_dir().is_dir() {
             return Ok(cleaned);
         }
         let _store = self.lock()?;
-        for id in journal::ids(&self.active_dir())? {
-            let Some(intent) = journal::read(&self.active_dir(), &id)? else { continue };
-            let dir = self.container_dir(&id);
-            if fs::symlink_metadata(&dir).is_err() {
-                // Its runtime got no further than the journal, or finished all but clearing
-                // the entry: nothing to say.
-                journal::clear(&self.active_dir(), &id)?;
-                continue;
+        // In the order the runtimes last wrote them (then by id): the order they worked in,
+        // so that what gc says reads the same from run to run.
+        let mut ids = journal::ids(&self.active_dir())?;
+        let written =
+            |id: &String| fs::metadata(self.active_dir().join(id)).and_then(|m| m.modified()).ok();
+        ids.sort_by_cached_key(|id| (written(id), id.clone()));
+        for id in ids {
+            // One entry that cannot be settled (a junk file, a full disk) is reported and
+            // left; it must not keep the others, or the user's own `rm`, from going on.
+            match self.settle_entry(&id) {
+                Ok(done) => cleaned.extend(done),
+                Err(error) => cleaned.push(Cleaned::LeftAlone {
+                    dir: self.active_dir().join(&id),
+                    why: format!("this journal entry could not be settled: {error}"),
+                }),
             }
-            // A live runtime holds the lock: it is at work, and will clean up after itself.
-            let lock = match files::try_lock(&dir.join("lock"), false)? {
-                Lock::Held => continue,
-                Lock::Taken(lock) => Some(lock),
-                Lock::Missing => None,
-            };
-            cleaned.extend(self.finish(&id, &dir, intent)?);
-            journal::clear(&self.active_dir(), &id)?;
-            drop(lock);
         }
+        Ok(cleaned)
+    }
+
+    /// Settles the journal's entry for `id`: nothing while a live runtime holds the
+    /// container's lock; otherwise finishes what its dead runtime was doing.
+    fn settle_entry(&self, id: &str) -> Result<Vec<Cleaned>> {
+        let Some(intent) = journal::read(&self.active_dir(), id)? else { return Ok(vec![]) };
+        let dir = self.container_dir(id);
+        match fs::symlink_metadata(&dir) {
+            // Its runtime got no further than the journal, or finished all but clearing the
+            // entry: nothing to say.
+            Err(_) => {
+                journal::clear(&self.active_dir(), id)?;
+                return Ok(vec![]);
+            }
+            // isolab never makes a symlink (or a file) there: not its to touch.
+            Ok(metadata) if !metadata.is_dir() => {
+                journal::clear(&self.active_dir(), id)?;
+                return Ok(vec![Cleaned::LeftAlone {
+                    dir,
+                    why: "not a directory isolab made (a symlink or a file), though the \
+                          journal named it; nothing it points to was touched"
+                        .to_string(),
+                }]);
+            }
+            Ok(_) => {}
+        }
+        // A live runtime holds the lock: it is at work, and will clean up after itself.
+        let lock = match files::try_lock(&dir.join("lock"), false)? {
+            Lock::Held => return Ok(vec![]),
+            Lock::Taken(lock) => Some(lock),
+            Lock::Missing => None,
+        };
+        let cleaned = self.finish(id, &dir, intent)?;
+        journal::clear(&self.active_dir(), id)?;
+        drop(lock);
         Ok(cleaned)
     }
     // ANCHOR_END: gc_journal
@@ -211,7 +246,7 @@ impl Store {
             return Ok(Cleaned::RemovedDead { id, name });
         }
         let state = State { status: Status::Exited, finished: Some(timestamp()), ..state };
-        files::write_json(&container.dir.join("state.json"), &state)?;
+        files::write_json_even_if_full(&container.dir.join("state.json"), &state)?;
         Ok(Cleaned::MarkedExited { id, name, runtime: state.runtime_pid })
     }
 
@@ -228,6 +263,15 @@ impl Store {
         // Mounts on the host in the store: none, unless something mounted there by hand
         // (the overlay is mounted in the container's own namespace).
         let mounted = files::mount_points_under(&self.containers_dir())?;
+        for (name, dir) in self.foreign_entries()? {
+            cleaned.push(Cleaned::LeftAlone {
+                dir,
+                why: format!(
+                    "not a directory (a symlink or a file): isolab made none such and follows \
+                     none; `rm --force {name}` removes it (not what it points to)"
+                ),
+            });
+        }
         for id in self.ids()? {
             let dir = self.container_dir(&id);
             if journal::read(&self.active_dir(), &id)?.is_some() {
@@ -289,24 +333,30 @@ impl Store {
     // ANCHOR_END: gc
 
     /// A container directory without a readable config and without a journal entry: isolab
-    /// cannot prove it made it, so it is left alone and reported, unless there is nothing in
-    /// it at all (or only its empty lock file: a removal interrupted at its very end).
+    /// cannot prove it made it, so it is left alone and reported, even when it is empty (a
+    /// removal interrupted at its very end still has its journal entry).
     fn unaccounted(&self, dir: &Path, why: &str) -> Result<Vec<Cleaned>> {
-        let entries: Vec<_> = fs::read_dir(dir)
-            .map(|entries| entries.flatten().map(|entry| entry.file_name()).collect())
-            .unwrap_or_default();
-        let only_lock = entries.iter().all(|name| name == "lock")
-            && fs::metadata(dir.join("lock")).map_or(true, |m| m.is_file() && m.len() == 0);
-        if only_lock {
-            files::dismantle(dir)?;
-            return Ok(Vec::new());
-        }
         let id = dir.file_name().unwrap_or_default().to_string_lossy();
         Ok(vec![Cleaned::LeftAlone {
             dir: dir.to_path_buf(),
             why: format!("{why}; isolab cannot tell that it made it, so `gc` never removes it"),
         }
         .with_id_hint(&id)])
+    }
+
+    /// Entries of `containers/` that are not directories (a symlink, a file): never made by
+    /// isolab, never followed; reported by `gc`.
+    fn foreign_entries(&self) -> Result<Vec<(String, PathBuf)>> {
+        let dir = self.containers_dir();
+        let mut found = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(|e| crate::Error::io("opendir", &dir, &e))? {
+            let entry = entry.map_err(|e| crate::Error::io("readdir", &dir, &e))?;
+            if !entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                found.push((entry.file_name().to_string_lossy().into_owned(), entry.path()));
+            }
+        }
+        found.sort();
+        Ok(found)
     }
 }
 

@@ -16,7 +16,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
-use super::files::{io_error, replace_quickly};
+use super::files::replace_quickly;
 
 /// What a runtime was doing to a container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +59,7 @@ pub(super) fn read(active: &Path, id: &str) -> Result<Option<Intent>> {
             ))),
         },
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(io_error("read", &path, &error)),
+        Err(error) => Err(Error::io("read", &path, &error)),
     }
 }
 
@@ -68,24 +68,28 @@ pub(super) fn clear(active: &Path, id: &str) -> Result<()> {
     let path = active.join(id);
     match fs::remove_file(&path) {
         Err(error) if error.kind() != io::ErrorKind::NotFound => {
-            Err(io_error("unlink", &path, &error))
+            Err(Error::io("unlink", &path, &error))
         }
         _ => Ok(()),
     }
 }
 
-/// The ids with an entry, sorted (temporary files of interrupted writes left out).
+/// The ids with an entry, sorted (temporary files of interrupted writes, and anything that is
+/// not an entry, left out).
 pub(super) fn ids(active: &Path) -> Result<Vec<String>> {
     let entries = match fs::read_dir(active) {
         Ok(entries) => entries,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(error) => return Err(io_error("opendir", active, &error)),
+        Err(error) => return Err(Error::io("opendir", active, &error)),
     };
     let mut ids = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|e| io_error("readdir", active, &e))?;
+        let entry = entry.map_err(|e| Error::io("readdir", active, &e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if super::names::looks_like_id(&name) {
+        // Only what a runtime writes: a file named by a container id. Anything else there
+        // (a directory, a stray file) is nobody's entry, and must not stop the others.
+        let is_file = entry.file_type().is_ok_and(|kind| kind.is_file());
+        if is_file && name.len() == super::names::ID_LENGTH && super::names::looks_like_id(&name) {
             ids.push(name);
         }
     }
@@ -106,12 +110,15 @@ mod tests {
         write(active, "aaaaaaaaaaaa", Intent::Run).unwrap();
         write(active, "bbbbbbbbbbbb", Intent::Remove).unwrap();
         fs::write(active.join("cccccccccccc.tmp-9"), "cr").unwrap();
+        fs::create_dir(active.join("abcd")).unwrap();
+        fs::create_dir(active.join("dddddddddddd")).unwrap();
+        fs::write(active.join("abc"), "junk").unwrap();
         assert_eq!(ids(active).unwrap(), ["aaaaaaaaaaaa", "bbbbbbbbbbbb"]);
         assert_eq!(read(active, "aaaaaaaaaaaa").unwrap(), Some(Intent::Run));
         clear(active, "aaaaaaaaaaaa").unwrap();
         clear(active, "aaaaaaaaaaaa").unwrap();
         assert_eq!(ids(active).unwrap(), ["bbbbbbbbbbbb"]);
-        fs::write(active.join("dddddddddddd"), "nonsense").unwrap();
-        assert!(read(active, "dddddddddddd").is_err());
+        fs::write(active.join("eeeeeeeeeeee"), "nonsense").unwrap();
+        assert!(read(active, "eeeeeeeeeeee").is_err());
     }
 }

@@ -40,19 +40,20 @@
 //! [`crate::container::Plan::move_rootfs`]), so it dies with the container even after a
 //! SIGKILL of the runtime: there is normally nothing on the host to unmount.
 
+mod container;
 mod files;
 mod gc;
 mod journal;
 mod names;
+pub mod runtime;
 mod time;
 
 use std::fmt;
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::fcntl::Flock;
@@ -60,14 +61,13 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::{Pid, Uid};
 use serde::{Deserialize, Serialize};
 
-use crate::changes::{self, Change, UpperEntry};
 use crate::copy;
 use crate::error::{Error, Result};
-use crate::mounts::Step;
-use crate::overlay::Layers;
 
+pub use container::Running;
+use container::{kill_runtime, lock_patiently};
 pub use files::write_atomic;
-use files::{io_error, json, not_writable, read_json, write_json, Lock};
+use files::{json, not_writable, read_json};
 pub use gc::{gc, Cleaned};
 use journal::Intent;
 use names::Resolved;
@@ -274,7 +274,7 @@ impl Store {
     /// The store at `root` (made absolute; nothing is created until a container is). A root
     /// that exists and is not a directory is refused.
     pub fn at(root: &Path) -> Result<Store> {
-        let absolute = std::path::absolute(root).map_err(|e| io_error("getcwd", root, &e))?;
+        let absolute = std::path::absolute(root).map_err(|e| Error::io("getcwd", root, &e))?;
         // Without symlinks: the overlay's options name these paths, and the kernel resolves
         // them with the mounter's permissions.
         let root = fs::canonicalize(&absolute).unwrap_or(absolute);
@@ -292,6 +292,45 @@ impl Store {
     pub fn root(&self) -> &Path {
         &self.root
     }
+
+    // ANCHOR: check_owner
+    /// Refuses a store that is not the caller's own: its directories must be real directories
+    /// (no symlinks) that belong to the user who runs this. Root working in another user's
+    /// store would follow whatever that user planted there (a link in `containers/`, a lock
+    /// that points at `/etc/nologin`) and remove or create files anywhere; a user in root's
+    /// store can change nothing anyway. Every verb that writes or removes checks this first.
+    pub fn check_owner(&self) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let caller = Uid::effective().as_raw();
+        for dir in [self.root.clone(), self.containers_dir(), self.names_dir(), self.active_dir()] {
+            let metadata = match fs::symlink_metadata(&dir) {
+                Ok(metadata) => metadata,
+                Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(Error::io("lstat", &dir, &error)),
+            };
+            if !metadata.is_dir() {
+                return Err(Error::Invalid(format!(
+                    "{} is not a directory (a symlink or a file where the store keeps its own \
+                     directory): isolab follows no link in a store; remove it, or pass --root \
+                     with another store",
+                    dir.display()
+                )));
+            }
+            if metadata.uid() != caller {
+                return Err(Error::Invalid(format!(
+                    "the store {} belongs to uid {}, not to uid {caller} who runs this: a store \
+                     is used by its owner only (what another user put in it could make this \
+                     run remove or create files elsewhere); run as uid {}, or pass --root with \
+                     a store of your own",
+                    self.root.display(),
+                    metadata.uid(),
+                    metadata.uid()
+                )));
+            }
+        }
+        Ok(())
+    }
+    // ANCHOR_END: check_owner
 
     fn containers_dir(&self) -> PathBuf {
         self.root.join("containers")
@@ -345,6 +384,7 @@ impl Store {
     pub fn create(&self, container: &Container) -> Result<Running> {
         let (id, name) = (&container.config.id, &container.config.name);
         self.make_root()?;
+        self.check_owner()?;
         let lock = {
             let _store = self.lock()?;
             self.ensure_index()?;
@@ -459,6 +499,18 @@ impl Store {
         )?;
         match resolved {
             Resolved::Id(id) => Ok(id),
+            // Last, any entry of `containers/` by its exact name: what `gc` reports as not
+            // isolab's (a user's directory, a symlink) can then be removed by `rm --force`,
+            // as its message says.
+            Resolved::None
+                if !word.is_empty()
+                    && !word.contains('/')
+                    && word != "."
+                    && word != ".."
+                    && fs::symlink_metadata(self.container_dir(word)).is_ok() =>
+            {
+                Ok(word.to_string())
+            }
             Resolved::None => Err(Error::Invalid(format!(
                 "no container '{word}' in the store at {} (`ps` lists them)",
                 self.root.display()
@@ -499,8 +551,25 @@ impl Store {
     /// `force`, which kills it first. `force` also removes one whose files are missing,
     /// corrupt or not what isolab writes (a directory where its lock should be).
     pub fn remove(&self, word: &str, force: bool) -> Result<Removed> {
+        self.check_owner()?;
         let id = self.resolve(word)?;
         let dir = self.container_dir(&id);
+        if !files::is_real_dir(&dir) {
+            if !force {
+                return Err(Error::Invalid(format!(
+                    "{} is not a directory isolab made (a symlink or a file): `rm --force {word}` \
+                     removes it, and nothing it points to",
+                    dir.display()
+                )));
+            }
+            files::remove_any(&dir)?;
+            return Ok(Removed {
+                id: id.clone(),
+                name: "?".into(),
+                broken: true,
+                ..Removed::default()
+            });
+        }
         let config = read_json::<Config>(&dir.join("config.json"));
         let state = read_json::<State>(&dir.join("state.json"));
         let mut removed = Removed { id: id.clone(), ..Removed::default() };
@@ -543,6 +612,8 @@ impl Store {
             Some(container) => names::release(&self.names_dir(), &container.config.name, &id),
             None => self.release_names_of(&id)?,
         }
+        // The word itself, if it was another name of the index for this container.
+        names::release(&self.names_dir(), word, &id);
         removed.unmounted = files::dismantle(&dir)?;
         journal::clear(&self.active_dir(), &id)?;
         drop(lock);
@@ -633,411 +704,17 @@ impl Store {
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(error) => return Err(io_error("opendir", &dir, &error)),
+            Err(error) => return Err(Error::io("opendir", &dir, &error)),
         };
         let mut ids = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(|e| io_error("readdir", &dir, &e))?;
+            let entry = entry.map_err(|e| Error::io("readdir", &dir, &e))?;
             if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
                 ids.push(entry.file_name().to_string_lossy().into_owned());
             }
         }
         ids.sort();
         Ok(ids)
-    }
-}
-
-impl State {
-    /// Running, by this runtime, from now.
-    fn running() -> State {
-        State {
-            status: Status::Running,
-            runtime_pid: Some(std::process::id() as i32),
-            started: Some(timestamp()),
-            finished: None,
-            exit_code: None,
-            runtime_died: false,
-        }
-    }
-}
-
-impl Container {
-    /// The directory that becomes the container's `/`.
-    pub fn rootfs(&self) -> PathBuf {
-        match self.config.storage {
-            Storage::Overlay => self.dir.join("merged"),
-            Storage::Copy => self.dir.join("rootfs"),
-        }
-    }
-
-    /// Its overlay's layers (`None` for a copy).
-    pub fn layers(&self) -> Option<Layers> {
-        (self.config.storage == Storage::Overlay).then(|| Layers {
-            lowers: self.config.lowers.clone(),
-            upper: self.dir.join("upper"),
-            work: self.dir.join("work"),
-            userxattr: self.config.userxattr,
-        })
-    }
-
-    // ANCHOR: rootfs_mounts
-    /// The mounts that make its root, inside its mount namespace: the overlay (none for a
-    /// copy, which is a plain directory).
-    pub fn rootfs_mounts(&self) -> Vec<Step> {
-        self.layers().map(|layers| vec![layers.mount_step(&self.rootfs())]).unwrap_or_default()
-    }
-    // ANCHOR_END: rootfs_mounts
-
-    /// What it changed in its base, as `diff` lists it.
-    pub fn changes(&self) -> Result<Vec<Change>> {
-        match self.layers() {
-            Some(layers) => changes::overlay_changes(&layers.upper, &layers.lowers),
-            None => {
-                let base = self.config.lowers.first().cloned().unwrap_or_default();
-                changes::tree_changes(&base, &self.rootfs())
-            }
-        }
-    }
-
-    /// Its upper directory as overlayfs wrote it (for a copy: an error saying there is none).
-    pub fn upper_entries(&self) -> Result<Vec<UpperEntry>> {
-        match self.layers() {
-            Some(layers) => changes::read_upper(&layers.upper),
-            None => Err(Error::Invalid(format!(
-                "container {} is a copy (--storage copy): it has no upper layer",
-                self.config.name
-            ))),
-        }
-    }
-
-    /// The disk it takes of its own: its directory (for an overlay, mostly its upper).
-    pub fn disk_usage(&self) -> Result<u64> {
-        copy::disk_usage(&self.dir)
-    }
-
-    /// Its state, from `state.json`.
-    pub fn state(&self) -> Result<State> {
-        read_json(&self.dir.join("state.json"))
-    }
-
-    /// `state` as it really is: marked running, but nobody holds the lock, means its
-    /// runtime died (`ps` shows that without waiting for a `gc`).
-    fn truth(&self, state: State) -> State {
-        if state.status == Status::Running && !files::is_held(&self.dir.join("lock")) {
-            return State { status: Status::Exited, runtime_died: true, ..state };
-        }
-        state
-    }
-
-    /// The store this container is in.
-    fn store(&self) -> Store {
-        let root = self.dir.parent().and_then(Path::parent).unwrap_or(Path::new("/"));
-        Store { root: root.to_path_buf() }
-    }
-
-    /// Takes its lock to run it again (`start`): refused while it runs, and when what it
-    /// is made of is gone.
-    pub fn start(&self) -> Result<Running> {
-        let state = self.state()?;
-        for (what, path) in self.needs() {
-            if fs::symlink_metadata(&path).is_err() {
-                return Err(Error::Invalid(format!(
-                    "container {} cannot start: its {what} {} is gone{}",
-                    self.config.name,
-                    path.display(),
-                    if what == "base" {
-                        format!(" (rebuild it there, or `rm {}`)", self.config.name)
-                    } else {
-                        format!(": what it changed is lost; `rm {}` removes it", self.config.name)
-                    }
-                )));
-            }
-        }
-        let Some(lock) = lock_patiently(&self.dir.join("lock"))? else {
-            return Err(Error::Invalid(format!(
-                "container {} is running (runtime pid {}): one runtime at a time",
-                self.config.name,
-                state.runtime_pid.unwrap_or(0)
-            )));
-        };
-        let store = self.store();
-        journal::write(&store.active_dir(), &self.config.id, Intent::Run)
-            .map_err(|e| store.full_hint(e))?;
-        let state = State { finished: None, ..State::running() };
-        write_json(&self.dir.join("state.json"), &state).map_err(|e| store.full_hint(e))?;
-        Ok(Running { container: self.clone(), lock: Some(lock), state, new: false })
-    }
-
-    /// What must be there for it to start: its base, and its upper or its copy.
-    fn needs(&self) -> Vec<(&'static str, PathBuf)> {
-        let mut needs: Vec<_> =
-            self.config.lowers.iter().map(|lower| ("base", lower.clone())).collect();
-        match self.layers() {
-            Some(layers) => {
-                needs.push(("upper directory", layers.upper));
-                needs.push(("overlay work directory", layers.work));
-            }
-            None => needs.push(("copy of the base", self.rootfs())),
-        }
-        needs
-    }
-
-    /// What [`Store::create`] will do, one call a line (the dry run prints it).
-    pub fn create_steps(&self) -> Vec<String> {
-        let dir = |name: &str| self.dir.join(name).display().to_string();
-        let store = self.store();
-        let active = store.active_dir().join(&self.config.id).display().to_string();
-        let owner = self.config.owner.map(|(uid, gid)| format!("; chown({uid}, {gid})"));
-        let chown = owner.clone().unwrap_or_default();
-        let mut steps = vec![
-            format!("write(\"{active}\", create)"),
-            format!("mkdir(\"{}\", 0700){chown}", self.dir.display()),
-            format!("flock(\"{}\", LOCK_EX)", dir("lock")),
-            format!(
-                "symlink(\"{}\", \"{}\")",
-                self.config.id,
-                store.names_dir().join(&self.config.name).display()
-            ),
-        ];
-        match self.config.storage {
-            Storage::Overlay => {
-                for name in ["upper", "work"] {
-                    steps.push(format!("mkdir(\"{}\", 0755){chown}", dir(name)));
-                }
-                steps.push(format!("mkdir(\"{}\", 0755)", dir("merged")));
-            }
-            Storage::Copy => {
-                let base = self.config.lowers.first().cloned().unwrap_or_default();
-                steps.push(format!("copy(\"{}\", \"{}\"){chown}", base.display(), dir("rootfs")));
-            }
-        }
-        steps.push(format!("write(\"{}\")", dir("config.json")));
-        steps.push(format!("write(\"{}\", running)", dir("state.json")));
-        steps.push(format!("write(\"{active}\", run)"));
-        steps
-    }
-
-    /// What the runtime does last, one call a line (the dry run prints it).
-    pub fn finish_steps(&self) -> Vec<String> {
-        let active = self.store().active_dir().join(&self.config.id).display().to_string();
-        if self.config.remove {
-            vec![
-                format!("write(\"{active}\", remove)"),
-                format!("remove the container (--rm): {}", self.dir.display()),
-                format!("unlink(\"{active}\")"),
-            ]
-        } else {
-            vec![
-                format!("write(\"{}\", exited)", self.dir.join("state.json").display()),
-                format!("unlink(\"{active}\")"),
-            ]
-        }
-    }
-
-    /// Makes its directory: `0700` and owned by root of its user namespace, so that no
-    /// other user of the host can reach its upper (a setuid file written there by root of
-    /// a container without a user namespace is a setuid-root file on the host), and no other
-    /// container's root either.
-    fn make_dir(&self) -> Result<()> {
-        let root = self.dir.parent().and_then(Path::parent).unwrap_or(&self.dir);
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&self.dir)
-            .map_err(|error| not_writable("mkdir", root, &self.dir, &error))?;
-        if let Some((uid, gid)) = self.config.owner {
-            copy::change_owner(&self.dir, uid, gid)?;
-        }
-        Ok(())
-    }
-
-    /// Takes the lock of the container just made.
-    fn lock_dir(&self) -> Result<Flock<File>> {
-        match files::try_lock(&self.dir.join("lock"), true)? {
-            Lock::Taken(lock) => Ok(lock),
-            _ => Err(Error::sys("flock", self.dir.join("lock").display(), Errno::EWOULDBLOCK)),
-        }
-    }
-
-    /// Makes what is in its directory: upper, work and merged (or the copy).
-    fn make_contents(&self) -> Result<()> {
-        let mkdir = |path: &Path, mode: u32| {
-            fs::DirBuilder::new().mode(mode).create(path).map_err(|error| {
-                let root = self.dir.parent().and_then(Path::parent).unwrap_or(&self.dir);
-                not_writable("mkdir", root, path, &error)
-            })
-        };
-        match self.layers() {
-            Some(layers) => {
-                // The upper's top is the container's /: it takes the base's mode.
-                let base_mode = self
-                    .config
-                    .lowers
-                    .first()
-                    .and_then(|base| fs::metadata(base).ok())
-                    .map_or(0o755, |metadata| metadata.mode() & 0o7777);
-                mkdir(&layers.upper, base_mode)?;
-                mkdir(&layers.work, 0o755)?;
-                mkdir(&self.rootfs(), 0o755)?;
-                fs::set_permissions(&layers.upper, fs::Permissions::from_mode(base_mode))
-                    .map_err(|e| io_error("chmod", &layers.upper, &e))?;
-                if let Some((uid, gid)) = self.config.owner {
-                    copy::change_owner(&layers.upper, uid, gid)?;
-                    copy::change_owner(&layers.work, uid, gid)?;
-                }
-            }
-            None => {
-                let base = self.config.lowers.first().cloned().unwrap_or_default();
-                copy::copy_tree(&base, &self.rootfs())?;
-                // Its top is the container's /, its own as an overlay's upper is.
-                if let Some((uid, gid)) = self.config.owner {
-                    copy::change_owner(&self.rootfs(), uid, gid)?;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// [`files::try_lock`], trying for a moment: `gc` and `ps` hold a lock briefly. `None`: a
-/// runtime holds it.
-fn lock_patiently(path: &Path) -> Result<Option<Flock<File>>> {
-    let start = Instant::now();
-    loop {
-        if let Lock::Taken(lock) = files::try_lock(path, true)? {
-            return Ok(Some(lock));
-        }
-        if start.elapsed() > Duration::from_millis(200) {
-            return Ok(None);
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Kills the runtime that holds the lock at `lock_path` and waits for the lock: first the
-/// runtime's children (its container; the runtime then reports the end and cleans up, as
-/// after any exit), then, if it does not let go, the runtime itself. Works on a stopped
-/// (SIGSTOP) runtime too: SIGKILL needs no cooperation.
-fn kill_runtime(lock_path: &Path, runtime: Option<i32>) -> Result<Flock<File>> {
-    // Only the process that holds the lock open is the runtime: a pid alone could have
-    // been reused by an unrelated process since it was written down.
-    let runtime = runtime.map(Pid::from_raw).filter(|&pid| holds_open(pid, lock_path));
-    let Some(runtime) = runtime else {
-        return Err(Error::sys("flock", lock_path.display(), Errno::EWOULDBLOCK).hint(
-            "another process holds the container's lock, and it is not the runtime its state \
-             names: try again in a moment",
-        ));
-    };
-    for victims in [children_of(runtime), vec![runtime]] {
-        for pid in victims {
-            match kill(pid, Signal::SIGKILL) {
-                Ok(()) | Err(Errno::ESRCH) => {}
-                Err(errno) => return Err(Error::sys("kill", pid, errno)),
-            }
-        }
-        let start = Instant::now();
-        while start.elapsed() < KILL_WAIT {
-            if let Lock::Taken(lock) = files::try_lock(lock_path, true)? {
-                return Ok(lock);
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-    Err(Error::sys("flock", lock_path.display(), Errno::EWOULDBLOCK).hint(
-        "the container's runtime still holds its lock after SIGKILL: a process in \
-         uninterruptible sleep dies only when its I/O ends; try again",
-    ))
-}
-
-/// Does process `pid` have `path` open (`/proc/<pid>/fd`)?
-fn holds_open(pid: Pid, path: &Path) -> bool {
-    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
-    fds.flatten().any(|fd| fs::read_link(fd.path()).is_ok_and(|target| target == path))
-}
-
-/// The children of process `pid` (`/proc/<pid>/task/<pid>/children`).
-fn children_of(pid: Pid) -> Vec<Pid> {
-    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|word| word.parse().ok())
-        .map(Pid::from_raw)
-        .collect()
-}
-
-/// A container this runtime works on: its lock is held until it is settled or dropped.
-///
-/// Its end is recorded with [`Running::exited`], or the container removed with
-/// [`Running::remove`]. Dropped without either (the run failed before its command could
-/// start), it cleans up as a guard: a container made for this run is removed again, so a
-/// failed `run` leaves nothing; one that was started again keeps its upper, marked exited
-/// with the runtime's code 125.
-#[derive(Debug)]
-pub struct Running {
-    /// The container.
-    pub container: Container,
-    lock: Option<Flock<File>>,
-    state: State,
-    new: bool,
-}
-
-impl Running {
-    /// Records the end of its command and lets go of it.
-    pub fn exited(mut self, exit_code: u8) -> Result<()> {
-        self.settle(Some(exit_code))
-    }
-
-    /// Removes the container (`--rm`), then lets go of it.
-    pub fn remove(mut self) -> Result<()> {
-        self.settle(None)
-    }
-
-    /// `Some(code)`: write the exited state; `None`: remove the container. The journal
-    /// entry goes last, before the lock.
-    fn settle(&mut self, exit_code: Option<u8>) -> Result<()> {
-        let Some(lock) = self.lock.take() else { return Ok(()) };
-        let store = self.container.store();
-        let id = &self.container.config.id;
-        let done = match exit_code {
-            Some(code) => {
-                let state = State {
-                    status: Status::Exited,
-                    finished: Some(timestamp()),
-                    exit_code: Some(code),
-                    ..self.state.clone()
-                };
-                write_json(&self.container.dir.join("state.json"), &state)
-            }
-            None => {
-                // Best effort, as in `Store::remove`: a full disk must not keep a failed
-                // container (whose copy may be what filled it) from being removed.
-                let _ = journal::write(&store.active_dir(), id, Intent::Remove);
-                fault_point("remove:journal");
-                // Only if the index's link is this container's (a refused name is another's).
-                names::release(&store.names_dir(), &self.container.config.name, id);
-                files::dismantle(&self.container.dir).map(drop)
-            }
-        };
-        let cleared = done.and_then(|()| journal::clear(&store.active_dir(), id));
-        drop(lock);
-        cleared
-    }
-}
-
-#[cfg(test)]
-impl Running {
-    /// As if the runtime were killed: the lock goes, nothing is written.
-    fn die(mut self) {
-        drop(self.lock.take());
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if self.new {
-            let _ = self.settle(None);
-        } else {
-            let _ = self.settle(Some(crate::exit::RUNTIME_ERROR));
-        }
     }
 }
 
@@ -1075,208 +752,4 @@ impl fmt::Display for Removed {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn new(name: Option<&str>, base: &Path) -> New {
-        New {
-            name: name.map(String::from),
-            storage: Storage::Overlay,
-            lowers: vec![base.to_path_buf()],
-            userxattr: false,
-            owner: None,
-            remove: false,
-            argv: vec!["run".into()],
-            command: vec!["/bin/true".into()],
-        }
-    }
-
-    fn scratch() -> (tempfile::TempDir, PathBuf, Store) {
-        let tmp = tempfile::tempdir().unwrap();
-        let base = tmp.path().join("base");
-        fs::create_dir(&base).unwrap();
-        let store = Store::at(&tmp.path().join("store")).unwrap();
-        (tmp, base, store)
-    }
-
-    fn said(cleaned: &[Cleaned]) -> Vec<String> {
-        cleaned.iter().map(Cleaned::to_string).collect()
-    }
-
-    #[test]
-    fn create_list_find_remove() {
-        let (_tmp, base, store) = scratch();
-        let container = store.prepare(new(Some("web"), &base)).unwrap();
-        assert!(!container.dir.exists(), "prepare writes nothing");
-        let running = store.create(&container).unwrap();
-        for dir in ["upper", "work", "merged"] {
-            assert!(container.dir.join(dir).is_dir(), "{dir}");
-        }
-        let mode = fs::metadata(&container.dir).unwrap().mode() & 0o7777;
-        assert_eq!(mode, 0o700, "no other user may reach the upper");
-        // The name is taken; the lock is held.
-        let again = store.prepare(new(Some("web"), &base)).unwrap();
-        let error = store.create(&again).err().unwrap().to_string();
-        assert!(error.contains("'web' is already in use"), "{error}");
-        assert!(!again.dir.exists(), "a refused create leaves nothing");
-        assert_eq!(store.resolve("web").unwrap(), container.config.id, "the name stays web's");
-        let error = store.remove("web", false).unwrap_err().to_string();
-        assert!(error.contains("is running"), "{error}");
-        running.exited(3).unwrap();
-
-        let listed = store.list().unwrap();
-        assert_eq!(listed.len(), 1);
-        let Listed::Found(found, state) = &listed[0] else { panic!("{listed:?}") };
-        assert_eq!((found.config.name.as_str(), state.exit_code), ("web", Some(3)));
-        assert_eq!(store.find(&found.config.id).unwrap().config.name, "web");
-        assert_eq!(store.find(&found.config.id[..4]).unwrap().config.name, "web");
-        // A name that is the start of that id is refused.
-        let prefix = store.prepare(new(Some(&found.config.id[..5]), &base)).unwrap();
-        let error = store.create(&prefix).err().unwrap().to_string();
-        assert!(error.contains("is the start of the id"), "{error}");
-        let removed = store.remove("web", false).unwrap();
-        assert!(!removed.killed);
-        assert!(!container.dir.exists());
-        assert!(store.find("web").unwrap_err().to_string().contains("no container 'web'"));
-        assert!(journal::ids(&store.active_dir()).unwrap().is_empty());
-        assert!(names::all(&store.names_dir()).unwrap().is_empty());
-        // The name is free again.
-        let third = store.prepare(new(Some("web"), &base)).unwrap();
-        store.create(&third).unwrap().exited(0).unwrap();
-    }
-
-    #[test]
-    fn ps_tells_the_truth_without_gc_and_gc_fixes_it() {
-        let (_tmp, base, store) = scratch();
-        let kept = store.prepare(new(Some("kept"), &base)).unwrap();
-        // A runtime that "dies": its lock goes, its state still says running.
-        store.create(&kept).unwrap().die();
-        let gone = store.prepare(New { remove: true, ..new(Some("gone"), &base) }).unwrap();
-        store.create(&gone).unwrap().die();
-        fs::write(kept.dir.join("state.json.tmp-1"), "{").unwrap();
-
-        let listed = store.list().unwrap();
-        assert!(listed.iter().all(|entry| matches!(entry,
-            Listed::Found(_, state) if state.runtime_died && state.status == Status::Exited)));
-        assert_eq!(kept.state().unwrap().status, Status::Running, "list writes nothing");
-
-        let cleaned = store.gc_journal().unwrap();
-        assert_eq!(cleaned.len(), 3, "{:#?}", said(&cleaned));
-        assert!(!gone.dir.exists());
-        let state = kept.state().unwrap();
-        assert_eq!((state.status, state.exit_code), (Status::Exited, None));
-        assert!(store.gc().unwrap().is_empty(), "nothing left to clean");
-    }
-
-    #[test]
-    fn gc_never_removes_what_it_did_not_make() {
-        let (_tmp, base, store) = scratch();
-        let container = store.prepare(new(Some("real"), &base)).unwrap();
-        store.create(&container).unwrap().exited(0).unwrap();
-        // A user's directory in the store, and a real container that lost its config.
-        let foreign = store.containers_dir().join("web-app");
-        fs::create_dir(&foreign).unwrap();
-        fs::write(foreign.join("Dockerfile"), "important").unwrap();
-        fs::write(container.dir.join("upper/work.txt"), "mine").unwrap();
-        fs::remove_file(container.dir.join("config.json")).unwrap();
-
-        for _ in 0..2 {
-            let cleaned = store.gc().unwrap();
-            assert!(cleaned.iter().all(Cleaned::is_left_alone), "{:#?}", said(&cleaned));
-            assert_eq!(cleaned.len(), 2, "{:#?}", said(&cleaned));
-            assert!(said(&cleaned).iter().any(|line| line.contains("rm --force")));
-        }
-        assert_eq!(fs::read_to_string(foreign.join("Dockerfile")).unwrap(), "important");
-        assert_eq!(fs::read_to_string(container.dir.join("upper/work.txt")).unwrap(), "mine");
-        // Another container's create (whose gc reads the journal) does not touch them either.
-        let other = store.prepare(new(Some("other"), &base)).unwrap();
-        store.create(&other).unwrap().exited(0).unwrap();
-        assert!(container.dir.join("upper/work.txt").exists() && foreign.exists());
-        // Only an explicit rm --force does, by id.
-        let error = store.remove(&container.config.id, false).unwrap_err().to_string();
-        assert!(error.contains("config.json is missing"), "{error}");
-        assert!(store.remove(&container.config.id, true).unwrap().broken);
-        assert!(!container.dir.exists());
-        assert!(store.resolve("real").unwrap_err().to_string().contains("no container"));
-    }
-
-    #[test]
-    fn a_create_killed_half_way_is_removed_because_the_journal_says_so() {
-        let (_tmp, base, store) = scratch();
-        let container = store.prepare(new(Some("half"), &base)).unwrap();
-        // As if the runtime died after making the directory: the journal says create.
-        store.make_root().unwrap();
-        journal::write(&store.active_dir(), &container.config.id, Intent::Create).unwrap();
-        container.make_dir().unwrap();
-        container.make_contents().unwrap();
-        names::claim(&store.names_dir(), "half", &container.config.id, |_| true).unwrap();
-        let cleaned = store.gc_journal().unwrap();
-        assert_eq!(
-            said(&cleaned),
-            [format!(
-                "container {} was being created by a runtime that died: removed",
-                container.config.id
-            )]
-        );
-        assert!(!container.dir.exists());
-        assert!(names::lookup(&store.names_dir(), "half").is_none());
-    }
-
-    #[test]
-    fn a_corrupt_state_breaks_one_container_only() {
-        let (_tmp, base, store) = scratch();
-        for name in ["a-one", "b-two"] {
-            let container = store.prepare(new(Some(name), &base)).unwrap();
-            store.create(&container).unwrap().exited(0).unwrap();
-        }
-        let broken = store.find("a-one").unwrap();
-        fs::write(broken.dir.join("state.json"), "{\"status\": \"runn").unwrap();
-        let listed = store.list().unwrap();
-        assert_eq!(listed.len(), 2);
-        assert!(listed
-            .iter()
-            .any(|entry| matches!(entry, Listed::Found(c, _) if c.config.name == "b-two")));
-        let error = store.remove("a-one", false).unwrap_err().to_string();
-        assert!(error.contains("state.json is corrupt"), "{error}");
-        assert!(store.remove("a-one", true).unwrap().broken);
-        assert!(store.gc().unwrap().is_empty());
-    }
-
-    #[test]
-    fn force_removes_whatever_is_there() {
-        let (_tmp, base, store) = scratch();
-        let container = store.prepare(new(Some("odd"), &base)).unwrap();
-        store.create(&container).unwrap().exited(0).unwrap();
-        fs::write(container.dir.join("config.json"), "garbage").unwrap();
-        fs::remove_file(container.dir.join("lock")).unwrap();
-        fs::create_dir(container.dir.join("lock")).unwrap();
-        // By name (the index still knows it), though the config cannot be read.
-        let removed = store.remove("odd", true).unwrap();
-        assert!(removed.broken, "{removed}");
-        assert!(!container.dir.exists());
-        assert!(names::lookup(&store.names_dir(), "odd").is_none());
-    }
-
-    #[test]
-    fn start_refuses_when_the_upper_is_gone() {
-        let (_tmp, base, store) = scratch();
-        let container = store.prepare(new(Some("lost"), &base)).unwrap();
-        store.create(&container).unwrap().exited(0).unwrap();
-        fs::remove_dir_all(container.dir.join("upper")).unwrap();
-        let error = container.start().unwrap_err().to_string();
-        assert!(error.contains("upper directory") && error.contains("is gone"), "{error}");
-    }
-
-    #[test]
-    fn an_old_store_without_an_index_is_indexed() {
-        let (_tmp, base, store) = scratch();
-        let container = store.prepare(new(Some("old"), &base)).unwrap();
-        store.create(&container).unwrap().exited(0).unwrap();
-        fs::remove_dir_all(store.names_dir()).unwrap();
-        fs::create_dir(store.names_dir()).unwrap();
-        let same = store.prepare(new(Some("old"), &base)).unwrap();
-        let error = store.create(&same).err().unwrap().to_string();
-        assert!(error.contains("already in use"), "{error}");
-        assert_eq!(store.resolve("old").unwrap(), container.config.id);
-    }
-}
+mod tests;

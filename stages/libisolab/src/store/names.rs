@@ -16,9 +16,8 @@ use std::io;
 use std::os::unix::fs::symlink;
 use std::path::Path;
 
+use crate::cgroups;
 use crate::error::{Error, Result};
-
-use super::files::io_error;
 
 /// How many hex digits an id has.
 pub const ID_LENGTH: usize = 12;
@@ -28,16 +27,8 @@ pub const ID_LENGTH: usize = 12;
 /// not 12 or more hex digits (it would read as an id). A shorter all-hex name is refused
 /// later, by [`super::Store::create`], if it is the start of an existing container's id.
 pub fn check_name(name: &str) -> Result<String> {
-    let valid = !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if !valid {
-        return Err(Error::Invalid(format!(
-            "invalid container name '{name}': use 1 to 64 letters, digits, '-', '_' or '.', not \
-             starting with '.'"
-        )));
-    }
+    // The rule a cgroup's name follows (chapter 3), and one of the store's own.
+    cgroups::check_container_name(name)?;
     if looks_like_id(name) && name.len() >= ID_LENGTH {
         return Err(Error::Invalid(format!(
             "invalid container name '{name}': {} hex digits read as a container id; add a \
@@ -87,10 +78,10 @@ pub(super) fn claim(
                     }
                     Err(error) if error.kind() == io::ErrorKind::NotFound => {}
                     // Not a link: something else sits in the index; leave it, and say so.
-                    Err(error) => return Err(io_error("readlink", &link, &error)),
+                    Err(error) => return Err(Error::io("readlink", &link, &error)),
                 }
             }
-            Err(error) => return Err(io_error("symlink", &link, &error)),
+            Err(error) => return Err(Error::io("symlink", &link, &error)),
         }
     }
     Err(Error::sys("symlink", link.display(), nix::errno::Errno::EEXIST)
@@ -119,7 +110,7 @@ pub(super) fn all(names: &Path) -> Result<Vec<(String, String)>> {
     let entries = match fs::read_dir(names) {
         Ok(entries) => entries,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(error) => return Err(io_error("opendir", names, &error)),
+        Err(error) => return Err(Error::io("opendir", names, &error)),
     };
     let mut pairs = Vec::new();
     for entry in entries.flatten() {
