@@ -153,7 +153,7 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
 
     // The report: what the cgroup counted; then the cgroup is removed.
     if let Some(cgroup) = cgroup {
-        let shown = cgroup::finish(cgroup, code, start_time.elapsed(), args.cgroup.json);
+        let shown = cgroup::finish(cgroup, code, start_time.elapsed(), &args.cgroup);
         if let Some(json) = shown.json {
             let _ = writeln!(std::io::stdout(), "{json}");
         }

@@ -246,7 +246,7 @@ fn run(args: RunArgs, store: &Store, stopped: Option<Container>) -> Result<u8, F
 
     // The report: what the cgroup counted; then the cgroup is removed.
     if let Some(cgroup) = cgroup {
-        let shown = cgroup::finish(cgroup, code, start_time.elapsed(), args.cgroup.json);
+        let shown = cgroup::finish(cgroup, code, start_time.elapsed(), &args.cgroup);
         if let Some(json) = shown.json {
             let _ = writeln!(std::io::stdout(), "{json}");
         }

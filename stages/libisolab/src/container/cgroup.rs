@@ -54,6 +54,27 @@ pub struct CgroupArgs {
     /// Print the report of what the command used as JSON, on stdout
     #[arg(long)]
     pub json: bool,
+    /// Print the report of what the command used (memory, CPU, processes) on stderr when it
+    /// ends [default: when a limit is set]
+    #[arg(long)]
+    pub report: bool,
+}
+
+impl CgroupArgs {
+    /// Is the report wanted? When asked for (`--report`, `--json`), and when a limit was
+    /// set: then what the command used against it is the point. Without either, a run says
+    /// nothing of its own but what went wrong.
+    pub fn wants_report(&self) -> bool {
+        let limits = &self.limits;
+        self.report
+            || self.json
+            || limits.memory.is_some()
+            || limits.memory_swap.is_some()
+            || limits.cpus.is_some()
+            || limits.cpu_shares.is_some()
+            || limits.pids.is_some()
+            || limits.cpuset.is_some()
+    }
 }
 
 /// The container's cgroup, as its plan holds it (see [`Plan::add_cgroup`]).
@@ -291,11 +312,13 @@ pub struct Shown {
 }
 
 // ANCHOR: report
-/// Reads what the cgroup counted and removes it; returns the report (`code` is how the
-/// command ended: 137 and an OOM kill counted means the OOM killer ended it). If that fails,
+/// Reads what the cgroup counted and removes it; returns the report, if it is wanted (see
+/// [`CgroupArgs::wants_report`]; `code` is how the command ended: 137 and an OOM kill
+/// counted means the OOM killer ended it, which is said in any case). If that fails,
 /// the command still ran and its code stands: a warning says so, and `isolab gc` removes the
 /// rest.
-pub fn finish(cgroup: Cgroup, code: u8, elapsed: Duration, json: bool) -> Shown {
+pub fn finish(cgroup: Cgroup, code: u8, elapsed: Duration, args: &CgroupArgs) -> Shown {
+    let json = args.json;
     let name = format!("{}/{}", cgroups::PARENT, cgroup.id());
     let version = cgroup.version();
     let usage = match cgroup.finish() {
@@ -322,10 +345,13 @@ pub fn finish(cgroup: Cgroup, code: u8, elapsed: Duration, json: bool) -> Shown 
         return Shown { json: Some(text), said: Vec::new() };
     }
     let mut said = Vec::new();
+    // An OOM kill is always said: it is why the command ended.
     if oom_killed {
         said.push(usage.describe_oom());
     }
-    said.extend(usage.to_string().lines().map(String::from));
+    if args.wants_report() {
+        said.extend(usage.to_string().lines().map(String::from));
+    }
     Shown { json: None, said }
 }
 // ANCHOR_END: report
