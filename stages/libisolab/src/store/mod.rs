@@ -36,6 +36,12 @@
 //!   with one `symlink(2)` in the index, and the `gc` that `run` does first reads only the
 //!   journal: starting a container costs the same with ten or ten thousand in the store.
 //!
+//! This file is the store itself: its layout, its owner check, and the verbs that change it
+//! (create, remove) with the name resolution they share, some 750 lines with their comments.
+//! They stay together on purpose: the four rules above are checked against each other here,
+//! create beside remove. A container (`container.rs`), the files (`files.rs`), names, the
+//! journal and gc have files of their own.
+//!
 //! The overlay itself is mounted inside the container's own mount namespace (see
 //! [`crate::container::Plan::move_rootfs`]), so it dies with the container even after a
 //! SIGKILL of the runtime: there is normally nothing on the host to unmount.
