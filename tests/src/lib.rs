@@ -341,3 +341,43 @@ fn root_mount_names(proc_dir: &Path, needle: &str) -> bool {
         .filter(|line| line.split(' ').nth(4) == Some("/"))
         .any(|line| line.contains(needle))
 }
+
+/// A runtime started in the background; killed, with its children (the container's first
+/// process), when dropped, also when an assertion fails first. Kills only the pids it started.
+pub struct Background(pub std::process::Child);
+
+impl Background {
+    /// Starts `command`, its stderr discarded unless the command says otherwise.
+    pub fn spawn(command: &mut Command) -> Background {
+        Background(
+            command.spawn().unwrap_or_else(|error| panic!("cannot start {command:?}: {error}")),
+        )
+    }
+
+    /// The runtime's pid.
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.0.id() as i32)
+    }
+
+    /// Its children now.
+    pub fn children(&self) -> Vec<nix::unistd::Pid> {
+        let pid = self.0.id();
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"));
+        children
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|child| child.parse().ok())
+            .map(nix::unistd::Pid::from_raw)
+            .collect()
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        for child in self.children() {
+            let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -14,7 +14,7 @@
 
 use std::fs;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use isolab_tests::*;
@@ -50,38 +50,6 @@ fn nobody_s_base_and_store(env: &TestEnv) -> (PathBuf, PathBuf) {
 /// Lines of `text` that begin with `prefix`.
 fn lines_starting<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
     text.lines().filter(|line| line.starts_with(prefix)).collect()
-}
-
-/// A runtime started in the background; killed, with what it started, when dropped (also
-/// when an assertion fails first).
-struct Background(Child);
-
-impl Background {
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.0.id() as i32)
-    }
-
-    /// Its children now (the container's first process), to kill with it.
-    fn children(&self) -> Vec<Pid> {
-        let pid = self.0.id();
-        let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"));
-        children
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|c| c.parse().ok())
-            .map(Pid::from_raw)
-            .collect()
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        for child in self.children() {
-            let _ = kill(child, Signal::SIGKILL);
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The STATUS of container `name` in `stage4-overlay ps`.

@@ -9,12 +9,11 @@ use std::fs;
 use std::hash::{Hash, Hasher};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use isolab_tests::*;
 use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 
 const STAGE: &str = "stage4-overlay";
 
@@ -143,32 +142,9 @@ fn container_dir(env: &TestEnv, name: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("no container {name}"))
 }
 
-/// A runtime started in the background; killed (with its container) when dropped.
-struct Background(Child);
-
-impl Background {
-    fn start(env: &TestEnv, args: &[&str]) -> Background {
-        let mut all = vec!["--root", "store"];
-        all.extend_from_slice(args);
-        let child = env.cmd(STAGE).args(&all).stderr(Stdio::null()).spawn().expect("start");
-        Background(child)
-    }
-
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.0.id() as i32)
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        let pid = self.0.id();
-        let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"));
-        for child in children.unwrap_or_default().split_whitespace() {
-            let _ = kill(Pid::from_raw(child.parse().unwrap()), Signal::SIGKILL);
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A runtime of stage 4 on the test's store, started in the background (see [`Background`]).
+fn background(env: &TestEnv, args: &[&str]) -> Background {
+    Background::spawn(env.cmd(STAGE).args(["--root", "store"]).args(args).stderr(Stdio::null()))
 }
 
 /// Checks a command failed as a runtime error: exit 125, one line on stderr, no stdout.
@@ -418,7 +394,7 @@ fn rm_removes_everything_and_refuses_a_running_container() {
     assert!(!dir.exists(), "{} is left", dir.display());
 
     // A running container: refused, then killed with --force.
-    let running = Background::start(
+    let running = background(
         &env,
         &["run", "--rootfs", "rootfs", "--name", "busy", "--", "/bin/sleep", "60"],
     );
@@ -456,12 +432,12 @@ fn sigkill_of_the_runtime_then_gc_leaves_no_mount_and_no_stale_state() {
             text(&run_stage4(&env, &["ps"]).stdout).matches("running").count() == count
         })
     };
-    let kept = Background::start(
+    let kept = background(
         &env,
         &["run", "--rootfs", "rootfs", "--name", "kept", "--", "/bin/sleep", "60"],
     );
     assert!(running(1), "kept never ran");
-    let gone = Background::start(
+    let gone = background(
         &env,
         &["run", "--rootfs", "rootfs", "--name", "gone", "--rm", "--", "/bin/sleep", "60"],
     );

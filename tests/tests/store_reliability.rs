@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use isolab_tests::*;
 use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 
 const STAGE: &str = "stage4-overlay";
 
@@ -297,37 +296,9 @@ fn a_runtime_killed_at_any_step_leaves_nothing_half_made() {
     check_sound(&env);
 }
 
-/// A runtime in the background (its stderr discarded), killed with its children when dropped.
-struct Background(Child);
-
-impl Background {
-    fn start(env: &TestEnv, args: &[&str]) -> Background {
-        let child = env
-            .cmd(STAGE)
-            .arg("--root")
-            .arg("store")
-            .args(args)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start");
-        Background(child)
-    }
-
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.0.id() as i32)
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        let pid = self.0.id();
-        let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"));
-        for child in children.unwrap_or_default().split_whitespace() {
-            let _ = kill(Pid::from_raw(child.parse().unwrap()), Signal::SIGKILL);
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A runtime of stage 4 on the test's store, started in the background (see [`Background`]).
+fn background(env: &TestEnv, args: &[&str]) -> Background {
+    Background::spawn(env.cmd(STAGE).args(["--root", "store"]).args(args).stderr(Stdio::null()))
 }
 
 #[test]
@@ -337,7 +308,7 @@ fn a_stopped_runtime_is_running_until_rm_force_kills_it() {
     }
     let env = TestEnv::new();
     set_up(&env);
-    let runtime = Background::start(
+    let runtime = background(
         &env,
         &["run", "--rootfs", "rootfs", "--name", "paused", "--", "/bin/sleep", "60"],
     );
