@@ -190,7 +190,12 @@ fn names_never_shadow_ids_and_prefixes_resolve_as_docker_does() {
         .unwrap();
     let said = ok(&stage4(&env, &["rm", prefix]));
     assert!(said.contains(unique.as_str()), "{said}");
-    ok(&stage4(&env, &["rm", "n0"]));
+    // By name: one of the n* containers still there (the prefix above may have taken n0).
+    let name = (0..16)
+        .map(|number| format!("n{number}"))
+        .find(|name| fs::symlink_metadata(env.path().join("store/names").join(name)).is_ok())
+        .unwrap();
+    ok(&stage4(&env, &["rm", &name]));
     assert_eq!(container_dirs(&env).len(), 15);
     check_sound(&env);
 }
@@ -615,4 +620,59 @@ fn root_refuses_a_store_it_does_not_own() {
     let output = run(env.cmd("isolab").args(["gc", "--root", "store"]));
     assert_ne!(code(&output), 0, "isolab gc: {}", text(&output.stdout));
     assert!(victim.join("keep").exists(), "root followed the user's symlink");
+}
+
+// Regression: `--storage copy` without a mount namespace ran in a chroot into the store,
+// which root of the container left (stage 1's escape) to rewrite its own config.json; and the
+// container's directory belonged to its root, who could replace the runtime's files in it.
+#[test]
+fn a_containers_root_cannot_reach_the_runtimes_files() {
+    if !require_root("a_containers_root_cannot_reach_the_runtimes_files") {
+        return;
+    }
+    let env = TestEnv::new();
+    set_up(&env);
+    let output = stage4(
+        &env,
+        &["run", "--rootfs", "rootfs", "--storage", "copy", "--ns", "user,pid", "--", "/bin/true"],
+    );
+    assert_eq!(code(&output), 125, "{}", text(&output.stderr));
+    assert!(text(&output.stderr).contains("add mnt to --ns"), "{}", text(&output.stderr));
+    // With a user namespace the directory stays root's: its root gets in through the group,
+    // search only.
+    let dir = upper_of(&env, "keep").parent().unwrap().to_path_buf();
+    let metadata = fs::metadata(&dir).unwrap();
+    let upper = fs::metadata(dir.join("upper")).unwrap();
+    assert_eq!((metadata.uid(), metadata.mode() & 0o777), (0, 0o710));
+    assert_eq!(metadata.gid(), upper.gid(), "the group is the container root's");
+    assert_ne!(upper.uid(), 0, "its upper is its root's own");
+    for file in ["config.json", "state.json", "lock"] {
+        assert_eq!(fs::metadata(dir.join(file)).unwrap().uid(), 0, "{file}");
+    }
+    check_sound(&env);
+}
+
+// Regression: root accepted a store inside a directory another user owns (who could swap the
+// store between the check and its use), and made its directories in another user's store
+// before refusing it.
+#[test]
+fn root_refuses_a_store_whose_parent_another_user_controls() {
+    if !require_root("root_refuses_a_store_whose_parent_another_user_controls") {
+        return;
+    }
+    let env = TestEnv::new();
+    env.namespaced_rootfs("rootfs");
+    let nobody = nix::unistd::Uid::from_raw(65534);
+    for (parent, store) in [("u", "u/store"), ("v", "v")] {
+        fs::create_dir(env.path().join(parent)).unwrap();
+        nix::unistd::chown(&env.path().join(parent), Some(nobody), None).unwrap();
+        let output = run(env
+            .cmd(STAGE)
+            .args(["--root", store, "run", "--rootfs", "rootfs"])
+            .args(["--rm", "--", "/bin/true"]));
+        assert_eq!(code(&output), 125, "{store}: {}", text(&output.stderr));
+        assert!(text(&output.stderr).contains("uid 65534"), "{}", text(&output.stderr));
+        let made: Vec<_> = fs::read_dir(env.path().join(parent)).unwrap().flatten().collect();
+        assert!(made.is_empty(), "{store}: root made {made:?} in another user's directory");
+    }
 }

@@ -280,7 +280,15 @@ impl Plan {
             steps.splice(1..1, rootfs_mounts);
             steps
         } else if rootfs_mounts.is_empty() {
-            mounts::chroot_steps(target)
+            // A copy needs no mount, but without a mount namespace its root would be a chroot
+            // into the store, which root of the container leaves with stage 1's escape, to
+            // find the store's files within reach.
+            return Err(invalid(format!(
+                "the rootfs at {} is in the container store, which a chroot does not hide (root \
+                 of the container could climb out to the store): add mnt to --ns, so that the \
+                 old root is detached after pivot_root",
+                target.display()
+            )));
         } else {
             return Err(invalid(format!(
                 "the rootfs at {} is made by mounting, which needs the mnt namespace: add mnt \

@@ -209,18 +209,26 @@ impl Container {
         }
     }
 
-    /// Makes its directory: `0700` and owned by root of its user namespace, so that no
-    /// other user of the host can reach its upper (a setuid file written there by root of
-    /// a container without a user namespace is a setuid-root file on the host), and no other
-    /// container's root either.
+    /// Makes its directory: the caller's, `0700`, so that no other user of the host can
+    /// reach its upper (a setuid file written there by root of a container without a user
+    /// namespace is a setuid-root file on the host); with a user namespace, `0710` with the
+    /// group of the namespace's root, who may pass through to its upper but may not touch
+    /// the runtime's files beside it (no other container's root either: each has its own ids).
     pub(super) fn make_dir(&self) -> Result<()> {
         let root = self.dir.parent().and_then(Path::parent).unwrap_or(&self.dir);
         fs::DirBuilder::new()
             .mode(0o700)
             .create(&self.dir)
             .map_err(|error| not_writable("mkdir", root, &self.dir, &error))?;
-        if let Some((uid, gid)) = self.config.owner {
-            copy::change_owner(&self.dir, uid, gid)?;
+        // With a user namespace, its root must pass through to its upper and work, but must
+        // not be able to change what the runtime keeps here (config, state, lock): the
+        // directory stays the caller's, and the namespace's root gets in through the group,
+        // search only (0710). Its own directories below (upper, work) are its own.
+        if let Some((_, gid)) = self.config.owner {
+            nix::unistd::chown(&self.dir, None, Some(nix::unistd::Gid::from_raw(gid)))
+                .map_err(|errno| Error::sys("chown", self.dir.display(), errno))?;
+            fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o710))
+                .map_err(|e| Error::io("chmod", &self.dir, &e))?;
         }
         Ok(())
     }

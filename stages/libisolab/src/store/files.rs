@@ -24,7 +24,7 @@ use crate::mountinfo;
 pub fn write_atomic(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
     for (name, bytes) in files {
         let temporary = dir.join(format!("{name}.tmp-{}", std::process::id()));
-        let written = File::create(&temporary)
+        let written = create_new(&temporary)
             .map_err(|e| Error::io("open", &temporary, &e))
             .and_then(|mut file| {
                 file.write_all(bytes).map_err(|e| Error::io("write", &temporary, &e))?;
@@ -47,12 +47,26 @@ pub fn write_atomic(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
 /// directory rather than remove it: the safe way to be wrong). Two `fsync`s fewer per start.
 pub(super) fn replace_quickly(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let temporary = dir.join(format!("{name}.tmp-{}", std::process::id()));
-    if let Err(error) = fs::write(&temporary, bytes) {
+    if let Err(error) = create_new(&temporary).and_then(|mut file| file.write_all(bytes)) {
         let _ = fs::remove_file(&temporary);
         return Err(Error::io("write", &temporary, &error));
     }
     let path = dir.join(name);
     fs::rename(&temporary, &path).map_err(|e| Error::io("rename", &path, &e))
+}
+
+/// Creates a temporary file afresh: never through a symlink, never into an existing file
+/// (`O_CREAT|O_EXCL`, which also refuses a symlink at the name, `man 2 open`). One a dead
+/// runtime with our pid left is removed first (unlinking a link removes the link only).
+fn create_new(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = fs::remove_file(path);
+    File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
 }
 
 /// Is this the name of a temporary file of [`write_atomic`]?
@@ -84,7 +98,16 @@ pub(super) fn write_json_even_if_full<T: Serialize>(path: &Path, value: &T) -> R
     match write_json(path, value) {
         Err(error) if matches!(error.errno(), Some(Errno::ENOSPC | Errno::EDQUOT)) => {
             let bytes = json(value)?;
-            let in_place = File::options().write(true).open(path).and_then(|mut file| {
+            use std::os::unix::fs::OpenOptionsExt;
+            let opened = File::options()
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(path)
+                .and_then(|file| match file.metadata()?.is_file() {
+                    true => Ok(file),
+                    false => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+                });
+            let in_place = opened.and_then(|mut file| {
                 file.write_all(&bytes)?;
                 file.set_len(bytes.len() as u64)?;
                 file.sync_all()

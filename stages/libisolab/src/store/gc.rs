@@ -274,8 +274,16 @@ impl Store {
         }
         for id in self.ids()? {
             let dir = self.container_dir(&id);
-            if journal::read(&self.active_dir(), &id)?.is_some() {
-                continue; // a live runtime's: the journal's gc left it, so its lock is held
+            match journal::read(&self.active_dir(), &id) {
+                // A live runtime's: the journal's gc left it, so its lock is held.
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(error) => {
+                    let dir = self.active_dir().join(&id);
+                    let why = format!("not a journal entry isolab wrote: {error}");
+                    cleaned.push(Cleaned::LeftAlone { dir, why });
+                    continue;
+                }
             }
             let lock = match files::try_lock(&dir.join("lock"), false)? {
                 Lock::Held => continue,
@@ -307,9 +315,17 @@ impl Store {
                 Some(target) if target == id => {}
                 Some(other) if self.container_dir(&other).join("config.json").exists() => {}
                 _ => {
-                    let _ = fs::remove_file(self.names_dir().join(&name));
-                    if names::claim(&self.names_dir(), &name, &id, |_| true)?.is_none() {
-                        cleaned.push(Cleaned::Indexed { name, id: id.clone() });
+                    let link = self.names_dir().join(&name);
+                    if fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()) {
+                        let _ = fs::remove_file(&link);
+                    }
+                    match names::claim(&self.names_dir(), &name, &id, |_| true) {
+                        Ok(None) => cleaned.push(Cleaned::Indexed { name, id: id.clone() }),
+                        Ok(Some(_)) => {}
+                        Err(error) => cleaned.push(Cleaned::LeftAlone {
+                            dir: link,
+                            why: format!("the index of names cannot hold {name}: {error}"),
+                        }),
                     }
                 }
             }

@@ -47,7 +47,7 @@ pub(super) fn write(active: &Path, id: &str, intent: Intent) -> Result<()> {
 /// What the entry for `id` says (`None`: no entry).
 pub(super) fn read(active: &Path, id: &str) -> Result<Option<Intent>> {
     let path = active.join(id);
-    match fs::read_to_string(&path) {
+    match read_entry(&path) {
         Ok(text) => match text.trim() {
             "create" => Ok(Some(Intent::Create)),
             "run" => Ok(Some(Intent::Run)),
@@ -61,6 +61,22 @@ pub(super) fn read(active: &Path, id: &str) -> Result<Option<Intent>> {
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(error) => Err(Error::io("read", &path, &error)),
     }
+}
+
+/// An entry's text: a regular file only, never through a symlink, never waiting on a FIFO.
+fn read_entry(path: &Path) -> io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// Removes the entry for `id` (done, or nothing to do).

@@ -308,6 +308,27 @@ impl Store {
     pub fn check_owner(&self) -> Result<()> {
         use std::os::unix::fs::MetadataExt;
         let caller = Uid::effective().as_raw();
+        // Nor may anyone else be able to swap a directory on the way to it: every parent
+        // belongs to root or the caller and is not writable by others, unless it is sticky
+        // (as /tmp is: others may not rename what is not theirs there).
+        for parent in self.root.ancestors().skip(1) {
+            let Ok(metadata) = fs::symlink_metadata(parent) else { continue };
+            let writable_by_others = metadata.mode() & 0o022 != 0 && metadata.mode() & 0o1000 == 0;
+            if (metadata.uid() != 0 && metadata.uid() != caller) || writable_by_others {
+                return Err(Error::Invalid(format!(
+                    "the store {} is inside {}, which {}: another user could replace the \
+                     store under it; pass --root with a store in a directory only you and root \
+                     may change",
+                    self.root.display(),
+                    parent.display(),
+                    if writable_by_others {
+                        "others may write".to_string()
+                    } else {
+                        format!("belongs to uid {}", metadata.uid())
+                    }
+                )));
+            }
+        }
         for dir in [self.root.clone(), self.containers_dir(), self.names_dir(), self.active_dir()] {
             let metadata = match fs::symlink_metadata(&dir) {
                 Ok(metadata) => metadata,
@@ -389,6 +410,8 @@ impl Store {
     /// made is removed again; if the runtime dies, `gc` can tell what was half made.
     pub fn create(&self, container: &Container) -> Result<Running> {
         let (id, name) = (&container.config.id, &container.config.name);
+        // Checked before anything is made in it, and again for what was just made.
+        self.check_owner()?;
         self.make_root()?;
         self.check_owner()?;
         let lock = {

@@ -78,7 +78,12 @@ pub(super) fn claim(
                     }
                     Err(error) if error.kind() == io::ErrorKind::NotFound => {}
                     // Not a link: something else sits in the index; leave it, and say so.
-                    Err(error) => return Err(Error::io("readlink", &link, &error)),
+                    Err(error) => {
+                        return Err(Error::io("readlink", &link, &error).hint(
+                            "the index of names holds something that is not a link isolab \
+                             made: remove it, or pick another --name",
+                        ))
+                    }
                 }
             }
             Err(error) => return Err(Error::io("symlink", &link, &error)),

@@ -299,3 +299,44 @@ fn the_last_state_is_written_on_a_full_disk_in_place() {
     let back: State = files::read_json(&path).unwrap();
     assert_eq!(back.exit_code, Some(0));
 }
+
+// Regression: a directory, a FIFO or a symlink in the journal under a real container's id
+// made the whole gc fail, hang, or read through the link.
+#[test]
+fn junk_under_a_real_id_in_the_journal_blocks_no_gc() {
+    let (_tmp, base, store) = scratch();
+    let mut ids = Vec::new();
+    for name in ["j-one", "j-two", "j-three"] {
+        let container = store.prepare(new(Some(name), &base)).unwrap();
+        store.create(&container).unwrap().exited(0).unwrap();
+        ids.push(container.config.id);
+    }
+    fs::create_dir(store.active_dir().join(&ids[0])).unwrap();
+    nix::unistd::mkfifo(&store.active_dir().join(&ids[1]), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", store.active_dir().join(&ids[2])).unwrap();
+    let (done, wait) = std::sync::mpsc::channel();
+    let looking = store.clone();
+    std::thread::spawn(move || {
+        let _ = done.send(looking.gc().map(|cleaned| cleaned.len()));
+    });
+    let result = wait.recv_timeout(Duration::from_secs(5)).expect("gc hangs on a FIFO entry");
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(store.list().unwrap().len(), 3);
+}
+
+// Regression: something in names/ that is not a link made run and gc fail with a bare
+// readlink error.
+#[test]
+fn a_non_link_in_the_index_is_reported() {
+    let (_tmp, base, store) = scratch();
+    let container = store.prepare(new(Some("keep-me"), &base)).unwrap();
+    store.create(&container).unwrap().exited(0).unwrap();
+    fs::create_dir(store.names_dir().join("taken")).unwrap();
+    let other = store.prepare(new(Some("taken"), &base)).unwrap();
+    let error = store.create(&other).err().unwrap().to_string();
+    assert!(error.contains("not a link isolab made"), "{error}");
+    fs::remove_file(store.names_dir().join("keep-me")).unwrap();
+    fs::create_dir(store.names_dir().join("keep-me")).unwrap();
+    let cleaned = store.gc().unwrap();
+    assert!(said(&cleaned).iter().any(|line| line.contains("cannot hold keep-me")), "{cleaned:?}");
+}
