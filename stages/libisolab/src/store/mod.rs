@@ -8,7 +8,7 @@
 //! ```text
 //! <root>/                       --root, $ISOLAB_ROOT, /var/lib/isolab (root) or
 //!   lock                        $XDG_DATA_HOME/isolab (any other user)
-//!   containers/<id>/            0700, owned by the container's root: nobody else gets in
+//!   containers/<id>/            0700, the caller's (0710 for the container root's group)
 //!     config.json               what it is: name, base, storage, the command line that made it
 //!     state.json                what it is doing: created, running (runtime pid), exited (code)
 //!     lock                      held (flock) by the runtime while the container runs
