@@ -164,9 +164,11 @@ impl Container {
         let active = store.active_dir().join(&self.config.id).display().to_string();
         let owner = self.config.owner.map(|(uid, gid)| format!("; chown({uid}, {gid})"));
         let chown = owner.clone().unwrap_or_default();
+        // The directory stays the caller's; its root passes through it by group (see make_dir).
+        let group = self.config.owner.map(|(_, gid)| format!("; chown(-1, {gid}); chmod(0710)"));
         let mut steps = vec![
             format!("write(\"{active}\", create)"),
-            format!("mkdir(\"{}\", 0700){chown}", self.dir.display()),
+            format!("mkdir(\"{}\", 0700){}", self.dir.display(), group.unwrap_or_default()),
             format!("flock(\"{}\", LOCK_EX)", dir("lock")),
             format!(
                 "symlink(\"{}\", \"{}\")",
