@@ -19,6 +19,7 @@ pub mod digest;
 pub mod error;
 pub mod exit;
 pub mod idmap;
+pub mod idmapped;
 pub mod idrange;
 pub mod init;
 pub mod mountinfo;
@@ -69,6 +70,8 @@ pub const CHAPTERS: &[(&str, u8)] = &[
     // Chapter 3's part of the container: its cgroup, from the options to the report.
     ("container::cgroup", 3),
     ("overlay", 4),
+    // An idmapped mount of the base, so that root of a user namespace owns its files.
+    ("idmapped", 4),
     ("changes", 4),
     ("copy", 4),
     ("store", 4),

@@ -219,7 +219,7 @@ impl fmt::Display for Namespaces {
 /// separate stack and a function to run; with a null stack the kernel reuses the caller's
 /// stack (copy-on-write), exactly as `fork` does. `SIGCHLD` is the signal the parent gets when
 /// the child ends, so that `waitpid` treats it as an ordinary child.
-fn clone_like_fork(flags: CloneFlags) -> nix::Result<ForkResult> {
+pub(crate) fn clone_like_fork(flags: CloneFlags) -> nix::Result<ForkResult> {
     let flags = flags.bits() as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
     // SAFETY: with a null stack and no CLONE_VM/CLONE_THREAD/CLONE_SETTLS the kernel gives the
     // child a private copy of our address space, as fork(2) does; the remaining arguments

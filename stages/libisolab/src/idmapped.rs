@@ -1,0 +1,305 @@
+//! Idmapped mounts: the same files, their owners seen through a user namespace's id maps
+//! (`man 2 mount_setattr`, `MOUNT_ATTR_IDMAP`; Linux 5.12).
+//!
+//! The kernel knows a file's owner by a host id. The base of a stage 4 container belongs to
+//! the host's root (uid 0), and root of the container's user namespace is an ordinary host uid
+//! (say 1000000000), which may read the base but not change it: overlayfs copies a file up
+//! with the mounter's rights, and the mounter does not own it. An *idmapped mount* of the base
+//! changes what owner the kernel sees through that mount, and nothing on the disk: with the
+//! container's user namespace as its idmap, an id `k` on the disk is seen as the host id that
+//! namespace maps `k` to, so uid 0 on the disk is uid 1000000000 through the mount, which is
+//! root inside. The base's root-owned files are the container's root's, through that mount
+//! only; the base itself is unchanged, and so is every other view of it.
+//!
+//! Three calls of the new mount API make and place one (`man 2 open_tree`, `man 2
+//! mount_setattr`, `man 2 move_mount`):
+//!
+//! - `open_tree(path, OPEN_TREE_CLONE)` copies the mount at `path` (a bind mount) and returns
+//!   it *detached*: attached nowhere, held by a file descriptor, gone when that is closed;
+//! - `mount_setattr(fd, MOUNT_ATTR_IDMAP, userns_fd)` gives a detached mount its idmapping,
+//!   once: it takes the caller's `CAP_SYS_ADMIN` over the filesystem (the host's root, for a
+//!   disk: never the container's root, never a rootless user), a user namespace whose maps are
+//!   written, and a filesystem that supports it (ext4, xfs and btrfs since 5.12–5.15, tmpfs
+//!   since 6.3; not ramfs, NFS or overlayfs);
+//! - `move_mount(fd, target)` attaches it at `target`, in the caller's mount namespace.
+//!
+//! overlayfs accepts idmapped lower layers since Linux 5.19 (the commit "ovl: support idmapped
+//! layers"); the upper stays a plain directory, owned on the disk by the namespace's root, so
+//! what the container writes is its root's on the host.
+//!
+//! The runtime makes the mount and the container attaches it: a file descriptor travels from
+//! one process to the other over a Unix socket, as `SCM_RIGHTS` ancillary data (`man 7
+//! unix`): [`send`] and [`receive`].
+
+use std::fs::File;
+use std::io::{IoSlice, IoSliceMut, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::sys::socket::{self, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType};
+use nix::unistd::Pid;
+
+use crate::error::{errno_name, Error, Result, SysResultExt};
+use crate::idmap::IdMap;
+use crate::mountinfo;
+use crate::namespaces;
+use crate::overlay;
+use crate::process;
+
+/// The first kernel with idmapped mounts (`mount_setattr(2)`, Linux 5.12).
+pub const MINIMUM: (u32, u32) = (5, 12);
+
+/// The first kernel whose overlayfs takes idmapped layers (Linux 5.19).
+pub const OVERLAY_MINIMUM: (u32, u32) = (5, 19);
+
+/// How `open_tree` is called, as the plan prints it.
+pub const OPEN_TREE_FLAGS: &str = "OPEN_TREE_CLONE|OPEN_TREE_CLOEXEC";
+
+// ANCHOR: idmapped_tree
+/// A detached copy of the mount at `path`, idmapped through the user namespace `userns`
+/// (an open `/proc/<pid>/ns/user`): the base as that namespace's processes should see it.
+///
+/// `OPEN_TREE_CLONE` without `AT_RECURSIVE` copies only the mount that holds `path`, not the
+/// mounts below it: overlayfs never crosses a mount point inside a layer (it shows the
+/// directory under it), so the container sees the same base as with the path itself.
+pub fn idmapped_tree(path: &Path, userns: BorrowedFd) -> Result<OwnedFd> {
+    let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
+    let path_c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::sys("open_tree", path.display(), Errno::EINVAL))?;
+    // SAFETY: open_tree takes a directory fd, a NUL-terminated path and flags; it returns a
+    // new file descriptor, which we own from here on.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path_c.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(Error::sys("open_tree", path.display(), Errno::last()));
+    }
+    // SAFETY: the kernel just returned this descriptor, and nothing else owns it.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    // SAFETY: mount_setattr takes the detached mount's fd, an empty path with AT_EMPTY_PATH
+    // (the fd itself), and a mount_attr of the size we pass, which lives across the call.
+    let set = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if set < 0 {
+        let subject = format!("MOUNT_ATTR_IDMAP on {}", path.display());
+        return Err(Error::sys("mount_setattr", subject, Errno::last()));
+    }
+    Ok(tree)
+}
+// ANCHOR_END: idmapped_tree
+
+/// In the container, in its own mount namespace: attaches the detached mount `tree` at
+/// `target` (`move_mount(2)` with `MOVE_MOUNT_F_EMPTY_PATH`: the source is the fd itself).
+/// It takes `CAP_SYS_ADMIN` over our mount namespace, which root of our user namespace has.
+pub fn attach(tree: OwnedFd, target: &Path) -> Result<()> {
+    let target_c = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::sys("move_mount", target.display(), Errno::EINVAL))?;
+    // SAFETY: move_mount takes the source fd with an empty path (MOVE_MOUNT_F_EMPTY_PATH), and
+    // a directory fd and NUL-terminated path for the target; all live across the call.
+    let moved = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target_c.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if moved < 0 {
+        return Err(Error::sys("move_mount", target.display(), Errno::last()));
+    }
+    Ok(())
+}
+
+/// The user namespace of process `pid`, as a file descriptor (`/proc/<pid>/ns/user`).
+pub fn user_namespace_of(pid: Pid) -> Result<OwnedFd> {
+    let path = format!("/proc/{pid}/ns/user");
+    File::open(&path).map(OwnedFd::from).map_err(|e| Error::io("open", &path, &e))
+}
+
+/// A pair of connected Unix sockets that keep message boundaries (`SOCK_SEQPACKET`), closed
+/// on exec: one end for each process, to pass file descriptors over.
+pub fn socket_pair() -> Result<(OwnedFd, OwnedFd)> {
+    socket::socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+        .sys("socketpair", "AF_UNIX, SOCK_SEQPACKET")
+}
+
+/// Sends `fds` over `socket` in one message (`SCM_RIGHTS`): the receiver gets its own
+/// descriptors of the same open files, here of the same detached mounts.
+pub fn send(socket: BorrowedFd, fds: &[OwnedFd]) -> Result<()> {
+    let raw: Vec<i32> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let byte = [fds.len() as u8];
+    let control = [ControlMessage::ScmRights(&raw)];
+    socket::sendmsg::<()>(
+        socket.as_raw_fd(),
+        &[IoSlice::new(&byte)],
+        &control,
+        MsgFlags::empty(),
+        None,
+    )
+    .sys("sendmsg", "SCM_RIGHTS")?;
+    Ok(())
+}
+
+/// Receives the descriptors [`send`] sent (`count` of them), closed on exec.
+pub fn receive(socket: BorrowedFd, count: usize) -> Result<Vec<OwnedFd>> {
+    let mut byte = [0u8; 1];
+    let room = (count * std::mem::size_of::<i32>()) as u32;
+    // SAFETY: CMSG_SPACE only computes a size from its argument.
+    let mut buffer = vec![0u8; unsafe { libc::CMSG_SPACE(room) } as usize];
+    let mut iov = [IoSliceMut::new(&mut byte)];
+    let message = socket::recvmsg::<()>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut buffer),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .sys("recvmsg", "SCM_RIGHTS")?;
+    let mut fds = Vec::new();
+    for control in message.cmsgs().sys("recvmsg", "SCM_RIGHTS")? {
+        if let socket::ControlMessageOwned::ScmRights(raw) = control {
+            // SAFETY: the kernel installed these descriptors in our table for us alone.
+            fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    if fds.len() != count {
+        let subject = format!("SCM_RIGHTS ({} of {count} mounts)", fds.len());
+        return Err(Error::sys("recvmsg", subject, Errno::EPROTO));
+    }
+    Ok(fds)
+}
+
+// ANCHOR: check
+/// Checks, before anything runs, that `base` can be idmapped here and overlayfs will take it:
+/// the kernel is recent enough, and an idmapped mount of `base` through a user namespace with
+/// the container's `map` can be made (and is dropped again at once). That namespace is a
+/// throwaway one: the container's does not exist yet. Refused in one line that says why and
+/// what to do instead.
+pub fn check(base: &Path, map: &IdMap) -> Result<()> {
+    let refuse = |reason: String| {
+        Error::Invalid(format!(
+            "the base {} cannot be idmapped into the container's user namespace: {reason}; \
+             without it root inside may not change the base's files: run without a user \
+             namespace (--ns without user), or rootless with a base of your own",
+            base.display()
+        ))
+    };
+    let release = overlay::kernel_release()?;
+    if !overlay::kernel_at_least(OVERLAY_MINIMUM)? {
+        return Err(refuse(format!(
+            "this kernel ({release}) has no idmapped layers for overlayfs (Linux {}.{})",
+            OVERLAY_MINIMUM.0, OVERLAY_MINIMUM.1
+        )));
+    }
+    let userns = throwaway_user_namespace(map)?;
+    match idmapped_tree(base, userns.as_fd()) {
+        Ok(_dropped) => Ok(()),
+        Err(error) => {
+            let errno = error.errno().unwrap_or(Errno::EINVAL);
+            let fstype = filesystem_type(base).unwrap_or_else(|| "?".to_string());
+            Err(refuse(match errno {
+                Errno::ENOSYS => format!(
+                    "this kernel ({release}) has no mount_setattr(2) (Linux {}.{})",
+                    MINIMUM.0, MINIMUM.1
+                ),
+                Errno::EINVAL => format!(
+                    "its filesystem ({fstype}) cannot be idmapped on this kernel ({release}): \
+                     mount_setattr(MOUNT_ATTR_IDMAP) failed with {}",
+                    errno_name(errno)
+                ),
+                _ => format!(
+                    "mount_setattr(MOUNT_ATTR_IDMAP) on its {fstype} filesystem failed with {}",
+                    errno_name(errno)
+                ),
+            }))
+        }
+    }
+}
+// ANCHOR_END: check
+
+/// A user namespace of our own with `map`, as a file descriptor: a child cloned into a new
+/// one (`CLONE_NEWUSER`) that waits until we have written its maps and opened its namespace,
+/// then exits; the namespace lives on for as long as the descriptor is open.
+fn throwaway_user_namespace(map: &IdMap) -> Result<OwnedFd> {
+    let (wait_read, wait_write) = process::error_pipe()?;
+    match namespaces::clone_like_fork(nix::sched::CloneFlags::CLONE_NEWUSER)
+        .sys("clone", "CLONE_NEWUSER")?
+    {
+        nix::unistd::ForkResult::Child => {
+            drop(wait_write);
+            // Until the parent closes its end (or dies): then there is nothing left to do.
+            let _ = File::from(wait_read).read(&mut [0u8; 1]);
+            // SAFETY: _exit never returns and runs none of the parent's exit handlers.
+            unsafe { libc::_exit(0) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(wait_read);
+            let userns = map.write(child).and_then(|()| user_namespace_of(child));
+            drop(wait_write);
+            let _ = nix::sys::wait::waitpid(child, None);
+            userns
+        }
+    }
+}
+
+/// The type of the filesystem that `path` is on (`ext4`, `tmpfs`), from the mount table: the
+/// mount whose mount point is the longest prefix of `path`.
+fn filesystem_type(path: &Path) -> Option<String> {
+    let table = mountinfo::read().ok()?;
+    mountinfo::parse(&table)
+        .filter(|mount| path.starts_with(&mount.mount_point))
+        .max_by_key(|mount| mount.mount_point.components().count())
+        .map(|mount| mount.fstype)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptors_travel_over_the_socket_pair() {
+        let (ours, theirs) = socket_pair().unwrap();
+        let file = tempfile::tempfile().unwrap();
+        send(ours.as_fd(), &[OwnedFd::from(file)]).unwrap();
+        let received = receive(theirs.as_fd(), 1).unwrap();
+        assert_eq!(received.len(), 1);
+        let flags = nix::fcntl::fcntl(received[0].as_raw_fd(), nix::fcntl::F_GETFD).unwrap();
+        assert_ne!(flags & libc::FD_CLOEXEC, 0, "received descriptors close on exec");
+    }
+
+    #[test]
+    fn the_filesystem_of_a_path_is_its_nearest_mounts() {
+        assert!(filesystem_type(Path::new("/proc/self")).as_deref() == Some("proc"));
+    }
+
+    #[test]
+    fn a_base_that_cannot_be_idmapped_is_refused_with_the_reason_and_the_ways_out() {
+        if !nix::unistd::Uid::effective().is_root() {
+            crate::skip("a_base_that_cannot_be_idmapped_is_refused", "needs root");
+            return;
+        }
+        // procfs cannot be idmapped on any kernel.
+        let map = IdMap::root_to(1_000_000_000, 1_000_000_000);
+        let error = check(Path::new("/proc"), &map).unwrap_err().to_string();
+        assert!(error.contains("its filesystem (proc) cannot be idmapped"), "{error}");
+        assert!(error.contains("--ns without user"), "{error}");
+        assert!(!error.contains('\n'), "{error}");
+        // A directory of the disk can (on kernels from 5.19 on, which the tests run on).
+        let dir = tempfile::tempdir().unwrap();
+        check(dir.path(), &map).unwrap();
+    }
+}
