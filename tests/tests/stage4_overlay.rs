@@ -83,6 +83,7 @@ fn settings(env: &TestEnv) -> insta::Settings {
     settings.add_filter(r"memory: peak \d+(\.\d+)? (B|KiB|MiB|GiB)", "memory: peak [SIZE]");
     settings.add_filter(r"\b\d+\.\d\d s\b", "[DURATION]");
     settings.add_filter(r"throttled \d+ periods", "throttled [N] periods");
+    settings.add_filter(r"this kernel \([^)]*\)", "this kernel ([RELEASE])");
     settings
 }
 
@@ -163,37 +164,50 @@ fn dry_run_shows_the_overlay_mount_and_writes_nothing() {
     }
     let env = TestEnv::new();
     env.skeleton_rootfs("rootfs");
-    let (plan, output) = stage4(
-        &env,
-        &[
-            "run",
-            "--rootfs",
-            "rootfs",
-            "--name",
-            "web",
-            "--ns",
-            "mnt,pid",
-            "--dry-run",
-            "--",
-            "/bin/sh",
-        ],
-    );
+    // The default namespaces, a user namespace among them: root of that namespace mounts the
+    // overlay, over the base idmapped into that namespace.
+    let (plan, output) =
+        stage4(&env, &["run", "--rootfs", "rootfs", "--name", "web", "--dry-run", "--", "/bin/sh"]);
     assert_eq!(code(&output), 0, "{plan}");
-    assert!(plan.contains("mount(\"overlay\", \""), "{plan}");
-    assert!(plan.contains("lowerdir=[TMP]/rootfs") || plan.contains("/rootfs,upperdir="));
     assert!(!env.path().join("store").exists(), "a dry run writes nothing");
-    settings(&env).bind(|| insta::assert_snapshot!("stage4_dry_run", plan));
-
-    // With a user namespace (the default), root of that namespace mounts the overlay: it owns
+    // Root inside is a slot of the pool (the plan shows its first slot; see idrange). It owns
     // the upper, and overlayfs keeps its marks in user.* xattrs.
-    let (plan, output) = stage4(&env, &["run", "--rootfs", "rootfs", "--dry-run", "--", "/bin/sh"]);
-    assert_eq!(code(&output), 0, "{plan}");
-    // That root is a slot of the pool (the plan shows its first slot; see idrange).
     let hosts = libisolab::idrange::HostIds::read(Path::new("/etc")).unwrap();
     let root = libisolab::idrange::Pool::of(&hosts).first().unwrap();
     let chown = format!("/upper\", 0755); chown({}, {})", root.uid, root.gid);
     assert!(plan.contains(&chown), "{plan}");
     assert!(plan.contains(",userxattr\")"), "{plan}");
+    // The base is idmapped by the runtime with the child's user namespace once its maps are
+    // written, and attached by the child before the overlay, which takes it as its lower.
+    let order = [
+        "socketpair(AF_UNIX",
+        "clone(CLONE_NEWUSER",
+        "write(\"/proc/<pid>/gid_map\"",
+        "open(\"/proc/<pid>/ns/user\")",
+        "/rootfs\", OPEN_TREE_CLONE|OPEN_TREE_CLOEXEC) = <lower0>",
+        "mount_setattr(<lower0>, \"\", AT_EMPTY_PATH, {attr_set=MOUNT_ATTR_IDMAP",
+        "sendmsg(",
+        "write(sync pipe",
+        "mount(NULL, \"/\", NULL, MS_REC|MS_PRIVATE, NULL)",
+        "recvmsg(",
+        "/lower0\", MOVE_MOUNT_F_EMPTY_PATH)",
+        "/lower0,upperdir=",
+        "pivot_root",
+    ];
+    let mut from = 0;
+    for call in order {
+        let at =
+            plan[from..].find(call).unwrap_or_else(|| panic!("no {call} after {from}: {plan}"));
+        from += at + call.len();
+    }
+    settings(&env).bind(|| insta::assert_snapshot!("stage4_dry_run", plan));
+
+    // Without a user namespace, root inside is the host's root: nothing to idmap.
+    let args = ["run", "--rootfs", "rootfs", "--ns", "mnt,pid", "--dry-run", "--", "/bin/sh"];
+    let (plan, output) = stage4(&env, &args);
+    assert_eq!(code(&output), 0, "{plan}");
+    assert!(plan.contains("/rootfs,upperdir="), "{plan}");
+    assert!(!plan.contains("open_tree") && !plan.contains("lower0"), "{plan}");
 }
 
 #[test]
@@ -214,14 +228,12 @@ fn the_base_is_never_written() {
         &["run", "--rootfs", "rootfs", "--ns", NO_USERNS, "--", "/bin/sh", "-c", script],
     );
     assert_eq!(code(&output), 0, "{run}");
-    // And with the user namespace, as an unprivileged root: its writes at / too. (The base's
-    // files belong to a uid its user namespace does not map: it may not change them.)
-    let script_userns =
-        "echo x > /new-at-root; mkdir /opt; rm /etc/motd 2>/dev/null || echo refused";
+    // And with the user namespace, as an unprivileged root over the base idmapped into its
+    // namespace: the same changes, and its writes at / too.
+    let script_userns = format!("{script}; echo x > /new-at-root");
     let (run, output) =
-        stage4(&env, &["run", "--rootfs", "rootfs", "--", "/bin/sh", "-c", script_userns]);
+        stage4(&env, &["run", "--rootfs", "rootfs", "--", "/bin/sh", "-c", &script_userns]);
     assert_eq!(code(&output), 0, "{run}");
-    assert_eq!(text(&output.stdout), "refused\n", "{run}");
     // The copy driver changes its copy, never the base.
     let (run, output) = stage4(
         &env,
@@ -296,6 +308,143 @@ fn diff_lists_adds_changes_deletes_and_an_opaque_directory() {
     let shown = format!("{run}{diff}{upper}");
     settings(&env).bind(|| insta::assert_snapshot!("stage4_diff", shown));
     settings(&env).bind(|| insta::assert_snapshot!("stage4_diff_base", BASE_FILES));
+}
+
+/// Every entry below `root` (not `root` itself), with its owner on the host.
+fn owners_below(root: &Path) -> Vec<(PathBuf, u32, u32)> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                stack.push(path.clone());
+            }
+            found.push((path.strip_prefix(root).unwrap().to_path_buf(), meta.uid(), meta.gid()));
+        }
+    }
+    found.sort();
+    found
+}
+
+// Issue 10 §0: with the default user namespace, root inside could change no root-owned file
+// of the base (EACCES: overlayfs copies up as the mounter, who did not own them).
+#[test]
+fn root_of_a_user_namespace_changes_the_bases_files_over_an_idmapped_base() {
+    if !require_root("root_of_a_user_namespace_changes_the_bases_files_over_an_idmapped_base") {
+        return;
+    }
+    let env = TestEnv::new();
+    let rootfs = base(&env);
+    // A file of an ordinary host user: through the idmapped base, that user's id inside.
+    fs::write(rootfs.join("srv/owned"), "mine\n").unwrap();
+    nix::unistd::chown(&rootfs.join("srv/owned"), Some(1000.into()), Some(1000.into())).unwrap();
+    let before = describe_tree(&rootfs);
+    // Changed, deleted, replaced: root-owned files and directories of the base.
+    let script = "echo x >> /etc/motd; rm -f /bin/ls; rm -rf /srv/data; mkdir /srv/data; \
+                  echo new > /srv/data/new; chmod 700 /etc; chown 1:1 /etc/hostname; \
+                  stat -c \"%u:%g %a %n\" /etc /srv/data; stat -c \"%u:%g %n\" \
+                  /etc/hostname /srv/owned; cat /etc/motd";
+    let args = ["run", "--rootfs", "rootfs", "--name", "web", "--", "/bin/sh", "-c", script];
+    let (ran, output) = stage4(&env, &args);
+    assert_eq!(code(&output), 0, "{ran}");
+    assert_eq!(
+        text(&output.stdout),
+        "0:0 700 /etc\n0:0 755 /srv/data\n1:1 /etc/hostname\n1000:1000 /srv/owned\nwelcome\nx\n",
+        "{ran}"
+    );
+    // The base: its bytes, owners and modes as they were.
+    assert_eq!(describe_tree(&rootfs), before, "the base changed");
+
+    // `diff` shows the changes.
+    let (diff, output) = stage4(&env, &["diff", "web"]);
+    assert_eq!(code(&output), 0, "{diff}");
+    let expected = "C /bin\nD /bin/ls\nC /etc\nC /etc/hostname\nC /etc/motd\nC /srv\n\
+                    C /srv/data\nD /srv/data/kept\nA /srv/data/new\nD /srv/data/old\n";
+    assert_eq!(text(&output.stdout), expected, "{diff}");
+    let (upper, output) = stage4(&env, &["diff", "web", "--upper"]);
+    assert_eq!(code(&output), 0, "{upper}");
+    assert!(upper.contains("whiteout /bin/ls") && upper.contains("opaque   /srv/data"), "{upper}");
+
+    // On the host, what it wrote is its root's: the first uid of its slot (the tests' claims
+    // directory is their own, so the pool's first slot), or that slot's uid 1 for the file it
+    // gave to uid 1; and the idmapped base's mount point is an empty directory.
+    let hosts = libisolab::idrange::HostIds::read(Path::new("/etc")).unwrap();
+    let slot = libisolab::idrange::Pool::of(&hosts).first().unwrap();
+    let dir = container_dir(&env, "web");
+    for (path, uid, gid) in owners_below(&dir.join("upper")) {
+        let expected = match path == Path::new("etc/hostname") {
+            true => (slot.uid + 1, slot.gid + 1),
+            false => (slot.uid, slot.gid),
+        };
+        assert_eq!((uid, gid), expected, "upper/{}", path.display());
+    }
+    assert_eq!(fs::read_dir(dir.join("lower0")).unwrap().count(), 0);
+    let stat =
+        format!("store/containers/{}/upper/etc/motd", dir.file_name().unwrap().to_str().unwrap());
+    let output =
+        run(Command::new("stat").args(["-c", "%u:%g %a %n", &stat]).current_dir(env.path()));
+    let owner = transcript(&format!("stat -c '%u:%g %a %n' {stat}"), &output);
+
+    // `ps` still reads it, and `start` sees its changes (the script appends to motd again).
+    let (ps, output) = stage4(&env, &["ps"]);
+    assert_eq!(code(&output), 0, "{ps}");
+    assert!(ps.contains(" web "), "{ps}");
+    let (start, output) = stage4(&env, &["start", "web"]);
+    assert_eq!(code(&output), 0, "{start}");
+    assert!(text(&output.stdout).ends_with("welcome\nx\nx\n"), "{start}");
+    assert_eq!(describe_tree(&rootfs), before, "the base changed");
+    assert!(mounts_under(env.path()).is_empty(), "{:?}", mounts_under(env.path()));
+    let shown = format!("{ran}{diff}{owner}{start}");
+    settings(&env).bind(|| insta::assert_snapshot!("stage4_idmapped", shown));
+}
+
+#[test]
+fn a_base_that_cannot_be_idmapped_is_refused_up_front() {
+    if !require_root("a_base_that_cannot_be_idmapped_is_refused_up_front") {
+        return;
+    }
+    let env = TestEnv::new();
+    env.namespaced_rootfs("rootfs");
+    // ramfs cannot be idmapped. It is mounted in a mount namespace of the test's own, where
+    // the runtime runs too: never on the host.
+    let stage4 = bin(STAGE).display().to_string();
+    let in_ramfs = |args: &str| {
+        let script = format!(
+            "mkdir -p ramfs && mount -t ramfs ramfs ramfs && cp -a rootfs/. ramfs/ && \
+             {stage4} --root store {args}"
+        );
+        run(Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .current_dir(env.path())
+            .env("ISOLAB_USERNS_DIR", env.path().join("userns")))
+    };
+    let shown_run = "run --rootfs ramfs --name r -- /bin/true";
+    let output = in_ramfs(shown_run);
+    let refused = transcript(
+        &format!(
+            "unshare --mount sh -c 'mount -t ramfs ramfs ramfs; cp -a rootfs/. ramfs/; \
+             {STAGE} {shown_run}'"
+        ),
+        &output,
+    );
+    check_one_line_125(&refused, &output);
+    for words in ["the base ", "/ramfs cannot be idmapped", "its filesystem (ramfs)"] {
+        assert!(refused.contains(words), "{words}: {refused}");
+    }
+    for way_out in ["--ns without user", "rootless with a base of your own"] {
+        assert!(refused.contains(way_out), "{way_out}: {refused}");
+    }
+    assert!(containers(&env).is_empty(), "refused before anything is written");
+    // The dry run is refused alike; without a user namespace there is nothing to idmap.
+    let output = in_ramfs("run --rootfs ramfs --dry-run -- /bin/true");
+    assert_eq!(code(&output), 125, "{}", text(&output.stderr));
+    let output = in_ramfs(&format!("run --rootfs ramfs --rm --ns {NO_USERNS} -- /bin/true"));
+    assert_eq!(code(&output), 0, "{}", text(&output.stderr));
+    assert!(containers(&env).is_empty());
+    assert!(mounts_under(env.path()).is_empty(), "{:?}", mounts_under(env.path()));
+    settings(&env).bind(|| insta::assert_snapshot!("stage4_idmap_refused", refused));
 }
 
 #[test]

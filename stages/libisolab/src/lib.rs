@@ -70,8 +70,10 @@ pub const CHAPTERS: &[(&str, u8)] = &[
     // Chapter 3's part of the container: its cgroup, from the options to the report.
     ("container::cgroup", 3),
     ("overlay", 4),
-    // An idmapped mount of the base, so that root of a user namespace owns its files.
+    // An idmapped mount of the base, so that root of a user namespace owns its files; and
+    // the container's part: the runtime makes it for the child, the child attaches it.
     ("idmapped", 4),
+    ("container::idmapped", 4),
     ("changes", 4),
     ("copy", 4),
     ("store", 4),

@@ -173,6 +173,9 @@ fn run(args: RunArgs, store: &Store, stopped: Option<Container>) -> Result<u8, F
         None => store.prepare(spec.over(&plan))?,
     };
     plan.move_rootfs(&container.rootfs(), container.rootfs_mounts())?;
+    // As root with a user namespace, the base is shown to it idmapped into that namespace, so
+    // that its root may change the base's files (in the upper); refused now if it cannot be.
+    plan.idmap_lowers(container.idmapped_lowers())?;
     let name = container.config.name.clone();
     let (host, said) =
         cgroup::plan(&mut plan, &args.cgroup, &name, args.dry_run, Kernel)?.into_host();
@@ -215,9 +218,12 @@ fn run(args: RunArgs, store: &Store, stopped: Option<Container>) -> Result<u8, F
     // Now on cgroup v2 the child is born in its cgroup (clone3); on v1 the parent moves it in
     // first. The child makes its cgroup namespace before it builds its view.
     // Now the child's first mount is its root: the overlay, in its own mount namespace.
+    // Now the parent also makes the base's idmapped mount with the child's user namespace and
+    // sends it over a socket pair made before the clone; the child attaches it first.
     let started = Cell::new(None);
     let start_time = Instant::now();
     let born_in = plan.cgroup_to_clone_into().map(cgroup::open_dir).transpose()?;
+    plan.open_handoff()?;
     let spawned = namespaces::spawn_into(
         plan.clone_namespaces(),
         born_in.as_ref().map(AsFd::as_fd),

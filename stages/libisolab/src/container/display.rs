@@ -48,15 +48,23 @@ impl fmt::Display for Plan {
             writeln!(f, "# {line}")?;
         }
         if let Some(cgroup) = &self.cgroup {
-            let cgroup = &cgroup.plan;
-            writeln!(f, "# cgroup: {} ({})", cgroup.id, cgroup.version)?;
+            writeln!(f, "# cgroup: {} ({})", cgroup.plan.id, cgroup.plan.version)?;
+        }
+        let idmapped = self.idmapped_lowers();
+        if self.cgroup.is_some() || idmapped.is_some() {
             writeln!(f, "runtime, before the clone:")?;
-            for step in &cgroup.steps {
+        }
+        if let Some(cgroup) = &self.cgroup {
+            for step in &cgroup.plan.steps {
                 if !step.why().is_empty() {
                     writeln!(f, "  # {}", step.why())?;
                 }
                 writeln!(f, "  {step}")?;
             }
+        }
+        if let Some(lowers) = idmapped {
+            writeln!(f, "  # to hand the idmapped base to the child: it keeps its end")?;
+            writeln!(f, "  {}", lowers.before_clone())?;
         }
         let cloned = self.clone_namespaces();
         let into = self.cgroup_to_clone_into();

@@ -16,11 +16,14 @@
 //! - `display.rs`: what `--dry-run` prints;
 //! - [`cgroup`]: chapter 3's part, the container's cgroup from the options to the report
 //!   (`cgroups` itself knows nothing of containers);
-//! - chapter 4's part is [`Plan::move_rootfs`], which the store's overlay uses.
+//! - chapter 4's part is [`Plan::move_rootfs`], which the store's overlay uses, and
+//!   [`idmapped`]: the base, idmapped into the container's user namespace by the runtime and
+//!   attached by the child ([`Plan::idmap_lowers`]).
 
 mod args;
 pub mod cgroup;
 mod display;
+pub mod idmapped;
 mod plan;
 mod steps;
 

@@ -253,7 +253,7 @@ impl Plan {
     pub fn id_map(&self) -> Option<IdMap> {
         self.outside.iter().find_map(|step| match step {
             Outside::IdMaps(map) => Some(*map),
-            Outside::Veth(_) => None,
+            Outside::Veth(_) | Outside::IdmapLowers(_) => None,
         })
     }
 
@@ -314,7 +314,7 @@ impl Plan {
     pub fn veth(&self) -> Option<Veth> {
         self.outside.iter().find_map(|step| match step {
             Outside::Veth(veth) => Some(*veth),
-            Outside::IdMaps(_) => None,
+            Outside::IdMaps(_) | Outside::IdmapLowers(_) => None,
         })
     }
 

@@ -6,6 +6,7 @@ use std::fmt;
 
 use nix::unistd::Pid;
 
+use super::idmapped::{IdmappedLowers, OutsideCalls};
 use crate::error::Error;
 use crate::idmap::IdMap;
 use crate::mounts::{self, Step};
@@ -24,6 +25,9 @@ pub enum Outside {
     IdMaps(IdMap),
     /// Create the veth pair, the peer inside the child's net namespace.
     Veth(Veth),
+    /// Make an idmapped mount of the base with the child's user namespace, and send it to
+    /// the child (chapter 4; see `container::idmapped`).
+    IdmapLowers(IdmappedLowers),
 }
 
 /// The veth pair of `--net veth`: a cable between the host and the container's network
@@ -48,6 +52,7 @@ impl Outside {
         match self {
             Outside::IdMaps(map) => map.write(pid),
             Outside::Veth(veth) => network::create_veth(&veth.host_link(pid), pid, veth.subnet),
+            Outside::IdmapLowers(lowers) => lowers.send_to(pid),
         }
     }
 }
@@ -75,6 +80,7 @@ impl fmt::Display for Outside {
                 ));
                 lines.push(format!("RTM_SETLINK {host} up"));
             }
+            Outside::IdmapLowers(lowers) => lines.push(OutsideCalls(lowers).to_string()),
         }
         f.write_str(&lines.join("\n"))
     }
@@ -87,6 +93,9 @@ pub enum Inside {
     BecomeRoot(IdMap),
     /// A mount, mkdir, pivot_root… (see `libisolab::mounts`).
     Mount(Step),
+    /// Receive the base's idmapped mounts from the parent and attach them (chapter 4; see
+    /// `container::idmapped`).
+    AttachLowers(IdmappedLowers),
     /// `sethostname`
     Hostname(String),
     /// `lo` up.
@@ -112,6 +121,7 @@ impl Inside {
             Inside::Mount(step) | Inside::CgroupMount(step) => {
                 mounts::apply(std::slice::from_ref(step))?
             }
+            Inside::AttachLowers(lowers) => lowers.attach()?,
             Inside::Hostname(name) => uts::set_hostname(name)?,
             Inside::LoopbackUp => network::loopback_up()?,
             Inside::ContainerEnd(subnet) => network::configure_container_end(*subnet)?,
@@ -136,6 +146,9 @@ impl Inside {
         match self {
             Inside::BecomeRoot(_) => Some("uid 0 of the user namespace, host uid of the map"),
             Inside::Mount(step) | Inside::CgroupMount(step) => step.why(),
+            Inside::AttachLowers(_) => {
+                Some("the base, idmapped by the runtime: attached in our own mount namespace")
+            }
             Inside::Hostname(_) => Some("our own hostname; the host keeps its"),
             Inside::LoopbackUp => Some("lo up"),
             Inside::ContainerEnd(_) => Some("our end of the pair"),
@@ -154,6 +167,7 @@ impl fmt::Display for Inside {
         match self {
             Inside::BecomeRoot(map) => f.write_str(&map.become_root_calls()),
             Inside::Mount(step) | Inside::CgroupMount(step) => write!(f, "{step}"),
+            Inside::AttachLowers(lowers) => f.write_str(&lowers.inside_calls()),
             Inside::Hostname(name) => write!(f, "sethostname(\"{name}\")"),
             Inside::LoopbackUp => f.write_str("ioctl(SIOCSIFFLAGS, \"lo\", IFF_UP)"),
             Inside::ContainerEnd(subnet) => write!(

@@ -17,6 +17,7 @@ use super::journal::{self, Intent};
 use super::names;
 use super::{fault_point, timestamp, Container, State, Status, Storage, Store, KILL_WAIT};
 use crate::changes::{self, Change, UpperEntry};
+use crate::container::idmapped::Lower;
 use crate::copy;
 use crate::error::{Error, Result};
 use crate::mounts::Step;
@@ -57,11 +58,38 @@ impl Container {
 
     // ANCHOR: rootfs_mounts
     /// The mounts that make its root, inside its mount namespace: the overlay (none for a
-    /// copy, which is a plain directory).
+    /// copy, which is a plain directory). Its lowers are the base's idmapped mounts when it
+    /// has them (see [`Container::idmapped_lowers`]), the base's directories otherwise.
     pub fn rootfs_mounts(&self) -> Vec<Step> {
-        self.layers().map(|layers| vec![layers.mount_step(&self.rootfs())]).unwrap_or_default()
+        let Some(mut layers) = self.layers() else { return Vec::new() };
+        if self.idmaps_base() {
+            layers.lowers = self.idmapped_lowers().into_iter().map(|lower| lower.target).collect();
+        }
+        vec![layers.mount_step(&self.rootfs())]
     }
     // ANCHOR_END: rootfs_mounts
+
+    // ANCHOR: idmapped_lowers
+    /// Is its base idmapped into its user namespace? When a root runtime maps the container's
+    /// root to a host uid of its own (`owner`, which owns its upper): through the idmapped
+    /// mount, that uid owns what the host's root owns in the base, and may change it (in the
+    /// upper). Rootless, root inside is the caller, who owns the base already; without a user
+    /// namespace, root inside is the host's root.
+    pub fn idmaps_base(&self) -> bool {
+        self.config.storage == Storage::Overlay && self.config.owner.is_some()
+    }
+
+    /// Its lowers to idmap, each with the mount point in its directory where the child
+    /// attaches the idmapped mount (`lower0`, …): none if it does not idmap its base.
+    pub fn idmapped_lowers(&self) -> Vec<Lower> {
+        if !self.idmaps_base() {
+            return Vec::new();
+        }
+        let target = |index: usize| self.dir.join(format!("lower{index}"));
+        let lowers = self.config.lowers.iter().enumerate();
+        lowers.map(|(index, base)| Lower { base: base.clone(), target: target(index) }).collect()
+    }
+    // ANCHOR_END: idmapped_lowers
 
     /// What it changed in its base, as `diff` lists it.
     pub fn changes(&self) -> Result<Vec<Change>> {
@@ -135,6 +163,15 @@ impl Container {
                 state.runtime_pid.unwrap_or(0)
             )));
         };
+        // A container made before isolab idmapped its base has no mount points for it yet.
+        for lower in self.idmapped_lowers() {
+            match fs::DirBuilder::new().mode(0o755).create(&lower.target) {
+                Err(error) if error.kind() != std::io::ErrorKind::AlreadyExists => {
+                    return Err(Error::io("mkdir", &lower.target, &error));
+                }
+                _ => {}
+            }
+        }
         let store = self.store();
         journal::write(&store.active_dir(), &self.config.id, Intent::Run)
             .map_err(|e| store.full_hint(e))?;
@@ -182,6 +219,9 @@ impl Container {
                     steps.push(format!("mkdir(\"{}\", 0755){chown}", dir(name)));
                 }
                 steps.push(format!("mkdir(\"{}\", 0755)", dir("merged")));
+                for lower in self.idmapped_lowers() {
+                    steps.push(format!("mkdir(\"{}\", 0755)", lower.target.display()));
+                }
             }
             Storage::Copy => {
                 let base = self.config.lowers.first().cloned().unwrap_or_default();
@@ -263,6 +303,9 @@ impl Container {
                 mkdir(&layers.upper, base_mode)?;
                 mkdir(&layers.work, 0o755)?;
                 mkdir(&self.rootfs(), 0o755)?;
+                for lower in self.idmapped_lowers() {
+                    mkdir(&lower.target, 0o755)?;
+                }
                 fs::set_permissions(&layers.upper, fs::Permissions::from_mode(base_mode))
                     .map_err(|e| Error::io("chmod", &layers.upper, &e))?;
                 if let Some((uid, gid)) = self.config.owner {
