@@ -13,7 +13,9 @@
 //!   unprivileged ids outside, a slot that no host user and no other container has (see
 //!   [`crate::idrange`]: e.g. `0 1000000000 65536`): the container's root is then a host uid
 //!   that owns nothing there. That is the point, and its price: root inside cannot write the
-//!   rootfs's root-owned files, nor enter a directory outside that is closed to "others".
+//!   rootfs's root-owned files, nor enter a directory outside that is closed to "others"
+//!   (chapter 4 shows a container its base through an idmapped mount, `idmapped`, whose
+//!   root-owned files are root's inside).
 
 use std::fmt;
 use std::fs;
