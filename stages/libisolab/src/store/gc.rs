@@ -132,8 +132,14 @@ impl Store {
     /// `run`, `start` and `rm` does first. Reads only the journal's entries, however many
     /// containers the store holds.
     pub fn gc_journal(&self) -> Result<Vec<Cleaned>> {
-        let mut cleaned = Vec::new();
         self.check_owner()?;
+        self.settle_journal()
+    }
+
+    /// [`Store::gc_journal`] in a store whose owner was checked already (a start checks it
+    /// once, for the gc and the create that follows).
+    pub(super) fn settle_journal(&self) -> Result<Vec<Cleaned>> {
+        let mut cleaned = Vec::new();
         if !self.active_dir().is_dir() {
             return Ok(cleaned);
         }
@@ -157,6 +163,7 @@ impl Store {
         }
         Ok(cleaned)
     }
+    // ANCHOR_END: gc_journal
 
     /// Settles the journal's entry for `id`: nothing while a live runtime holds the
     /// container's lock; otherwise finishes what its dead runtime was doing.
@@ -193,7 +200,6 @@ impl Store {
         drop(lock);
         Ok(cleaned)
     }
-    // ANCHOR_END: gc_journal
 
     /// Finishes what a dead runtime was doing to container `id` (we hold its lock, or it has
     /// none any more).

@@ -410,10 +410,9 @@ impl Store {
     /// made is removed again; if the runtime dies, `gc` can tell what was half made.
     pub fn create(&self, container: &Container) -> Result<Running> {
         let (id, name) = (&container.config.id, &container.config.name);
-        // Checked before anything is made in it, and again for what was just made.
+        // Checked before anything is made in it (what make_root then makes is ours).
         self.check_owner()?;
         self.make_root()?;
-        self.check_owner()?;
         let lock = {
             let _store = self.lock()?;
             self.ensure_index()?;

@@ -150,7 +150,7 @@ pub fn collect_garbage(store: &Store) -> Vec<String> {
     if store.check_owner().is_err() {
         return Vec::new();
     }
-    match store.gc_journal() {
+    match store.settle_journal() {
         Ok(cleaned) => cleaned.iter().map(|cleaned| format!("gc: {cleaned}")).collect(),
         Err(error) => vec![format!("warning: gc of the store failed: {error}")],
     }
