@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use libisolab::cgroups::format_size;
 use libisolab::process::Failure;
-use libisolab::store::{self, Container, Listed, State, Status, Store};
+use libisolab::store::{self, runtime, Container, Listed, State, Status, Store};
 use libisolab::{cli, copy, idrange};
 
 use crate::PROGRAM;
@@ -83,22 +83,15 @@ pub fn diff(store: &Store, name: &str, upper: bool) -> Result<u8, Failure> {
 
 /// `rm`: removes each container; the first failure ends it (and is the error).
 pub fn rm(store: &Store, names: &[String], force: bool) -> Result<u8, Failure> {
-    // What dead runtimes left is cleaned first; if that fails, say so and remove anyway: `rm`
-    // is how a user gets out of a broken store (or a full disk).
-    match store.gc_journal() {
-        Ok(cleaned) => {
-            for cleaned in cleaned {
-                eprintln!("{PROGRAM}: gc: {cleaned}");
-            }
-        }
-        Err(error) => eprintln!("{PROGRAM}: warning: gc of the store failed: {error}"),
-    }
+    // What dead runtimes left is cleaned first (as `run` does); if that fails, it says so and
+    // removes anyway: `rm` is how a user gets out of a broken store (or a full disk).
+    cli::say(PROGRAM, &runtime::collect_garbage(store));
     for name in names {
-        // The user namespace ids its files were owned by: free once it is gone.
-        let owner = store.find(name).ok().and_then(|container| container.config.owner);
         let removed = store.remove(name, force)?;
-        if let Some((uid, _)) = owner {
-            idrange::Claims::host().release_stale(uid)?;
+        // The user namespace ids its files were owned by are free once it is gone: the claim
+        // is stale now, and would be taken over anyway; a failure to tidy it is no error.
+        if let Some((uid, _)) = removed.owner {
+            let _ = idrange::Claims::host().release_stale(uid);
         }
         println!("{removed}");
     }
@@ -118,8 +111,9 @@ pub fn df(store: &Store) -> Result<u8, Failure> {
     let (mut base_total, mut own_total, mut as_copies, mut count) = (0, 0, 0, 0);
     for (base, containers) in &bases {
         // A base removed since its containers were made takes no disk, but is not "0 B".
-        let size = if base.exists() { copy::disk_usage(base)? } else { 0 };
-        let shown = if base.exists() {
+        let present = base.exists();
+        let size = if present { copy::disk_usage(base)? } else { 0 };
+        let shown = if present {
             format!("{} on disk", format_size(size))
         } else {
             "missing (removed since: its containers cannot start)".to_string()

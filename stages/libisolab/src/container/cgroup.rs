@@ -65,15 +65,7 @@ impl CgroupArgs {
     /// set: then what the command used against it is the point. Without either, a run says
     /// nothing of its own but what went wrong.
     pub fn wants_report(&self) -> bool {
-        let limits = &self.limits;
-        self.report
-            || self.json
-            || limits.memory.is_some()
-            || limits.memory_swap.is_some()
-            || limits.cpus.is_some()
-            || limits.cpu_shares.is_some()
-            || limits.pids.is_some()
-            || limits.cpuset.is_some()
+        self.report || self.json || self.limits != LimitArgs::default()
     }
 }
 
