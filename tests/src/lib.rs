@@ -336,10 +336,10 @@ pub fn processes_rooted_in(dir: &Path) -> Vec<String> {
 /// Does the mount of `/` in the mount table of process `proc_dir` name `needle`?
 fn root_mount_names(proc_dir: &Path, needle: &str) -> bool {
     let Ok(mountinfo) = std::fs::read_to_string(proc_dir.join("mountinfo")) else { return false };
-    mountinfo
-        .lines()
-        .filter(|line| line.split(' ').nth(4) == Some("/"))
-        .any(|line| line.contains(needle))
+    let found = libisolab::mountinfo::parse(&mountinfo)
+        .filter(|mount| mount.mount_point == Path::new("/"))
+        .any(|mount| mount.root.starts_with(needle) || mount.super_options.contains(needle));
+    found
 }
 
 /// A runtime started in the background; killed, with its children (the container's first

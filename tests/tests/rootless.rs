@@ -18,7 +18,6 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use isolab_tests::*;
-use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 /// The unprivileged user the tests act as.
@@ -78,7 +77,7 @@ fn nobody_s_gc_cleans_their_store_after_their_runtime_is_killed() {
         .stderr(said)
         .spawn()
         .expect("start stage4-overlay as uid 65534");
-    let mut runtime = Background(child);
+    let runtime = Background(child);
     // Running: its state says so, and its command is sleeping (the store records a container
     // as made, not half-made, once its command has started).
     let sleeping = |pid: &Pid| {
@@ -89,12 +88,8 @@ fn nobody_s_gc_cleans_their_store_after_their_runtime_is_killed() {
     });
     let said = || fs::read_to_string(env.path().join("runtime.stderr")).unwrap_or_default();
     assert!(started, "the rootless container never ran: {}", said());
-    let command = runtime.children();
-    kill(runtime.pid(), Signal::SIGKILL).unwrap();
-    for pid in command {
-        let _ = kill(pid, Signal::SIGKILL);
-    }
-    let _ = runtime.0.wait();
+    // SIGKILL of the runtime (and of its container, which the guard kills with it).
+    drop(runtime);
 
     // Stage 4's gc, as nobody: their store is cleaned (the state the dead runtime left says
     // running: gc marks it exited, and says so), the host's cgroups are left to root.

@@ -424,8 +424,8 @@ fn a_base_that_cannot_be_idmapped_is_refused_up_front() {
     let output = in_ramfs(shown_run);
     let refused = transcript(
         &format!(
-            "unshare --mount sh -c 'mount -t ramfs ramfs ramfs; cp -a rootfs/. ramfs/; \
-             {STAGE} {shown_run}'"
+            "unshare --mount sh -c 'mkdir -p ramfs && mount -t ramfs ramfs ramfs && \
+             cp -a rootfs/. ramfs/ && {STAGE} --root store {shown_run}'"
         ),
         &output,
     );
