@@ -19,6 +19,7 @@ pub mod digest;
 pub mod error;
 pub mod exit;
 pub mod idmap;
+pub mod image;
 pub mod idmapped;
 pub mod idrange;
 pub mod init;
@@ -80,4 +81,5 @@ pub const CHAPTERS: &[(&str, u8)] = &[
     // Stage 5's images name and verify every blob by its digest; rootfs-builder (not a stage)
     // writes layer tars with it already.
     ("digest", 5),
+    ("image", 5),
 ];
