@@ -10,7 +10,7 @@
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;
-use clap::Parser;
+use clap::{ArgMatches, Command, FromArgMatches, Parser};
 
 use crate::exit;
 use crate::process::Failure;
@@ -18,8 +18,22 @@ use crate::process::Failure;
 /// Parses the command line. `--help` and `--version` print and give `Err(0)`; bad usage gives
 /// `Err(125)` after printing one line: `<program>: error: <what>`.
 pub fn parse<T: Parser>(program: &str) -> Result<T, ExitCode> {
-    match T::try_parse() {
-        Ok(cli) => Ok(cli),
+    parse_from(program, T::command(), std::env::args_os()).map(|(cli, _)| cli)
+}
+
+/// [`parse`] with a command a stage has adjusted (stage 5 lifts `--rootfs`' `required`: an
+/// image may stand in for it), from `args`; also gives the matches, to tell an option the
+/// user typed from its default (`ArgMatches::value_source`).
+pub fn parse_from<T: FromArgMatches>(
+    program: &str,
+    command: Command,
+    args: impl IntoIterator<Item = impl Into<std::ffi::OsString> + Clone>,
+) -> Result<(T, ArgMatches), ExitCode> {
+    let parsed = command
+        .try_get_matches_from(args)
+        .and_then(|matches| T::from_arg_matches(&matches).map(|cli| (cli, matches)));
+    match parsed {
+        Ok(parsed) => Ok(parsed),
         Err(error)
             if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) =>
         {

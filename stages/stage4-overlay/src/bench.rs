@@ -84,6 +84,7 @@ fn measure(scratch: &Path, base: &Path, storage: Storage, count: u32) -> Result<
             name: Some(format!("bench-{number}")),
             storage,
             lowers: vec![base.to_path_buf()],
+            image: None,
             userxattr: false,
             owner: None,
             remove: false,

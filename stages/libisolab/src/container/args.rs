@@ -64,8 +64,9 @@ pub fn parse_map_base(text: &str) -> Result<u32, String> {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ContainerArgs {
     /// The directory that becomes the command's / (from stage 4 on: the read-only base)
-    #[arg(long, value_name = "DIR")]
-    pub rootfs: PathBuf,
+    // Optional only for stage 5, which takes an image instead and lifts `required`.
+    #[arg(long, value_name = "DIR", required = true)]
+    pub rootfs: Option<PathBuf>,
     /// Namespaces to create: a comma-separated list of mnt,uts,ipc,pid,net,user,cgroup,time,
     /// or none [default: all that this kernel has]
     #[arg(long, value_name = "LIST", value_parser = parse_with::<Namespaces>)]
@@ -134,7 +135,9 @@ impl Request {
             command: Vec::new(),
         });
         Ok(Request {
-            rootfs: container.rootfs,
+            rootfs: container.rootfs.ok_or_else(|| {
+                Failure::from(invalid("no --rootfs: give the directory to run in".to_string()))
+            })?,
             namespaces: container.ns,
             hostname: container.hostname,
             net: container.net,

@@ -132,9 +132,14 @@ pub struct Config {
     pub created: String,
     /// How its root filesystem is made.
     pub storage: Storage,
-    /// The read-only layers its root is made of, topmost first: for now one, the base rootfs
-    /// (chapter 5 stacks an image's layers here).
+    /// The read-only layers its root is made of, topmost first: one, the base rootfs, or
+    /// (chapter 5) an image's layers, each unpacked once in the store.
     pub lowers: Vec<PathBuf>,
+    /// The image it was made from (chapter 5): the digest of its manifest, as `run` resolved
+    /// the name it was given, and that name. A `start` runs on this digest, never on what the
+    /// name means by then; an image a container uses is not removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageRef>,
     /// The overlay is mounted in a user namespace, with `userxattr`.
     pub userxattr: bool,
     /// The host uid and gid that own its upper and work directories: root of its user
@@ -214,6 +219,8 @@ pub struct New {
     pub storage: Storage,
     /// The base, first the topmost.
     pub lowers: Vec<PathBuf>,
+    /// The image the lowers are the layers of (chapter 5).
+    pub image: Option<ImageRef>,
     /// The overlay will be mounted in a user namespace.
     pub userxattr: bool,
     /// Who will write its upper (root of its user namespace), if not the caller.
@@ -224,6 +231,15 @@ pub struct New {
     pub argv: Vec<String>,
     /// The command.
     pub command: Vec<String>,
+}
+
+/// The image a container was made from: what the user named, and what it resolved to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRef {
+    /// As given (`app:1.0`), for `ps`.
+    pub name: String,
+    /// `sha256:<hex>` of the image's manifest.
+    pub manifest: String,
 }
 
 /// One line of [`Store::list`]: a container, or one whose files cannot be read.
@@ -390,6 +406,7 @@ impl Store {
             created: timestamp(),
             storage: new.storage,
             lowers: new.lowers,
+            image: new.image,
             userxattr: new.userxattr,
             owner: new.owner,
             remove: new.remove,

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use nix::unistd::Uid;
 
-use super::{check_name, Container, New, Storage, Store};
+use super::{check_name, Container, ImageRef, New, Storage, Store};
 use crate::chroot;
 use crate::container::{CommandArgs, ContainerArgs, Plan, Request};
 use crate::error::Error;
@@ -86,6 +86,7 @@ impl Spec {
             name: self.store.name,
             storage: self.store.storage,
             lowers: vec![plan.rootfs.clone()],
+            image: None,
             userxattr: map.is_some(),
             // Rootless, that root is the caller, who owns what it makes anyway.
             owner: root_outside.filter(|&(uid, _)| uid != Uid::effective().as_raw()),
@@ -93,6 +94,14 @@ impl Spec {
             argv: self.argv,
             command: self.command,
         }
+    }
+}
+
+impl New {
+    /// The same container over an image's layers (chapter 5): `lowers` topmost first, as
+    /// `images` unpacked them, and the image they are, recorded for `start`, `rmi` and `gc`.
+    pub fn over_image(self, image: ImageRef, lowers: Vec<PathBuf>) -> New {
+        New { lowers, image: Some(image), ..self }
     }
 }
 
@@ -198,6 +207,7 @@ mod tests {
             created: "2025-01-31T09:15:02.123456789Z".into(),
             storage: Storage::Overlay,
             lowers,
+            image: None,
             userxattr: owner.is_some(),
             owner,
             remove: false,

@@ -9,6 +9,7 @@ fn new(name: Option<&str>, base: &Path) -> New {
         name: name.map(String::from),
         storage: Storage::Overlay,
         lowers: vec![base.to_path_buf()],
+        image: None,
         userxattr: false,
         owner: None,
         remove: false,

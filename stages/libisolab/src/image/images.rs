@@ -1,0 +1,746 @@
+//! The images of a store: the OCI layout at the store's root, and each layer unpacked once.
+//!
+//! Everything here is built of the other parts of this module: [`Layout`] keeps the blobs and
+//! the tags, [`layer`] turns a directory or a container's upper into a layer and a layer back
+//! into a directory, [`config`] says what the image runs. What this file adds is the store's
+//! bookkeeping, the part that makes layers *shared*:
+//!
+//! - a layer is unpacked once, into `layers/<diff_id hex>/`, the first time a container needs
+//!   it, and every image and container over it uses that one directory as an overlay lower;
+//! - an image is a manifest (config + layers), written once; a tag is a line of `index.json`;
+//! - nothing is removed while a tag or a container reaches it: `rmi` only untags, and
+//!   [`Images::gc`] removes the blobs and unpacked layers nothing reaches any more.
+//!
+//! Writers (import, commit, build, load) hold a shared lock on `<root>/images.lock` while
+//! their blobs are not yet reachable from a tag; `gc` holds it exclusively, so it never takes
+//! a blob that is about to be tagged.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use nix::unistd::Uid;
+use oci_spec::image::{
+    Descriptor, ImageConfiguration, ImageIndex, ImageManifest, ImageManifestBuilder, MediaType,
+};
+
+use super::config;
+use super::layer::{self, Compression, Packed, UnpackOptions};
+use super::layout::{digest_of, Layout};
+use super::reference::Reference;
+use crate::copy;
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::store::{Container, ImageRef, Storage, Store};
+
+/// The images of one store.
+#[derive(Debug)]
+pub struct Images {
+    layout: Layout,
+    layers: PathBuf,
+}
+
+/// An image: its manifest and its config, and the tag it was found by.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// The tag it was found by (`app:1.0`), if any.
+    pub name: Option<String>,
+    /// The manifest's descriptor: its digest is the image's identity in the store.
+    pub manifest: Descriptor,
+    /// The manifest: the config and the layers, bottom first.
+    pub body: ImageManifest,
+    /// What it runs, and its layers' diff_ids and history.
+    pub config: ImageConfiguration,
+}
+
+impl Image {
+    /// The digest of its manifest (`sha256:…`).
+    pub fn digest(&self) -> Result<Digest> {
+        digest_of(&self.manifest)
+    }
+
+    /// docker's IMAGE ID: the first 12 hex digits of its config's digest.
+    pub fn id(&self) -> String {
+        let config = self.body.config().digest().to_string();
+        let hex = config.strip_prefix("sha256:").unwrap_or(&config);
+        hex.chars().take(12).collect()
+    }
+
+    /// The bytes of its blobs: config and layers (compressed, as stored).
+    pub fn size(&self) -> u64 {
+        self.body.config().size() + self.body.layers().iter().map(Descriptor::size).sum::<u64>()
+    }
+
+    /// Its layers' diff_ids (the digests of the uncompressed tars), bottom first.
+    pub fn diff_ids(&self) -> Result<Vec<Digest>> {
+        let ids = self.config.rootfs().diff_ids();
+        if ids.len() != self.body.layers().len() {
+            return Err(Error::Invalid(format!(
+                "image {}: its manifest lists {} layers and its config {} diff_ids: the image is \
+                 corrupt; remove it (rmi) and load or build it again",
+                self.shown(),
+                self.body.layers().len(),
+                ids.len()
+            )));
+        }
+        ids.iter().map(|id| parse_digest(id)).collect()
+    }
+
+    /// What a container made from it records.
+    pub fn reference(&self, given: &str) -> Result<ImageRef> {
+        Ok(ImageRef { name: given.to_string(), manifest: self.digest()?.to_string() })
+    }
+
+    /// Its tag, or its id when it has none.
+    pub fn shown(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.id())
+    }
+}
+
+/// What [`Images::gc`] removed.
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// One line per removal: what it was, and its size.
+    pub lines: Vec<String>,
+    /// Bytes freed.
+    pub bytes: u64,
+}
+
+/// What `df` shows of the images.
+#[derive(Debug)]
+pub struct Usage {
+    /// Each tag: its image and the bytes of its blobs.
+    pub images: Vec<(String, Image)>,
+    /// Distinct layer blobs, and their bytes.
+    pub layers: usize,
+    /// Bytes of all blobs, each counted once.
+    pub blob_bytes: u64,
+    /// What the tags' images would take if nothing were shared.
+    pub unshared_bytes: u64,
+    /// Unpacked layers, and the disk they take.
+    pub unpacked: usize,
+    /// Bytes of the unpacked layers.
+    pub unpacked_bytes: u64,
+}
+
+const LAYERS: &str = "layers";
+const CACHE: &str = "build-cache";
+
+impl Images {
+    /// The images of `store` (its root becomes an OCI layout if it is not one yet).
+    pub fn open(store: &Store) -> Result<Images> {
+        store.check_owner()?;
+        let root = store.root();
+        make_dir(root, 0o711)?;
+        let layout = Layout::open(root)?;
+        let layers = root.join(LAYERS);
+        // Root of a user namespace (an ordinary uid outside) passes through to the layers its
+        // overlay stacks: 0711 lets it pass, not list.
+        make_dir(&layers, 0o711)?;
+        Ok(Images { layout, layers })
+    }
+
+    /// The OCI layout underneath.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    // ANCHOR: find
+    /// The image `word` names: a tag (`app`, meaning `app:latest`, or `app:1.0`), a manifest
+    /// digest (`sha256:…`), or a unique prefix of an image id (as `images` shows it).
+    pub fn find(&self, word: &str) -> Result<Image> {
+        if let Some(hex) = word.strip_prefix("sha256:") {
+            let digest = parse_digest(word)?;
+            if !self.layout.has_blob(&digest) {
+                return Err(Error::Invalid(format!(
+                    "no manifest {word} in {}: `images --digests` lists them",
+                    self.layout.root().display()
+                )));
+            }
+            let _ = hex;
+            let descriptor = Descriptor::new(
+                MediaType::ImageManifest,
+                fs::metadata(self.layout.blob_path(&digest)).map(|m| m.len()).unwrap_or(0),
+                to_oci(&digest),
+            );
+            return self.image(None, descriptor);
+        }
+        let refs = self.layout.refs()?;
+        if let Ok(reference) = word.parse::<Reference>() {
+            let name = reference.name();
+            if let Some((name, descriptor)) = refs.iter().find(|(tag, _)| *tag == name) {
+                return self.image(Some(name.clone()), descriptor.clone());
+            }
+        }
+        // An id prefix, as docker takes one: hex digits only, unique among the tagged images.
+        if word.len() >= 3 && word.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+            let mut found: BTreeMap<String, Image> = BTreeMap::new();
+            for (name, descriptor) in &refs {
+                let image = self.image(Some(name.clone()), descriptor.clone())?;
+                let manifest = image.digest()?.hex();
+                if image.id().starts_with(word) || manifest.starts_with(word) {
+                    found.entry(image.digest()?.hex()).or_insert(image);
+                }
+            }
+            match found.len() {
+                1 => return Ok(found.into_values().next().expect("one image")),
+                0 => {}
+                _ => {
+                    let names: Vec<String> = found.values().map(Image::shown).collect();
+                    return Err(Error::Invalid(format!(
+                        "{word} is the beginning of several images' ids ({}): give more digits",
+                        names.join(", ")
+                    )));
+                }
+            }
+        }
+        word.parse::<Reference>()?;
+        Err(Error::Invalid(format!(
+            "no image {word} in {}: `images` lists them; import, build or load one",
+            self.layout.root().display()
+        )))
+    }
+    // ANCHOR_END: find
+
+    /// Reads the image a manifest descriptor points at (an index: the manifest for this
+    /// machine's platform), verifying every blob it reads.
+    fn image(&self, name: Option<String>, descriptor: Descriptor) -> Result<Image> {
+        let digest = digest_of(&descriptor)?;
+        let value: serde_json::Value = self.layout.read_json(&digest)?;
+        let is_index = value.get("manifests").is_some();
+        if is_index {
+            let index: ImageIndex = serde_json::from_value(value).map_err(|error| {
+                Error::Invalid(format!("blob {digest} is not an OCI image index: {error}"))
+            })?;
+            let arch = config::scratch().architecture().to_string();
+            let chosen = index.manifests().iter().find(|manifest| {
+                manifest.platform().as_ref().is_none_or(|platform| {
+                    platform.os().to_string() == "linux"
+                        && platform.architecture().to_string() == arch
+                })
+            });
+            let Some(chosen) = chosen else {
+                return Err(Error::Invalid(format!(
+                    "image {}: its index has no manifest for linux/{arch}",
+                    name.as_deref().unwrap_or(&digest.to_string())
+                )));
+            };
+            return self.image(name, chosen.clone());
+        }
+        let body: ImageManifest = serde_json::from_value(value).map_err(|error| {
+            Error::Invalid(format!("blob {digest} is not an OCI image manifest: {error}"))
+        })?;
+        let config: ImageConfiguration = self.layout.read_json(&digest_of(body.config())?)?;
+        Ok(Image { name, manifest: descriptor, body, config })
+    }
+
+    /// Every tag and its image, in `index.json`'s order.
+    pub fn list(&self) -> Result<Vec<Image>> {
+        let refs = self.layout.refs()?;
+        refs.into_iter().map(|(name, descriptor)| self.image(Some(name), descriptor)).collect()
+    }
+
+    // ANCHOR: lowers
+    /// The directories of `image`'s layers for an overlay, topmost first: each unpacked once,
+    /// the first time a container needs it, into `layers/<diff_id hex>/` (into a temporary
+    /// directory first, renamed when whole, so a directory there is always a whole layer).
+    /// The blob is verified as it is read, and what it unpacks to must be the diff_id its
+    /// config promises.
+    pub fn lowers(&self, image: &Image) -> Result<Vec<PathBuf>> {
+        let diff_ids = image.diff_ids()?;
+        let mut dirs = Vec::with_capacity(diff_ids.len());
+        let _lock = lock(&self.layers.join(".lock"), FlockArg::LockExclusive)?;
+        for (descriptor, diff_id) in image.body.layers().iter().zip(&diff_ids) {
+            let dir = self.layers.join(diff_id.hex());
+            if !dir.is_dir() {
+                self.unpack(descriptor, diff_id, &dir)?;
+            }
+            dirs.push(dir);
+        }
+        if dirs.is_empty() {
+            // FROM scratch with nothing added: overlayfs needs a lower, an empty one will do.
+            let empty = self.layers.join("empty");
+            make_dir(&empty, 0o755)?;
+            dirs.push(empty);
+        }
+        dirs.reverse();
+        Ok(dirs)
+    }
+    // ANCHOR_END: lowers
+
+    fn unpack(&self, descriptor: &Descriptor, diff_id: &Digest, dir: &Path) -> Result<()> {
+        check_layer_type(descriptor)?;
+        let blob = self.layout.open_blob(&digest_of(descriptor)?)?;
+        let temporary = self.layers.join(format!(".unpacking-{}", diff_id.hex()));
+        if temporary.exists() {
+            copy::remove_tree(&temporary)?;
+        }
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&temporary)
+            .map_err(|error| Error::io("mkdir", &temporary, &error))?;
+        let root = Uid::effective().is_root();
+        let options = UnpackOptions { devices: root, owners: root, ..UnpackOptions::default() };
+        let unpacked = match layer::unpack(BufReader::new(blob), &temporary, &options) {
+            Ok(unpacked) => unpacked,
+            Err(error) => {
+                let _ = copy::remove_tree(&temporary);
+                return Err(error);
+            }
+        };
+        if unpacked.diff_id != *diff_id {
+            let _ = copy::remove_tree(&temporary);
+            return Err(Error::Invalid(format!(
+                "layer {} unpacks to diff_id {}, but the image's config says {diff_id}: the \
+                 image is corrupt; remove it (rmi) and load or build it again",
+                descriptor.digest(),
+                unpacked.diff_id
+            )));
+        }
+        fs::rename(&temporary, dir).map_err(|error| Error::io("rename", &temporary, &error))
+    }
+
+    /// A shared lock that keeps `gc` away while a writer's blobs are not yet tagged.
+    pub fn writing(&self) -> Result<Flock<File>> {
+        lock(&self.layout.root().join("images.lock"), FlockArg::LockSharedNonblock)
+            .or_else(|_| lock(&self.layout.root().join("images.lock"), FlockArg::LockShared))
+    }
+
+    /// Stores a layer blob from a temporary file `packed` was written to, verified.
+    pub fn put_layer(&self, file: &Path, packed: &Packed) -> Result<Descriptor> {
+        let reader = File::open(file).map_err(|error| Error::io("open", file, &error))?;
+        let (digest, size) = self.layout.put_blob(BufReader::new(reader), Some(&packed.digest))?;
+        Ok(Descriptor::new(MediaType::ImageLayerGzip, size, to_oci(&digest)))
+    }
+
+    /// Writes a new image: `config`'s blob, then a manifest over `layers` (bottom first), and
+    /// tags it `name` if given. Returns the image.
+    pub fn write(
+        &self,
+        layers: Vec<Descriptor>,
+        config: &ImageConfiguration,
+        name: Option<&str>,
+    ) -> Result<Image> {
+        let config_descriptor = self.layout.put_json(MediaType::ImageConfig, config)?;
+        let manifest = ImageManifestBuilder::default()
+            .schema_version(2u32)
+            .media_type(MediaType::ImageManifest)
+            .config(config_descriptor)
+            .layers(layers)
+            .build()
+            .map_err(|error| Error::Invalid(format!("a manifest could not be made: {error}")))?;
+        let descriptor = self.layout.put_json(MediaType::ImageManifest, &manifest)?;
+        let name = name.map(|name| Ok::<_, Error>(name.parse::<Reference>()?.name())).transpose()?;
+        if let Some(name) = &name {
+            self.layout.set_ref(name, descriptor.clone())?;
+        }
+        Ok(Image { name, manifest: descriptor, body: manifest, config: config.clone() })
+    }
+
+    /// Packs `source` with `pack` into a temporary file of the store, then stores it as a
+    /// verified layer blob.
+    pub fn add_layer(
+        &self,
+        pack: impl FnOnce(&mut dyn Write) -> Result<Packed>,
+    ) -> Result<(Descriptor, Packed)> {
+        let temporary = self.layout.root().join(format!(".packing-{}", std::process::id()));
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temporary)
+            .map_err(|error| Error::io("open", &temporary, &error))?;
+        let mut out = BufWriter::new(file);
+        let result = pack(&mut out).and_then(|packed| {
+            out.flush().map_err(|error| Error::io("write", &temporary, &error))?;
+            let descriptor = self.put_layer(&temporary, &packed)?;
+            Ok((descriptor, packed))
+        });
+        let _ = fs::remove_file(&temporary);
+        result
+    }
+
+    // ANCHOR: import
+    /// `import`: a directory (a root filesystem) or a tar becomes a one-layer image tagged
+    /// `name`.
+    pub fn import(&self, source: &Path, name: &str, created: &str) -> Result<Image> {
+        let _writing = self.writing()?;
+        let metadata =
+            fs::metadata(source).map_err(|error| Error::io("stat", source, &error))?;
+        let (descriptor, diff_id) = if metadata.is_dir() {
+            let (descriptor, packed) =
+                self.add_layer(|out| layer::pack_dir(source, out, Compression::Gzip))?;
+            (descriptor, packed.diff_id)
+        } else {
+            self.import_tar(source)?
+        };
+        let mut config = config::scratch();
+        let shown = source.display().to_string();
+        config::add_layer(&mut config, &diff_id, created, &format!("import {shown}"));
+        self.write(vec![descriptor], &config, Some(name))
+    }
+    // ANCHOR_END: import
+
+    /// A tar file as a layer blob, as it is (gzip or not): its diff_id is the digest of the
+    /// tar once decompressed.
+    fn import_tar(&self, source: &Path) -> Result<(Descriptor, Digest)> {
+        let open = || File::open(source).map_err(|error| Error::io("open", source, &error));
+        let mut file = open()?;
+        let mut magic = [0u8; 2];
+        let gzip = file.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];
+        file.rewind().map_err(|error| Error::io("lseek", source, &error))?;
+        let (digest, size) = self.layout.put_blob(BufReader::new(file), None)?;
+        let diff_id = if gzip {
+            let mut hashing = crate::digest::DigestWriter::new(io::sink());
+            let mut decoder = flate2::read::MultiGzDecoder::new(BufReader::new(open()?));
+            io::copy(&mut decoder, &mut hashing).map_err(|error| {
+                Error::Invalid(format!("{} is not a gzip tar: {error}", source.display()))
+            })?;
+            hashing.finish().1
+        } else {
+            digest
+        };
+        let media = if gzip { MediaType::ImageLayerGzip } else { MediaType::ImageLayer };
+        Ok((Descriptor::new(media, size, to_oci(&digest)), diff_id))
+    }
+
+    // ANCHOR: commit
+    /// `commit`: the container's upper becomes a new layer over its image's layers, and the
+    /// image its config plus that layer, tagged `name`. Its owners are recorded as they are
+    /// inside: a container whose root is host uid 100000 wrote files as uid 0 inside, and the
+    /// layer says 0.
+    pub fn commit(
+        &self,
+        container: &Container,
+        name: &str,
+        created: &str,
+        created_by: &str,
+    ) -> Result<Image> {
+        self.commit_as(container, Some(name), created, created_by)
+    }
+    // ANCHOR_END: commit
+
+    /// [`Images::commit`] without a tag: a build's step, which the next step runs on.
+    pub fn commit_untagged(
+        &self,
+        container: &Container,
+        created: &str,
+        created_by: &str,
+    ) -> Result<Image> {
+        self.commit_as(container, None, created, created_by)
+    }
+
+    fn commit_as(
+        &self,
+        container: &Container,
+        name: Option<&str>,
+        created: &str,
+        created_by: &str,
+    ) -> Result<Image> {
+        let Some(layers) = container.layers() else {
+            return Err(Error::Invalid(format!(
+                "container {} is a copy (--storage copy): it has no upper layer to commit",
+                container.config.name
+            )));
+        };
+        let Some(parent) = &container.config.image else {
+            return Err(Error::Invalid(format!(
+                "container {} was made over a directory (--rootfs), not an image: import the \
+                 directory first (import DIR NAME:TAG) and run the image",
+                container.config.name
+            )));
+        };
+        let _writing = self.writing()?;
+        let parent = self.find(&parent.manifest)?;
+        let shift = container.config.owner;
+        let (descriptor, packed) = self.add_layer(|out| {
+            layer::pack_upper(&layers.upper, shift, out, Compression::Gzip)
+        })?;
+        let mut config = parent.config.clone();
+        config::add_layer(&mut config, &packed.diff_id, created, created_by);
+        let mut all = parent.body.layers().clone();
+        all.push(descriptor);
+        self.write(all, &config, name)
+    }
+
+    /// `tag`: `target` names the image `source` names.
+    pub fn tag(&self, source: &str, target: &str) -> Result<Image> {
+        let image = self.find(source)?;
+        let name = target.parse::<Reference>()?.name();
+        self.layout.set_ref(&name, image.manifest.clone())?;
+        Ok(Image { name: Some(name), ..image })
+    }
+
+    // ANCHOR: rmi
+    /// `rmi`: removes the tag `word` names (every tag of the image, if `word` is an id or a
+    /// digest and `force`). An image a container was made from keeps its blobs and layers
+    /// (refused without `force`, as docker refuses); what nothing reaches any more goes with
+    /// [`Images::gc`]. Returns the tags removed.
+    pub fn remove(&self, word: &str, force: bool, containers: &[Container]) -> Result<Vec<String>> {
+        let image = self.find(word)?;
+        let digest = image.manifest.digest().to_string();
+        let refs = self.layout.refs()?;
+        let tags: Vec<String> = refs
+            .iter()
+            .filter(|(_, descriptor)| descriptor.digest().to_string() == digest)
+            .map(|(name, _)| name.clone())
+            .collect();
+        let by_tag = image.name.as_deref().is_some_and(|name| {
+            word.parse::<Reference>().is_ok_and(|reference| reference.name() == name)
+        });
+        let removing: Vec<String> = match (&image.name, by_tag) {
+            (Some(name), true) => vec![name.clone()],
+            _ if tags.len() > 1 && !force => {
+                return Err(Error::Invalid(format!(
+                    "image {word} has {} tags ({}): remove each tag, or all with --force",
+                    tags.len(),
+                    tags.join(", ")
+                )))
+            }
+            _ => tags.clone(),
+        };
+        let last = removing.len() == tags.len();
+        let users: Vec<&str> = containers
+            .iter()
+            .filter(|container| {
+                container.config.image.as_ref().is_some_and(|image| image.manifest == digest)
+            })
+            .map(|container| container.config.name.as_str())
+            .collect();
+        if last && !users.is_empty() && !force {
+            return Err(Error::Invalid(format!(
+                "image {word} is used by container{} {}: remove {} first (rm), or untag it with \
+                 --force (the containers keep its layers)",
+                if users.len() > 1 { "s" } else { "" },
+                users.join(", "),
+                if users.len() > 1 { "them" } else { "it" }
+            )));
+        }
+        for name in &removing {
+            self.layout.remove_ref(name)?;
+        }
+        Ok(removing)
+    }
+    // ANCHOR_END: rmi
+
+    /// The build cache's entry for `key`: the image a step made last time.
+    pub fn cached(&self, key: &Digest) -> Option<Image> {
+        let path = self.layout.root().join(CACHE).join(key.hex());
+        let manifest = fs::read_to_string(path).ok()?;
+        let image = self.find(manifest.trim()).ok()?;
+        // Its layers must still be there (gc may have taken them).
+        image.body.layers().iter().all(|layer| {
+            digest_of(layer).is_ok_and(|digest| self.layout.has_blob(&digest))
+        })
+        .then_some(image)
+    }
+
+    /// Records that the step `key` made `image`.
+    pub fn remember(&self, key: &Digest, image: &Image) -> Result<()> {
+        let dir = self.layout.root().join(CACHE);
+        make_dir(&dir, 0o700)?;
+        let text = format!("{}\n", image.digest()?);
+        crate::store::write_atomic(&dir.join(key.hex()), text.as_bytes())
+    }
+
+    // ANCHOR: gc
+    /// Removes what no tag, no container and no build-cache entry reaches: blobs, unpacked
+    /// layers, half-written blobs and half-unpacked layers. Says what it removed.
+    pub fn gc(&self, containers: &[Container], keep_cache: bool) -> Result<Collected> {
+        let _exclusive =
+            lock(&self.layout.root().join("images.lock"), FlockArg::LockExclusiveNonblock)
+                .map_err(|_| {
+                    Error::Invalid(
+                        "an import, build, commit or load is writing images: gc later".into(),
+                    )
+                })?;
+        let _unpacking = lock(&self.layers.join(".lock"), FlockArg::LockExclusive)?;
+        let mut roots: Vec<Descriptor> =
+            self.layout.refs()?.into_iter().map(|(_, descriptor)| descriptor).collect();
+        let mut lowers_in_use: BTreeSet<PathBuf> = BTreeSet::new();
+        for container in containers {
+            lowers_in_use.extend(container.config.lowers.iter().cloned());
+            if let Some(image) = &container.config.image {
+                if let Ok(image) = self.find(&image.manifest) {
+                    roots.push(image.manifest);
+                }
+            }
+        }
+        let mut collected = Collected::default();
+        let cache = self.layout.root().join(CACHE);
+        if let Ok(entries) = fs::read_dir(&cache) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let manifest = fs::read_to_string(&path).unwrap_or_default();
+                match self.find(manifest.trim()) {
+                    Ok(image) if keep_cache => roots.push(image.manifest),
+                    _ => {
+                        let _ = fs::remove_file(&path);
+                        collected.lines.push(format!(
+                            "removed build cache entry {}",
+                            entry.file_name().to_string_lossy()
+                        ));
+                    }
+                }
+            }
+        }
+        let mut blobs: BTreeSet<String> = BTreeSet::new();
+        let mut diff_ids: BTreeSet<String> = BTreeSet::new();
+        for root in roots {
+            // A root that no longer reads whole keeps what of it can be read.
+            blobs.insert(root.digest().to_string());
+            if let Ok(image) = self.image(None, root) {
+                blobs.insert(image.manifest.digest().to_string());
+                blobs.insert(image.body.config().digest().to_string());
+                for layer in image.body.layers() {
+                    blobs.insert(layer.digest().to_string());
+                }
+                for id in image.config.rootfs().diff_ids() {
+                    diff_ids.insert(id.trim_start_matches("sha256:").to_string());
+                }
+            }
+        }
+        for digest in self.layout.blobs()? {
+            if !blobs.contains(&digest.to_string()) {
+                let size = self.layout.remove_blob(&digest)?;
+                collected.bytes += size;
+                collected.lines.push(format!("removed blob {digest} ({})", bytes(size)));
+            }
+        }
+        for partial in self.layout.remove_partials()? {
+            collected.lines.push(format!("removed half-written blob {}", partial.display()));
+        }
+        for entry in fs::read_dir(&self.layers).map_err(|e| Error::io("opendir", &self.layers, &e))? {
+            let entry = entry.map_err(|error| Error::io("readdir", &self.layers, &error))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if name == ".lock" || lowers_in_use.contains(&path) || diff_ids.contains(&name) {
+                continue;
+            }
+            if !entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                continue;
+            }
+            let size = copy::disk_usage(&path).unwrap_or(0);
+            copy::remove_tree(&path)?;
+            collected.bytes += size;
+            let what = if name.starts_with(".unpacking-") {
+                "half-unpacked layer"
+            } else {
+                "unpacked layer"
+            };
+            collected.lines.push(format!("removed {what} {} ({})", path.display(), bytes(size)));
+        }
+        Ok(collected)
+    }
+    // ANCHOR_END: gc
+
+    /// `df`: the images, and how much their layers share.
+    pub fn usage(&self) -> Result<Usage> {
+        let images = self.list()?;
+        let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+        let mut layers: BTreeSet<String> = BTreeSet::new();
+        let mut unshared = 0;
+        for image in &images {
+            unshared += image.size();
+            seen.insert(image.body.config().digest().to_string(), image.body.config().size());
+            for layer in image.body.layers() {
+                seen.insert(layer.digest().to_string(), layer.size());
+                layers.insert(layer.digest().to_string());
+            }
+        }
+        let mut unpacked = 0;
+        let mut unpacked_bytes = 0;
+        for entry in fs::read_dir(&self.layers).map_err(|e| Error::io("opendir", &self.layers, &e))? {
+            let entry = entry.map_err(|error| Error::io("readdir", &self.layers, &error))?;
+            if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                unpacked += 1;
+                unpacked_bytes += copy::disk_usage(&entry.path()).unwrap_or(0);
+            }
+        }
+        Ok(Usage {
+            images: images.into_iter().map(|image| (image.shown(), image)).collect(),
+            layers: layers.len(),
+            blob_bytes: seen.values().sum(),
+            unshared_bytes: unshared,
+            unpacked,
+            unpacked_bytes,
+        })
+    }
+
+    /// The containers of `store` made from an image, for `rmi` and `gc`.
+    pub fn containers(store: &Store) -> Result<Vec<Container>> {
+        Ok(store
+            .list()?
+            .into_iter()
+            .filter_map(|listed| match listed {
+                crate::store::Listed::Found(container, _) => Some(container),
+                crate::store::Listed::Broken { .. } => None,
+            })
+            .filter(|container| container.config.storage == Storage::Overlay)
+            .collect())
+    }
+}
+
+/// Layers we can unpack: tar, gzip tar (OCI's and docker's names).
+fn check_layer_type(descriptor: &Descriptor) -> Result<()> {
+    match descriptor.media_type() {
+        MediaType::ImageLayer | MediaType::ImageLayerGzip => Ok(()),
+        MediaType::Other(other)
+            if other == "application/vnd.docker.image.rootfs.diff.tar.gzip"
+                || other == "application/vnd.docker.image.rootfs.diff.tar" =>
+        {
+            Ok(())
+        }
+        other => Err(Error::Invalid(format!(
+            "layer {} is {other}, which isolab cannot unpack (it takes tar and gzip tar layers)",
+            descriptor.digest()
+        ))),
+    }
+}
+
+/// `sha256:<hex>` as our digest.
+pub fn parse_digest(text: &str) -> Result<Digest> {
+    text.parse::<Digest>()
+}
+
+/// Our digest as oci-spec's.
+pub fn to_oci(digest: &Digest) -> oci_spec::image::Digest {
+    digest.to_string().parse().expect("a sha256 digest is a valid OCI digest")
+}
+
+/// Bytes as `df` shows them.
+pub fn bytes(count: u64) -> String {
+    match count {
+        count if count >= 1 << 30 => format!("{:.1} GiB", count as f64 / (1u64 << 30) as f64),
+        count if count >= 1 << 20 => format!("{:.1} MiB", count as f64 / (1u64 << 20) as f64),
+        count if count >= 1 << 10 => format!("{:.1} KiB", count as f64 / 1024.0),
+        count => format!("{count} B"),
+    }
+}
+
+fn make_dir(dir: &Path, mode: u32) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    match fs::DirBuilder::new().recursive(true).mode(mode).create(dir) {
+        Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+            .map_err(|error| Error::io("chmod", dir, &error)),
+        Err(error) => Err(Error::io("mkdir", dir, &error)),
+    }
+}
+
+/// Takes an flock on `path` (made if missing, never followed through a symlink).
+fn lock(path: &Path, how: FlockArg) -> Result<Flock<File>> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|error| Error::io("open", path, &error))?;
+    Flock::lock(file, how).map_err(|(_, errno)| Error::sys("flock", path.display(), errno))
+}

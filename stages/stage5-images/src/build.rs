@@ -1,0 +1,260 @@
+//! `build`: an image from a Dockerfile, one step at a time.
+//!
+//! Each instruction makes a new image over the last one: RUN runs its command in a container
+//! of this stage over the last image's layers (stage 4's `run`, the user namespace and all)
+//! and its upper becomes the next layer; COPY makes a layer of the context's files; the other
+//! instructions change only the config. A step whose key (the last image, the instruction,
+//! and for COPY the sources' content) was built before is taken from the build cache: an
+//! unchanged rebuild runs nothing and gives the same digests.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use libisolab::copy;
+use libisolab::digest::Digest;
+use libisolab::image::dockerfile::{self, Instruction, Kind};
+use libisolab::image::images::{Image, Images};
+use libisolab::image::layer::{self, Compression};
+use libisolab::image::config;
+use libisolab::process::Failure;
+use libisolab::store::{self, Store};
+use libisolab::Error;
+
+use crate::{parse, run, Verb};
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The image's name: NAME[:TAG]
+    #[arg(long, short, value_name = "NAME[:TAG]")]
+    tag: String,
+    /// The Dockerfile [default: CONTEXT/Dockerfile]
+    #[arg(long, short, value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// A build argument for ARG (repeatable)
+    #[arg(long = "build-arg", value_name = "NAME=VALUE", value_parser = parse_pair)]
+    build_args: Vec<(String, String)>,
+    /// Run every step, even those the build cache has
+    #[arg(long)]
+    no_cache: bool,
+    /// The directory COPY takes its files from
+    #[arg(value_name = "CONTEXT")]
+    context: PathBuf,
+}
+
+fn parse_pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("invalid --build-arg '{text}': expected NAME=VALUE")),
+    }
+}
+
+fn say(line: &str) {
+    println!("{line}");
+}
+
+// ANCHOR: build
+/// `build -t NAME[:TAG] [-f FILE] CONTEXT`
+pub fn build(store: &Store, args: &BuildArgs) -> Result<u8, Failure> {
+    let file = args.file.clone().unwrap_or_else(|| args.context.join("Dockerfile"));
+    let text = std::fs::read_to_string(&file).map_err(|error| {
+        Error::io("open", &file, &error).hint("give the Dockerfile with -f FILE")
+    })?;
+    let dockerfile = dockerfile::parse(&file, &text, &args.build_args)?;
+    let images = Images::open(store)?;
+    let steps = dockerfile.instructions.len();
+    // The image so far: none before FROM.
+    let mut current: Option<Image> = None;
+    for (number, instruction) in dockerfile.instructions.iter().enumerate() {
+        say(&format!("step {}/{steps}: {}", number + 1, instruction.text));
+        let at = |what: String| Error::Invalid(format!("{}:{}: {what}", file.display(), instruction.line));
+        if let Kind::From { image } = &instruction.kind {
+            current = Some(match image.as_str() {
+                "scratch" => images.write(Vec::new(), &config::scratch(), None)?,
+                word => images.find(word).map_err(|error| at(error.to_string()))?,
+            });
+            say(&format!("  -> {}", current.as_ref().map(Image::id).unwrap_or_default()));
+            continue;
+        }
+        if let Kind::Arg { .. } = &instruction.kind {
+            // Substituted by the parser already; nothing to record.
+            continue;
+        }
+        let Some(parent) = &current else {
+            return Err(at("no FROM before this instruction".to_string()).into());
+        };
+        let sources = match &instruction.kind {
+            Kind::Copy { sources, .. } => {
+                Some(dockerfile::copy_sources_digest(&args.context, sources).map_err(|error| at(error.to_string()))?)
+            }
+            _ => None,
+        };
+        let parent_key = parent.body.config().digest().to_string();
+        let key = dockerfile::cache_key(&parent_key, instruction, sources.as_ref());
+        if !args.no_cache {
+            if let Some(cached) = images.cached(&key) {
+                say(&format!("  -> {} (cached)", cached.id()));
+                current = Some(cached);
+                continue;
+            }
+        }
+        let next = step(store, &images, parent, instruction, args).map_err(|failure| {
+            Failure { message: format!("{}:{}: {}", file.display(), instruction.line, failure.message), ..failure }
+        })?;
+        images.remember(&key, &next)?;
+        say(&format!("  -> {}", next.id()));
+        current = Some(next);
+    }
+    let Some(last) = current else {
+        return Err(Error::Invalid(format!("{}: no FROM: nothing to build", file.display())).into());
+    };
+    let tagged = images.tag(&last.digest()?.to_string(), &args.tag)?;
+    say(&format!(
+        "built {} {} ({})",
+        tagged.shown(),
+        tagged.id(),
+        tagged.manifest.digest()
+    ));
+    Ok(0)
+}
+// ANCHOR_END: build
+
+/// One step that is not in the cache: a new image over `parent`.
+fn step(
+    store: &Store,
+    images: &Images,
+    parent: &Image,
+    instruction: &Instruction,
+    args: &BuildArgs,
+) -> Result<Image, Failure> {
+    let created = store::timestamp();
+    match &instruction.kind {
+        Kind::Run { command } => run_step(store, images, parent, instruction, &command.argv(), &created),
+        Kind::Copy { sources, dest, chown } => {
+            copy_step(images, parent, instruction, &args.context, sources, dest, chown.as_deref(), &created)
+        }
+        kind => {
+            let mut changed = parent.config.clone();
+            config::apply(&mut changed, kind);
+            config::add_history_only(&mut changed, &created, &instruction.text);
+            Ok(images.write(parent.body.layers().clone(), &changed, None)?)
+        }
+    }
+}
+
+// ANCHOR: run_step
+/// RUN: the command runs in a new container over `parent` (a stage 5 `run`, so a user
+/// namespace, an idmapped base and all); its upper becomes a layer, then it is removed.
+fn run_step(
+    store: &Store,
+    images: &Images,
+    parent: &Image,
+    instruction: &Instruction,
+    command: &[String],
+    created: &str,
+) -> Result<Image, Failure> {
+    let name = format!("build-{}", &Digest::of(format!("{}{created}", instruction.text).as_bytes()).hex()[..12]);
+    let mut argv: Vec<String> = ["stage5-images", "run", "--name", &name, "--ns", "mnt,uts,ipc,pid,user,cgroup", "--net", "none"]
+        .map(String::from)
+        .to_vec();
+    argv.push(parent.digest()?.to_string());
+    argv.push("--".to_string());
+    argv.extend(command.iter().cloned());
+    let Ok(crate::Cli { command: Verb::Run(run_args), .. }) = parse(argv) else {
+        return Err(Error::Invalid(format!("RUN {command:?} could not be made a run")).into());
+    };
+    let code = run(*run_args, store, None)?;
+    let result = if code == 0 {
+        let container = store.find(&name)?;
+        images.commit_untagged(&container, created, &instruction.text).map_err(Failure::from)
+    } else {
+        Err(Error::Invalid(format!(
+            "the command `{}` returned a non-zero code: {code}",
+            instruction.text
+        ))
+        .into())
+    };
+    let _ = store.remove(&name, true);
+    result
+}
+// ANCHOR_END: run_step
+
+/// COPY: the sources, under `dest`, become a layer of their own (owned by root inside, or
+/// by `--chown`).
+#[allow(clippy::too_many_arguments)]
+fn copy_step(
+    images: &Images,
+    parent: &Image,
+    instruction: &Instruction,
+    context: &Path,
+    sources: &[String],
+    dest: &str,
+    chown: Option<&str>,
+    created: &str,
+) -> Result<Image, Failure> {
+    let staging = tempdir_in(images.layout().root())?;
+    let result = (|| {
+        let workdir = parent.config.config().as_ref().and_then(|c| c.working_dir().clone()).unwrap_or_else(|| "/".into());
+        let dest_path = if dest.starts_with('/') { PathBuf::from(dest) } else { Path::new(&workdir).join(dest) };
+        let relative = dest_path.strip_prefix("/").unwrap_or(&dest_path).to_path_buf();
+        let target = staging.join(&relative);
+        let into_dir = dest.ends_with('/') || sources.len() > 1;
+        for source in dockerfile::expand_sources(context, sources)? {
+            let from = context.join(&source);
+            let metadata = std::fs::symlink_metadata(&from).map_err(|e| Error::io("stat", &from, &e))?;
+            let to = if metadata.is_dir() {
+                target.clone()
+            } else if into_dir {
+                target.join(from.file_name().unwrap_or_default())
+            } else {
+                target.clone()
+            };
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| Error::io("mkdir", parent, &e))?;
+            }
+            if metadata.is_dir() {
+                std::fs::create_dir_all(&to).map_err(|e| Error::io("mkdir", &to, &e))?;
+                for entry in std::fs::read_dir(&from).map_err(|e| Error::io("opendir", &from, &e))? {
+                    let entry = entry.map_err(|e| Error::io("readdir", &from, &e))?;
+                    copy::copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+                }
+            } else {
+                copy::copy_tree(&from, &to)?;
+            }
+        }
+        let (uid, gid) = match chown {
+            Some(owner) => {
+                let lowers = images.lowers(parent)?;
+                config::resolve_user(owner, &lowers)?
+            }
+            None => (0, 0),
+        };
+        copy::change_owner(&staging, uid, gid)?;
+        // The directories on the way to dest are the image's: root's, 0755.
+        let mut on_the_way = relative.parent().map(Path::to_path_buf);
+        while let Some(dir) = on_the_way.filter(|dir| !dir.as_os_str().is_empty()) {
+            let _ = std::os::unix::fs::chown(staging.join(&dir), Some(0), Some(0));
+            on_the_way = dir.parent().map(Path::to_path_buf);
+        }
+        let (descriptor, packed) = images.add_layer(|out| layer::pack_dir(&staging, out, Compression::Gzip))?;
+        let mut changed = parent.config.clone();
+        config::add_layer(&mut changed, &packed.diff_id, created, &instruction.text);
+        let mut layers = parent.body.layers().clone();
+        layers.push(descriptor);
+        Ok::<_, Error>(images.write(layers, &changed, None)?)
+    })();
+    let _ = copy::remove_tree(&staging);
+    Ok(result?)
+}
+
+/// A fresh directory for a COPY's files, in the store (the same filesystem as its blobs).
+fn tempdir_in(root: &Path) -> Result<PathBuf, Failure> {
+    for attempt in 0..100u32 {
+        let dir = root.join(format!(".copying-{}-{attempt}", std::process::id()));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(error) => return Err(Error::io("mkdir", &dir, &error).into()),
+        }
+    }
+    Err(Error::Invalid(format!("no free temporary directory in {}", root.display())).into())
+}

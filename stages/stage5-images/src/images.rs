@@ -1,0 +1,429 @@
+//! The image commands: `import`, `commit`, `images`, `history`, `tag`, `rmi`, `inspect`,
+//! `save`, `load`, `df`, `gc`; and what `run` takes from an image. Each reads or changes the
+//! store's images (`libisolab::image`) and prints what it did.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::PathBuf;
+
+use clap::Args;
+use libisolab::cgroups::format_size;
+use libisolab::image::images::{bytes, Image, Images};
+use libisolab::image::{archive, config};
+use libisolab::process::Failure;
+use libisolab::store::{self, Container, ImageRef, Status, Store};
+use libisolab::user::User;
+use libisolab::{cli, Error};
+
+use crate::commands::print_table;
+use crate::{RunArgs, PROGRAM};
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// A directory (a root filesystem, e.g. from rootfs-builder) or a tar (gzip or not)
+    #[arg(value_name = "DIR|TAR")]
+    source: PathBuf,
+    /// The image's name: NAME[:TAG]
+    #[arg(value_name = "NAME[:TAG]")]
+    name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CommitArgs {
+    /// The stopped container's name or id
+    #[arg(value_name = "CONTAINER")]
+    container: String,
+    /// The new image's name: NAME[:TAG]
+    #[arg(value_name = "NAME[:TAG]")]
+    name: String,
+    /// What the history says made this layer [default: the container's command]
+    #[arg(long, short, value_name = "TEXT")]
+    message: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImagesArgs {
+    /// Show each image's manifest digest
+    #[arg(long)]
+    digests: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImageArg {
+    /// The image: NAME[:TAG], an id, or sha256:DIGEST
+    #[arg(value_name = "IMAGE")]
+    image: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TagArgs {
+    /// The image to name
+    #[arg(value_name = "IMAGE")]
+    source: String,
+    /// Its new name: NAME[:TAG]
+    #[arg(value_name = "NAME[:TAG]")]
+    target: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RmiArgs {
+    /// The images: tags, ids or digests
+    #[arg(value_name = "IMAGE", required = true)]
+    images: Vec<String>,
+    /// Remove every tag of an id, and a tag even if containers use the image (they keep
+    /// its layers)
+    #[arg(long, short)]
+    force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The image
+    #[arg(value_name = "IMAGE")]
+    image: String,
+    /// The manifest and config as JSON, for scripts
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SaveArgs {
+    /// The images to save (tags)
+    #[arg(value_name = "IMAGE", required = true)]
+    images: Vec<String>,
+    /// The tar to write
+    #[arg(long, short, value_name = "FILE")]
+    output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// The tar to read: an OCI image layout, or a `docker save` tar
+    #[arg(long, short, value_name = "FILE")]
+    input: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Also drop the build cache (the next build runs every step again)
+    #[arg(long)]
+    build_cache: bool,
+}
+
+fn say(line: &str) {
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
+// ANCHOR: for_run
+/// What `run` takes from an image. A new container: the image IMAGE names, its layers
+/// unpacked (once) and stacked topmost first; a stopped one: the layers its first run
+/// recorded and the image by its digest, never by what its name means now. Fills in, from the
+/// image's config, what the command line leaves out: the command (Entrypoint + Cmd), the
+/// environment, the working directory, the user. `None` for stage 4's `--rootfs` base.
+pub fn for_run(
+    args: &mut RunArgs,
+    store: &Store,
+    stopped: Option<&Container>,
+) -> Result<Option<(ImageRef, Vec<PathBuf>)>, Failure> {
+    let (image, reference, lowers) = match (stopped, &args.image, &args.container.rootfs) {
+        (Some(container), _, _) => match &container.config.image {
+            None => return Ok(None),
+            Some(recorded) => {
+                let image = Images::open(store)?.find(&recorded.manifest)?;
+                (image, recorded.clone(), container.config.lowers.clone())
+            }
+        },
+        (None, Some(_), Some(_)) => {
+            return Err(invalid("give an image or --rootfs, not both"));
+        }
+        (None, None, None) => {
+            return Err(invalid(
+                "give an image to run (`images` lists them; import, build or load one), or \
+                 --rootfs DIR",
+            ));
+        }
+        (None, None, Some(_)) => {
+            if args.command.command.is_empty() {
+                return Err(invalid("give the command to run after --"));
+            }
+            return Ok(None);
+        }
+        (None, Some(word), None) => {
+            let images = Images::open(store)?;
+            let image = images.find(word)?;
+            let lowers = images.lowers(&image)?;
+            let reference = image.reference(word)?;
+            (image, reference, lowers)
+        }
+    };
+    let given: Vec<String> =
+        args.command.command.iter().map(|arg| arg.to_string_lossy().into_owned()).collect();
+    let user_env: Vec<(String, String)> = args
+        .command
+        .env
+        .iter()
+        .map(|(key, value)| (key.to_string_lossy().into_owned(), value.to_string_lossy().into_owned()))
+        .collect();
+    let workdir = args.command.workdir.to_string_lossy().into_owned();
+    let workdir = args.workdir_given.then_some(workdir.as_str());
+    let launch = config::launch(&image.config, &given, &user_env, workdir)?;
+    args.command.command = launch.argv.into_iter().map(OsString::from).collect();
+    args.command.env =
+        launch.env.into_iter().map(|(key, value)| (key.into(), value.into())).collect();
+    args.command.workdir = PathBuf::from(launch.workdir);
+    if let (None, Some(user)) = (&args.container.user, &launch.user) {
+        let (uid, gid) = config::resolve_user(user, &lowers)?;
+        args.container.user = Some(User { uid, gid });
+    }
+    // The plan checks its base as stage 4 checked --rootfs: the topmost layer stands for it.
+    args.container.rootfs = lowers.first().cloned();
+    Ok(Some((reference, lowers)))
+}
+// ANCHOR_END: for_run
+
+fn invalid(text: &str) -> Failure {
+    Error::Invalid(text.to_string()).into()
+}
+
+/// `import DIR|TAR NAME[:TAG]`
+pub fn import(store: &Store, args: &ImportArgs) -> Result<u8, Failure> {
+    let images = Images::open(store)?;
+    let image = images.import(&args.source, &args.name, &store::timestamp())?;
+    describe(&image);
+    Ok(0)
+}
+
+/// `commit CONTAINER NAME[:TAG]`
+pub fn commit(store: &Store, args: &CommitArgs) -> Result<u8, Failure> {
+    let container = store.find(&args.container)?;
+    if container.state()?.status == Status::Running && !container.state()?.runtime_died {
+        return Err(invalid(&format!(
+            "container {} is running: its upper may change while it is read; commit it once \
+             its command has ended",
+            container.config.name
+        )));
+    }
+    let created_by = match &args.message {
+        Some(message) => message.clone(),
+        None => {
+            let words: Vec<String> =
+                container.config.command.iter().map(|arg| cli::shell_quote(arg)).collect();
+            words.join(" ")
+        }
+    };
+    let images = Images::open(store)?;
+    let image = images.commit(&container, &args.name, &store::timestamp(), &created_by)?;
+    describe(&image);
+    Ok(0)
+}
+
+/// One line for a new image: its name, its id, its digest, its layers.
+fn describe(image: &Image) {
+    let layers = image.body.layers().len();
+    say(&format!(
+        "{} {}: {} layer{}, {}, {}",
+        image.shown(),
+        image.id(),
+        layers,
+        if layers == 1 { "" } else { "s" },
+        bytes(image.size()),
+        image.manifest.digest()
+    ));
+}
+
+/// `images`: one line per tag.
+pub fn images(store: &Store, args: &ImagesArgs) -> Result<u8, Failure> {
+    let images = Images::open(store)?;
+    let mut header = vec!["REPOSITORY", "TAG", "IMAGE ID", "CREATED (UTC)", "LAYERS", "SIZE"];
+    if args.digests {
+        header.insert(2, "DIGEST");
+    }
+    let mut rows = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
+    for image in images.list()? {
+        let name = image.shown();
+        let (repository, tag) = name.rsplit_once(':').unwrap_or((&name, ""));
+        let created = image.config.created().clone().unwrap_or_default();
+        let mut row = vec![
+            repository.to_string(),
+            tag.to_string(),
+            image.id(),
+            store::show_time(&created),
+            image.body.layers().len().to_string(),
+            bytes(image.size()),
+        ];
+        if args.digests {
+            row.insert(2, image.manifest.digest().to_string());
+        }
+        rows.push(row);
+    }
+    print_table(&rows);
+    Ok(0)
+}
+
+// ANCHOR: history
+/// `history IMAGE`: newest first, as `docker history` and `git log` show it: each step, the
+/// layer it made (or none, for a step that only changed the config) and its size.
+pub fn history(store: &Store, args: &ImageArg) -> Result<u8, Failure> {
+    let image = Images::open(store)?.find(&args.image)?;
+    let mut layers = image.body.layers().iter();
+    let mut rows = Vec::new();
+    for step in image.config.history() {
+        let (layer, size) = if step.empty_layer().unwrap_or(false) {
+            ("-".to_string(), "0 B".to_string())
+        } else {
+            match layers.next() {
+                Some(layer) => (short(&layer.digest().to_string()), bytes(layer.size())),
+                None => ("<missing>".to_string(), "?".to_string()),
+            }
+        };
+        let created = step.created().clone().unwrap_or_default();
+        rows.push(vec![
+            layer,
+            store::show_time(&created),
+            size,
+            step.created_by().clone().unwrap_or_default(),
+        ]);
+    }
+    rows.reverse();
+    rows.insert(0, ["LAYER", "CREATED (UTC)", "SIZE", "CREATED BY"].map(String::from).to_vec());
+    print_table(&rows);
+    Ok(0)
+}
+// ANCHOR_END: history
+
+/// `sha256:` and 12 hex digits.
+fn short(digest: &str) -> String {
+    digest.chars().take("sha256:".len() + 12).collect()
+}
+
+/// `tag IMAGE NAME[:TAG]`
+pub fn tag(store: &Store, args: &TagArgs) -> Result<u8, Failure> {
+    let image = Images::open(store)?.tag(&args.source, &args.target)?;
+    describe(&image);
+    Ok(0)
+}
+
+/// `rmi IMAGE…`: untags, then removes what nothing uses any more.
+pub fn rmi(store: &Store, args: &RmiArgs) -> Result<u8, Failure> {
+    let images = Images::open(store)?;
+    let containers = Images::containers(store)?;
+    for word in &args.images {
+        for tag in images.remove(word, args.force, &containers)? {
+            say(&format!("untagged {tag}"));
+        }
+    }
+    let collected = images.gc(&containers, true)?;
+    for line in &collected.lines {
+        say(line);
+    }
+    Ok(0)
+}
+
+/// `inspect IMAGE [--json]`
+pub fn inspect(store: &Store, args: &InspectArgs) -> Result<u8, Failure> {
+    let image = Images::open(store)?.find(&args.image)?;
+    let value = serde_json::json!({
+        "name": image.name,
+        "id": image.id(),
+        "digest": image.manifest.digest().to_string(),
+        "manifest": image.body,
+        "config": image.config,
+    });
+    if args.json {
+        say(&value.to_string());
+        return Ok(0);
+    }
+    let text = serde_json::to_string_pretty(&value).unwrap_or_default();
+    say(&text);
+    Ok(0)
+}
+
+/// `save IMAGE… -o FILE`
+pub fn save(store: &Store, args: &SaveArgs) -> Result<u8, Failure> {
+    let images = Images::open(store)?;
+    let mut chosen = Vec::new();
+    for word in &args.images {
+        let image = images.find(word)?;
+        let name = image.name.clone().ok_or_else(|| {
+            invalid(&format!("{word} has no tag: tag it first, so that the tar names it"))
+        })?;
+        chosen.push((name, image.manifest));
+    }
+    // Written beside the target and renamed: a failed save leaves no half tar under its name.
+    let partial = args.output.with_extension("partial");
+    let file = File::create(&partial).map_err(|error| Error::io("open", &partial, &error))?;
+    let mut out = BufWriter::new(file);
+    let written = archive::save(images.layout(), &chosen, &mut out).and_then(|()| {
+        out.flush().map_err(|error| Error::io("write", &partial, &error))
+    });
+    if let Err(error) = written {
+        let _ = std::fs::remove_file(&partial);
+        return Err(error.into());
+    }
+    std::fs::rename(&partial, &args.output)
+        .map_err(|error| Error::io("rename", &args.output, &error))?;
+    say(&format!("saved {} to {}", args.images.join(", "), args.output.display()));
+    Ok(0)
+}
+
+/// `load -i FILE`
+pub fn load(store: &Store, args: &LoadArgs) -> Result<u8, Failure> {
+    let images = Images::open(store)?;
+    let _writing = images.writing()?;
+    let file = File::open(&args.input).map_err(|error| Error::io("open", &args.input, &error))?;
+    let loaded = archive::load(images.layout(), BufReader::new(file))?;
+    for (name, descriptor) in &loaded.refs {
+        let name = name.clone().unwrap_or_else(|| "(untagged)".to_string());
+        say(&format!("loaded {name} {}", descriptor.digest()));
+    }
+    say(&format!("{} new blobs, {}", loaded.blobs_added, bytes(loaded.bytes_added)));
+    Ok(0)
+}
+
+// ANCHOR: df
+/// `df`: the images and what they share, then stage 4's containers.
+pub fn df(store: &Store) -> Result<u8, Failure> {
+    let usage = Images::open(store)?.usage()?;
+    let mut rows =
+        vec![["IMAGE", "IMAGE ID", "LAYERS", "SIZE"].map(String::from).to_vec()];
+    for (name, image) in &usage.images {
+        rows.push(vec![
+            name.clone(),
+            image.id(),
+            image.body.layers().len().to_string(),
+            bytes(image.size()),
+        ]);
+    }
+    print_table(&rows);
+    say(&format!(
+        "{} image{}: {} distinct layer{}, {} of blobs ({} if nothing were shared); {} layer{} \
+         unpacked, {} on disk",
+        usage.images.len(),
+        if usage.images.len() == 1 { "" } else { "s" },
+        usage.layers,
+        if usage.layers == 1 { "" } else { "s" },
+        format_size(usage.blob_bytes),
+        format_size(usage.unshared_bytes),
+        usage.unpacked,
+        if usage.unpacked == 1 { "" } else { "s" },
+        format_size(usage.unpacked_bytes),
+    ));
+    say("");
+    crate::commands::df(store)
+}
+// ANCHOR_END: df
+
+/// The image part of `gc`.
+pub fn gc(store: &Store, args: &GcArgs) -> Result<u8, Failure> {
+    let images = Images::open(store)?;
+    let containers = Images::containers(store)?;
+    let collected = images.gc(&containers, !args.build_cache)?;
+    if collected.lines.is_empty() {
+        say("no unused blobs or layers");
+    }
+    for line in &collected.lines {
+        say(line);
+    }
+    Ok(0)
+}
