@@ -300,3 +300,172 @@ fn join_workdir(previous: &str, path: &str) -> String {
     }
     format!("/{}", parts.join("/"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(words: &[&str]) -> Vec<String> {
+        words.iter().map(|word| word.to_string()).collect()
+    }
+
+    /// A config with the given Entrypoint, Cmd, Env and WorkingDir.
+    fn image(
+        entrypoint: Option<&[&str]>,
+        cmd: Option<&[&str]>,
+        env: &[&str],
+        workdir: Option<&str>,
+    ) -> ImageConfiguration {
+        let mut config = scratch();
+        let mut image = Config::default();
+        image.set_entrypoint(entrypoint.map(strings));
+        image.set_cmd(cmd.map(strings));
+        image.set_env((!env.is_empty()).then(|| strings(env)));
+        image.set_working_dir(workdir.map(str::to_string));
+        config.set_config(Some(image));
+        config
+    }
+
+    #[test]
+    fn launch_follows_dockers_rules() {
+        let ls: &[&str] = &["ls"];
+        let root: &[&str] = &["/"];
+        type Words = &'static [&'static str];
+        // (entrypoint, cmd, command-line args, expected argv)
+        let table: &[(Option<Words>, Option<Words>, Words, Words)] = &[
+            (None, Some(&["sh"]), &[], &["sh"]),
+            (None, Some(&["sh"]), &["echo", "hi"], &["echo", "hi"]),
+            (Some(ls), Some(root), &[], &["ls", "/"]),
+            // Arguments replace Cmd; they do not append to it.
+            (Some(ls), Some(root), &["/etc"], &["ls", "/etc"]),
+            (Some(ls), None, &[], &["ls"]),
+        ];
+        for (entrypoint, cmd, args, expected) in table {
+            let config = image(*entrypoint, *cmd, &[], None);
+            let launched = launch(&config, &strings(args), &[], None).unwrap();
+            assert_eq!(launched.argv, strings(expected), "{entrypoint:?} {cmd:?} {args:?}");
+        }
+        let error = launch(&image(None, None, &[], None), &[], &[], None).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "the image has no Cmd or Entrypoint: give a command after --"
+        );
+    }
+
+    #[test]
+    fn launch_env_workdir_and_path() {
+        let config = image(None, Some(&["sh"]), &["A=1", "B=2"], Some("/srv"));
+        let user_env = [("B".to_string(), "user".to_string()), ("C".into(), "3".into())];
+        let launched = launch(&config, &[], &user_env, None).unwrap();
+        let env: Vec<_> = launched.env.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        assert_eq!(env, [&format!("PATH={DEFAULT_PATH}"), "A=1", "B=user", "C=3"]);
+        assert_eq!(launched.workdir, "/srv");
+        assert_eq!(launched.user, None);
+        assert_eq!(launch(&config, &[], &[], Some("/tmp")).unwrap().workdir, "/tmp");
+        let with_path = image(None, Some(&["sh"]), &["PATH=/bin"], None);
+        let launched = launch(&with_path, &[], &[], None).unwrap();
+        assert_eq!(launched.env, [("PATH".to_string(), "/bin".to_string())]);
+        assert_eq!(launched.workdir, "/");
+    }
+
+    #[test]
+    fn scratch_history_and_layers() {
+        let mut config = scratch();
+        assert_eq!(config.os(), &Os::Linux);
+        assert_eq!(config.rootfs().typ(), "layers");
+        assert!(config.rootfs().diff_ids().is_empty());
+        assert_eq!(oci_architecture("x86_64"), "amd64");
+        assert_eq!(oci_architecture("aarch64"), "arm64");
+        assert_eq!(oci_architecture("riscv64"), "riscv64");
+        let diff_id = Digest::of(b"layer");
+        add_layer(&mut config, &diff_id, "2026-01-01T00:00:00Z", "COPY a /b");
+        add_history_only(&mut config, "2026-01-01T00:00:01Z", "ENV A=1");
+        assert_eq!(config.rootfs().diff_ids(), &[diff_id.to_string()]);
+        let history = config.history().clone().unwrap();
+        assert_eq!(history.len(), 2);
+        assert_eq!(history[0].created_by().as_deref(), Some("COPY a /b"));
+        assert_eq!(history[0].empty_layer(), Some(false));
+        assert_eq!(history[1].empty_layer(), Some(true));
+        assert_eq!(history[1].created().as_deref(), Some("2026-01-01T00:00:01Z"));
+    }
+
+    #[test]
+    fn apply_follows_the_dockerfile_reference() {
+        let mut config = scratch();
+        let exec = |argv: &[&str]| Command::Exec(strings(argv));
+        let pairs = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+        };
+        assert!(apply(&mut config, &Kind::Env { pairs: pairs(&[("A", "1"), ("B", "2")]) }));
+        assert!(apply(&mut config, &Kind::Env { pairs: pairs(&[("A", "3")]) }));
+        assert!(apply(&mut config, &Kind::Workdir { path: "/srv".into() }));
+        assert!(apply(&mut config, &Kind::Workdir { path: "app/../web".into() }));
+        assert!(apply(&mut config, &Kind::User { user: "nobody".into() }));
+        assert!(apply(&mut config, &Kind::Cmd { command: exec(&["sh"]) }));
+        assert!(apply(&mut config, &Kind::Label { pairs: pairs(&[("k", "v")]) }));
+        let image = config.config().clone().unwrap();
+        assert_eq!(image.env().clone().unwrap(), strings(&["A=3", "B=2"]));
+        assert_eq!(image.working_dir().as_deref(), Some("/srv/web"));
+        assert_eq!(image.user().as_deref(), Some("nobody"));
+        assert_eq!(image.cmd().clone().unwrap(), strings(&["sh"]));
+        assert_eq!(image.labels().clone().unwrap()["k"], "v");
+        // A new ENTRYPOINT resets the Cmd written for the one before; shell form runs via sh.
+        let entrypoint = Kind::Entrypoint { command: Command::Shell("exec app".into()) };
+        assert!(apply(&mut config, &entrypoint));
+        let image = config.config().clone().unwrap();
+        assert_eq!(image.entrypoint().clone().unwrap(), strings(&["/bin/sh", "-c", "exec app"]));
+        assert_eq!(image.cmd(), &None);
+        let before = config.clone();
+        assert!(!apply(&mut config, &Kind::Run { command: exec(&["true"]) }));
+        assert!(!apply(&mut config, &Kind::Arg { name: "A".into(), default: None }));
+        assert_eq!(config, before);
+    }
+
+    #[test]
+    fn resolve_user_reads_the_topmost_passwd_and_honours_whiteouts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (top, middle, bottom) =
+            (dir.path().join("top"), dir.path().join("middle"), dir.path().join("bottom"));
+        for lower in [&top, &middle, &bottom] {
+            fs::create_dir_all(lower.join("etc")).unwrap();
+        }
+        fs::write(
+            middle.join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/:/bin/sh\n",
+        )
+        .unwrap();
+        fs::write(middle.join("etc/group"), "root:x:0:\nstaff:x:50:app\n").unwrap();
+        fs::write(bottom.join("etc/passwd"), "old:x:7:7::/:/bin/sh\n").unwrap();
+        let lowers = [top.clone(), middle.clone(), bottom.clone()];
+        assert_eq!(resolve_user("app", &lowers).unwrap(), (1000, 1001));
+        assert_eq!(resolve_user("app:staff", &lowers).unwrap(), (1000, 50));
+        assert_eq!(resolve_user("1000", &lowers).unwrap(), (1000, 1001));
+        assert_eq!(resolve_user("42:43", &lowers).unwrap(), (42, 43));
+        assert_eq!(resolve_user("42", &lowers).unwrap(), (42, 0));
+        // The middle layer's passwd hides the bottom one.
+        let error = resolve_user("old", &lowers).unwrap_err().to_string();
+        let shown = middle.join("etc/passwd");
+        assert_eq!(error, format!("user old is not in the image's /etc/passwd ({}) (use a number, USER UID[:GID], or create the user in an earlier RUN)", shown.display()));
+        let error = resolve_user("app:wheel", &lowers).unwrap_err().to_string();
+        assert!(error.starts_with("group wheel is not in the image's /etc/group"), "{error}");
+
+        // The top layer deletes /etc/passwd: a whiteout, the 0/0 character device overlayfs
+        // leaves in an upper (`man 2 mknod`, which needs CAP_MKNOD).
+        let whiteout = top.join("etc/passwd");
+        let made = nix::sys::stat::mknod(
+            &whiteout,
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+            0,
+        );
+        if made.is_err() {
+            return crate::skip(
+                "resolve_user_reads_the_topmost_passwd_and_honours_whiteouts",
+                "mknod of a whiteout needs root",
+            );
+        }
+        let error = resolve_user("app", &lowers).unwrap_err().to_string();
+        assert_eq!(error, "user app is not found: the image has no /etc/passwd (use a number, USER UID[:GID], or create the user in an earlier RUN)");
+        assert_eq!(resolve_user("5:6", &lowers).unwrap(), (5, 6));
+    }
+}

@@ -773,3 +773,273 @@ fn walk(path: &Path, relative: &Path, encoding: &mut Vec<u8>) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_ok(text: &str, build_args: &[(&str, &str)]) -> Dockerfile {
+        let build_args: Vec<(String, String)> =
+            build_args.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect();
+        parse(Path::new("Dockerfile"), text, &build_args).unwrap()
+    }
+
+    fn kinds(text: &str, build_args: &[(&str, &str)]) -> Vec<Kind> {
+        parse_ok(text, build_args).instructions.into_iter().map(|i| i.kind).collect()
+    }
+
+    fn strings(words: &[&str]) -> Vec<String> {
+        words.iter().map(|word| word.to_string()).collect()
+    }
+
+    fn pairs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect()
+    }
+
+    #[test]
+    fn malformed_dockerfiles_are_refused_with_file_line_and_the_fix() {
+        let table: &[(&str, &str)] = &[
+            ("FROM scratch\n\nEXPOSEE 80\n", "Dockerfile:3: unknown instruction EXPOSEE (isolab builds FROM, RUN, COPY, ENV, WORKDIR, USER, CMD, ENTRYPOINT, LABEL, ARG)"),
+            ("FROM scratch\nEXPOSE 80\n", "Dockerfile:2: EXPOSE is not supported by isolab (isolab builds FROM, RUN, COPY, ENV, WORKDIR, USER, CMD, ENTRYPOINT, LABEL, ARG)"),
+            ("# a comment\nRUN true\n", "Dockerfile:2: RUN before FROM (a Dockerfile starts with FROM; only ARG may come before it)"),
+            ("FROM scratch\nRUN\n", "Dockerfile:2: RUN needs arguments (RUN COMMAND, or RUN [\"EXECUTABLE\", \"ARG\", …])"),
+            ("FROM scratch\nCOPY a\n", "Dockerfile:2: COPY needs a source and a destination (COPY [--chown=USER[:GROUP]] SOURCE… DEST)"),
+            ("FROM scratch\nFROM scratch\n", "Dockerfile:2: a second FROM: multi-stage builds are not supported (build the first stage as its own image, then FROM it)"),
+            ("FROM scratch\nRUN <<EOF\necho hi\nEOF\n", "Dockerfile:2: heredocs (<<EOF) are not supported: write the file into the build context and COPY it, or use printf in a RUN"),
+            ("FROM scratch\nADD https://x/y.tgz /\n", "Dockerfile:2: ADD is not supported: use COPY (ADD's URLs and automatic extraction of archives are not supported)"),
+            ("FROM scratch\nCOPY --from=build /a /b\n", "Dockerfile:2: COPY --from is not supported (it copies from another stage or image; multi-stage builds are not supported: copy from the build context)"),
+            ("FROM scratch\nRUN echo a \\\n  b \\\n", "Dockerfile:2: the instruction continues past the end of the file (its last line ends in \\: remove it, or finish the instruction)"),
+            ("# only a comment\n", "Dockerfile:1: no FROM (a Dockerfile starts with FROM scratch or FROM NAME:TAG)"),
+            ("FROM scratch\nENV A=1 B\n", "Dockerfile:2: ENV B is not NAME=VALUE (quote a value with spaces: NAME=\"a b\")"),
+            ("FROM scratch\nENV A\n", "Dockerfile:2: ENV A has no value (ENV NAME=VALUE)"),
+            ("FROM scratch\nCOPY a b /dest\n", "Dockerfile:2: COPY with several sources (or a glob) needs a directory destination ending in /, not /dest"),
+            ("FROM scratch\nRUN --mount=type=cache,target=/x make\n", "Dockerfile:2: RUN --mount=type=cache,target=/x is not supported (isolab's RUN takes no flags: RUN COMMAND, or RUN [\"EXECUTABLE\", \"ARG\", …])"),
+            ("FROM scratch\nWORKDIR \"/a\n", "Dockerfile:2: a double quote is not closed"),
+            ("FROM scratch\nWORKDIR ${A:?x}\n", "Dockerfile:2: unsupported substitution ${A…} (isolab knows $VAR, ${VAR}, ${VAR:-DEFAULT} and ${VAR:+ALTERNATIVE})"),
+            ("ARG BASE\nFROM $BASE\n", "Dockerfile:2: FROM $BASE names no image once substituted (give --build-arg, or a default in ARG)"),
+            ("FROM --platform=linux/arm64 alpine\n", "Dockerfile:1: FROM --platform=linux/arm64 is not supported (FROM NAME[:TAG]: isolab builds for this machine)"),
+            ("# escape=x\nFROM scratch\n", "Dockerfile:1: escape=x is not an escape character (use \\ or `)"),
+        ];
+        for (text, expected) in table {
+            let error = parse(Path::new("Dockerfile"), text, &[]).unwrap_err();
+            assert_eq!(error.to_string(), *expected, "for {text:?}");
+        }
+    }
+
+    #[test]
+    fn continuations_join_lines_and_skip_comments_inside() {
+        let dockerfile = parse_ok(
+            "FROM scratch\n\nRUN apk add \\\n# a comment inside\n\n    curl \\\n    git\nCMD [\"sh\"]\n",
+            &[],
+        );
+        let run = &dockerfile.instructions[1];
+        assert_eq!(run.line, 3);
+        assert_eq!(run.text, "RUN apk add     curl     git");
+        assert_eq!(
+            run.kind,
+            Kind::Run { command: Command::Shell("apk add     curl     git".into()) }
+        );
+        assert_eq!(dockerfile.instructions[2].line, 8);
+    }
+
+    #[test]
+    fn escape_directive_makes_backtick_the_continuation() {
+        let text = "# syntax=docker/dockerfile:1\n# escape=`\nFROM scratch\nRUN echo \\a `\n  b\nWORKDIR C:`\\x\n";
+        let kinds = kinds(text, &[]);
+        assert_eq!(kinds[1], Kind::Run { command: Command::Shell("echo \\a   b".into()) });
+        assert_eq!(kinds[2], Kind::Workdir { path: "C:\\x".into() });
+    }
+
+    #[test]
+    fn instruction_names_are_case_insensitive_and_json_falls_back_to_shell() {
+        let kinds = kinds(
+            "from scratch\nrun [\"echo\", \"a b\"]\nCMD ['single', 'quotes']\nEntryPoint [\"sh\",\n",
+            &[],
+        );
+        assert_eq!(kinds[1], Kind::Run { command: Command::Exec(strings(&["echo", "a b"])) });
+        // Single quotes are not JSON: docker runs it through the shell, and so do we.
+        let shell = Command::Shell("['single', 'quotes']".into());
+        assert_eq!(shell.argv(), strings(&["/bin/sh", "-c", "['single', 'quotes']"]));
+        assert_eq!(kinds[2], Kind::Cmd { command: shell });
+        assert_eq!(kinds[3], Kind::Entrypoint { command: Command::Shell("[\"sh\",".into()) });
+    }
+
+    #[test]
+    fn env_forms_and_quotes() {
+        let kinds = kinds(
+            "FROM scratch\nENV A=1 B=\"v 2\" C='$A' D=a\\ b\nENV LEGACY hello  world\nLABEL x.y=\"z\"\n",
+            &[],
+        );
+        assert_eq!(
+            kinds[1],
+            Kind::Env { pairs: pairs(&[("A", "1"), ("B", "v 2"), ("C", "$A"), ("D", "a b")]) }
+        );
+        assert_eq!(kinds[2], Kind::Env { pairs: pairs(&[("LEGACY", "hello  world")]) });
+        assert_eq!(kinds[3], Kind::Label { pairs: pairs(&[("x.y", "z")]) });
+    }
+
+    #[test]
+    fn args_and_env_are_substituted_with_their_scopes_and_defaults() {
+        let text = "\
+ARG BASE=busybox
+ARG TAG
+FROM ${BASE}:${TAG:-latest}
+ARG BASE
+ARG DIR=/srv
+ARG UNSET
+ENV HOME=$DIR/home A=x
+ENV B=$A C=${UNSET:-fallback} D=${UNSET-dash} E=${DIR:+set} F=\\$DIR G=\"$DIR\"
+WORKDIR $HOME/${BASE}
+USER ${WHO:-nobody}
+COPY --chown=${WHO:-1000} app $DIR/
+RUN echo $DIR
+";
+        let dockerfile = parse_ok(text, &[("TAG", "1.36"), ("DIR", "/opt"), ("NOBODY", "x")]);
+        let kinds: Vec<_> = dockerfile.instructions.iter().map(|i| i.kind.clone()).collect();
+        assert_eq!(kinds[2], Kind::From { image: "busybox:1.36".into() });
+        assert_eq!(kinds[4], Kind::Arg { name: "DIR".into(), default: Some("/srv".into()) });
+        assert_eq!(kinds[6], Kind::Env { pairs: pairs(&[("HOME", "/opt/home"), ("A", "x")]) });
+        assert_eq!(
+            kinds[7],
+            Kind::Env {
+                pairs: pairs(&[
+                    ("B", "x"),
+                    ("C", "fallback"),
+                    ("D", "dash"),
+                    ("E", "set"),
+                    ("F", "$DIR"),
+                    ("G", "/opt")
+                ])
+            }
+        );
+        // The bare `ARG BASE` after FROM took the value declared before FROM.
+        assert_eq!(kinds[8], Kind::Workdir { path: "/opt/home/busybox".into() });
+        assert_eq!(kinds[9], Kind::User { user: "nobody".into() });
+        assert_eq!(
+            kinds[10],
+            Kind::Copy {
+                sources: strings(&["app"]),
+                dest: "/opt/".into(),
+                chown: Some("1000".into())
+            }
+        );
+        // RUN is left to the shell; the builder exports the ARGs in scope.
+        assert_eq!(kinds[11], Kind::Run { command: Command::Shell("echo $DIR".into()) });
+        assert_eq!(
+            dockerfile.instructions[11].build_args,
+            pairs(&[("BASE", "busybox"), ("DIR", "/opt")])
+        );
+        assert_eq!(dockerfile.unused_build_args, strings(&["NOBODY"]));
+    }
+
+    #[test]
+    fn env_values_see_the_variables_from_before_their_line() {
+        let kinds = kinds("FROM scratch\nENV A=old\nENV A=new B=$A\n", &[]);
+        assert_eq!(kinds[2], Kind::Env { pairs: pairs(&[("A", "new"), ("B", "old")]) });
+    }
+
+    #[test]
+    fn copy_json_form_and_globs() {
+        let kinds = kinds("FROM scratch\nCOPY [\"a file\", \"*.txt\", \"/dest dir/\"]\n", &[]);
+        assert_eq!(
+            kinds[1],
+            Kind::Copy {
+                sources: strings(&["a file", "*.txt"]),
+                dest: "/dest dir/".into(),
+                chown: None
+            }
+        );
+        assert!(glob_match(b"*.txt", b"a.txt"));
+        assert!(glob_match(b"a?c*", b"abcdef"));
+        assert!(!glob_match(b"*.txt", b"a.txt.bak"));
+        assert!(!glob_match(b"?", b""));
+    }
+
+    #[test]
+    fn cache_key_is_stable_and_sees_every_change() {
+        let key = |text: &str, parent: &str, copy: Option<&Digest>, args: &[(&str, &str)]| {
+            let dockerfile = parse_ok(text, args);
+            cache_key(parent, dockerfile.instructions.last().unwrap(), copy)
+        };
+        let run = "FROM scratch\nARG V=1\nRUN make\n";
+        let base = key(run, "scratch", None, &[]);
+        assert_eq!(base, key(run, "scratch", None, &[]));
+        assert_ne!(base, key("FROM scratch\nARG V=1\nRUN makf\n", "scratch", None, &[]));
+        assert_ne!(base, key(run, "sha256:00", None, &[]));
+        // A RUN sees its ARGs in the environment: another value, another result.
+        assert_ne!(base, key(run, "scratch", None, &[("V", "2")]));
+        let copy = "FROM scratch\nCOPY a /b\n";
+        let one = Digest::of(b"one");
+        let copied = key(copy, "scratch", Some(&one), &[]);
+        assert_eq!(copied, key(copy, "scratch", Some(&one), &[]));
+        assert_ne!(copied, key(copy, "scratch", Some(&Digest::of(b"onf")), &[]));
+        assert_ne!(copied, key("FROM scratch\nCOPY a /c\n", "scratch", Some(&one), &[]));
+        // ENV's substituted value is in the key, not the `$V` as written.
+        let env = "FROM scratch\nARG V=1\nENV X=$V\n";
+        assert_ne!(key(env, "scratch", None, &[]), key(env, "scratch", None, &[("V", "2")]));
+    }
+
+    fn context() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("app")).unwrap();
+        fs::write(dir.path().join("app/main.sh"), "echo hi\n").unwrap();
+        std::os::unix::fs::symlink("main.sh", dir.path().join("app/link")).unwrap();
+        fs::write(dir.path().join("a.txt"), "a").unwrap();
+        fs::write(dir.path().join("b.txt"), "b").unwrap();
+        dir
+    }
+
+    #[test]
+    fn copy_sources_digest_ignores_mtime_but_sees_modes_and_bytes() {
+        let dir = context();
+        let sources = strings(&["app", "*.txt"]);
+        let before = copy_sources_digest(dir.path(), &sources).unwrap();
+        let file = File::options().write(true).open(dir.path().join("app/main.sh")).unwrap();
+        file.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(copy_sources_digest(dir.path(), &sources).unwrap(), before);
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir.path().join("app/main.sh"), fs::Permissions::from_mode(0o755))
+            .unwrap();
+        let chmodded = copy_sources_digest(dir.path(), &sources).unwrap();
+        assert_ne!(chmodded, before);
+        fs::write(dir.path().join("b.txt"), "c").unwrap();
+        assert_ne!(copy_sources_digest(dir.path(), &sources).unwrap(), chmodded);
+        // Order matters (it is the order of the copy), and so does what a glob matches.
+        let resolved = resolve_copy_sources(dir.path(), &strings(&["/./app/../*.txt"])).unwrap();
+        let names: Vec<_> = resolved.iter().map(|path| path.file_name().unwrap()).collect();
+        assert_eq!(names, ["a.txt", "b.txt"]);
+    }
+
+    #[test]
+    fn copy_sources_outside_the_context_are_refused() {
+        let dir = context();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("escape")).unwrap();
+        let refused = |source: &str| {
+            copy_sources_digest(dir.path(), &strings(&[source])).unwrap_err().to_string()
+        };
+        let shown = dir.path().display();
+        assert_eq!(
+            refused("../x"),
+            format!("COPY source ../x is outside the build context {shown} (sources are paths inside it: move the file there)")
+        );
+        assert_eq!(
+            refused("escape"),
+            format!("COPY source escape leads outside the build context {shown} through a symlink (copy the file itself into the context)")
+        );
+        assert_eq!(
+            refused("missing"),
+            format!("COPY source missing is not in the build context {shown}")
+        );
+        assert_eq!(
+            refused("*.md"),
+            format!("COPY source *.md matches nothing in the build context {shown}")
+        );
+        // Through the Dockerfile, the refusal names the file and the line.
+        let dockerfile = parse_ok("FROM scratch\n\nCOPY ../x /x\n", &[]);
+        let error = (dockerfile.copy_sources_digest(&dockerfile.instructions[1], dir.path()))
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("Dockerfile:3: COPY source ../x is outside"), "{error}");
+    }
+}
