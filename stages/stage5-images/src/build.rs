@@ -64,6 +64,9 @@ pub fn build(store: &Store, args: &BuildArgs) -> Result<u8, Failure> {
     let steps = dockerfile.instructions.len();
     // The image so far: none before FROM.
     let mut current: Option<Image> = None;
+    for unused in &dockerfile.unused_build_args {
+        say(&format!("warning: --build-arg {unused} is not declared by any ARG"));
+    }
     for (number, instruction) in dockerfile.instructions.iter().enumerate() {
         say(&format!("step {}/{steps}: {}", number + 1, instruction.text));
         let at = |what: String| Error::Invalid(format!("{}:{}: {what}", file.display(), instruction.line));
@@ -82,12 +85,7 @@ pub fn build(store: &Store, args: &BuildArgs) -> Result<u8, Failure> {
         let Some(parent) = &current else {
             return Err(at("no FROM before this instruction".to_string()).into());
         };
-        let sources = match &instruction.kind {
-            Kind::Copy { sources, .. } => {
-                Some(dockerfile::copy_sources_digest(&args.context, sources).map_err(|error| at(error.to_string()))?)
-            }
-            _ => None,
-        };
+        let sources = dockerfile.copy_sources_digest(instruction, &args.context)?;
         let parent_key = parent.body.config().digest().to_string();
         let key = dockerfile::cache_key(&parent_key, instruction, sources.as_ref());
         if !args.no_cache {
@@ -156,6 +154,15 @@ fn run_step(
     let mut argv: Vec<String> = ["stage5-images", "run", "--name", &name, "--ns", "mnt,uts,ipc,pid,user,cgroup", "--net", "none"]
         .map(String::from)
         .to_vec();
+    // The ARGs in scope reach the command as environment variables (an ENV of the image
+    // with the same name wins, as in docker).
+    let env = parent.config.config().as_ref().and_then(|config| config.env().clone()).unwrap_or_default();
+    for (name, value) in &instruction.build_args {
+        if !env.iter().any(|pair| pair.split_once('=').is_some_and(|(key, _)| key == name)) {
+            argv.push("--env".to_string());
+            argv.push(format!("{name}={value}"));
+        }
+    }
     argv.push(parent.digest()?.to_string());
     argv.push("--".to_string());
     argv.extend(command.iter().cloned());
@@ -198,8 +205,7 @@ fn copy_step(
         let relative = dest_path.strip_prefix("/").unwrap_or(&dest_path).to_path_buf();
         let target = staging.join(&relative);
         let into_dir = dest.ends_with('/') || sources.len() > 1;
-        for source in dockerfile::expand_sources(context, sources)? {
-            let from = context.join(&source);
+        for from in dockerfile::resolve_copy_sources(context, sources)? {
             let metadata = std::fs::symlink_metadata(&from).map_err(|e| Error::io("stat", &from, &e))?;
             let to = if metadata.is_dir() {
                 target.clone()
