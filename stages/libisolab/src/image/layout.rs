@@ -144,6 +144,18 @@ impl Layout {
     /// partial file is removed and the error names both digests. A blob already there is kept
     /// (same name, same bytes). Returns the digest and the size.
     pub fn put_blob(&self, reader: impl Read, expected: Option<&Digest>) -> Result<(Digest, u64)> {
+        let (digest, size, _) = self.put_new_blob(reader, expected)?;
+        Ok((digest, size))
+    }
+    // ANCHOR_END: put_blob
+
+    /// [`Layout::put_blob`], also saying whether the blob is new (`false`: it was there
+    /// already and was kept), so that `load` and `pull` can say how much they added.
+    pub fn put_new_blob(
+        &self,
+        reader: impl Read,
+        expected: Option<&Digest>,
+    ) -> Result<(Digest, u64, bool)> {
         let (partial, file) = self.create_partial()?;
         // The partial file goes whatever happens, unless renamed into place.
         let (digest, size) = match self.fill_partial(&partial, file, reader, expected) {
@@ -156,7 +168,7 @@ impl Layout {
         let path = self.blob_path(&digest);
         if self.has_blob(&digest) {
             fs::remove_file(&partial).map_err(|e| Error::io("unlink", &partial, &e))?;
-            return Ok((digest, size));
+            return Ok((digest, size, false));
         }
         // rename(2) replaces whatever is at the name, a symlink included (the link itself,
         // never its target), so nothing planted there survives either.
@@ -165,9 +177,8 @@ impl Layout {
             return Err(Error::io("rename", &path, &error));
         }
         sync_dir(&self.blob_dir())?;
-        Ok((digest, size))
+        Ok((digest, size, true))
     }
-    // ANCHOR_END: put_blob
 
     /// Writes `reader` to the partial file through a hash; fsyncs; checks the digest.
     fn fill_partial(
