@@ -602,9 +602,8 @@ fn sigkill_of_the_runtime_then_gc_leaves_no_mount_and_no_stale_state() {
     // without any gc (regression: it showed `running (pid N)` until a gc ran). The container's
     // init, a fork of the runtime, shares the lock until its parent-death SIGKILL lands a
     // moment later: until then the container does still run, and `ps` says so.
-    let both_exited = || {
-        text(&run_stage4(&env, &["ps"]).stdout).matches("exited (runtime killed)").count() == 2
-    };
+    let both_exited =
+        || text(&run_stage4(&env, &["ps"]).stdout).matches("exited (runtime killed)").count() == 2;
     assert!(eventually(Duration::from_secs(5), both_exited), "the locks were never released");
     let (stale, _) = stage4(&env, &["ps"]);
     assert_eq!(stale.matches("exited (runtime killed)").count(), 2, "{stale}");

@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use libisolab::copy;
 use libisolab::digest::Digest;
+use libisolab::image::config;
 use libisolab::image::dockerfile::{self, Instruction, Kind};
 use libisolab::image::images::{Image, Images};
 use libisolab::image::layer::{self, Compression};
-use libisolab::image::config;
 use libisolab::process::Failure;
 use libisolab::store::{self, Store};
 use libisolab::Error;
@@ -69,7 +69,9 @@ pub fn build(store: &Store, args: &BuildArgs) -> Result<u8, Failure> {
     }
     for (number, instruction) in dockerfile.instructions.iter().enumerate() {
         say(&format!("step {}/{steps}: {}", number + 1, instruction.text));
-        let at = |what: String| Error::Invalid(format!("{}:{}: {what}", file.display(), instruction.line));
+        let at = |what: String| {
+            Error::Invalid(format!("{}:{}: {what}", file.display(), instruction.line))
+        };
         if let Kind::From { image } = &instruction.kind {
             current = Some(match image.as_str() {
                 "scratch" => images.write(Vec::new(), &config::scratch(), None)?,
@@ -95,8 +97,9 @@ pub fn build(store: &Store, args: &BuildArgs) -> Result<u8, Failure> {
                 continue;
             }
         }
-        let next = step(store, &images, parent, instruction, args).map_err(|failure| {
-            Failure { message: format!("{}:{}: {}", file.display(), instruction.line, failure.message), ..failure }
+        let next = step(store, &images, parent, instruction, args).map_err(|failure| Failure {
+            message: format!("{}:{}: {}", file.display(), instruction.line, failure.message),
+            ..failure
         })?;
         images.remember(&key, &next)?;
         say(&format!("  -> {}", next.id()));
@@ -106,12 +109,7 @@ pub fn build(store: &Store, args: &BuildArgs) -> Result<u8, Failure> {
         return Err(Error::Invalid(format!("{}: no FROM: nothing to build", file.display())).into());
     };
     let tagged = images.tag(&last.digest()?.to_string(), &args.tag)?;
-    say(&format!(
-        "built {} {} ({})",
-        tagged.shown(),
-        tagged.id(),
-        tagged.manifest.digest()
-    ));
+    say(&format!("built {} {} ({})", tagged.shown(), tagged.id(), tagged.manifest.digest()));
     Ok(0)
 }
 // ANCHOR_END: build
@@ -126,10 +124,19 @@ fn step(
 ) -> Result<Image, Failure> {
     let created = store::timestamp();
     match &instruction.kind {
-        Kind::Run { command } => run_step(store, images, parent, instruction, &command.argv(), &created),
-        Kind::Copy { sources, dest, chown } => {
-            copy_step(images, parent, instruction, &args.context, sources, dest, chown.as_deref(), &created)
+        Kind::Run { command } => {
+            run_step(store, images, parent, instruction, &command.argv(), &created)
         }
+        Kind::Copy { sources, dest, chown } => copy_step(
+            images,
+            parent,
+            instruction,
+            &args.context,
+            sources,
+            dest,
+            chown.as_deref(),
+            &created,
+        ),
         kind => {
             let mut changed = parent.config.clone();
             config::apply(&mut changed, kind);
@@ -150,13 +157,26 @@ fn run_step(
     command: &[String],
     created: &str,
 ) -> Result<Image, Failure> {
-    let name = format!("build-{}", &Digest::of(format!("{}{created}", instruction.text).as_bytes()).hex()[..12]);
-    let mut argv: Vec<String> = ["stage5-images", "run", "--name", &name, "--ns", "mnt,uts,ipc,pid,user,cgroup", "--net", "none"]
-        .map(String::from)
-        .to_vec();
+    let name = format!(
+        "build-{}",
+        &Digest::of(format!("{}{created}", instruction.text).as_bytes()).hex()[..12]
+    );
+    let mut argv: Vec<String> = [
+        "stage5-images",
+        "run",
+        "--name",
+        &name,
+        "--ns",
+        "mnt,uts,ipc,pid,user,cgroup",
+        "--net",
+        "none",
+    ]
+    .map(String::from)
+    .to_vec();
     // The ARGs in scope reach the command as environment variables (an ENV of the image
     // with the same name wins, as in docker).
-    let env = parent.config.config().as_ref().and_then(|config| config.env().clone()).unwrap_or_default();
+    let env =
+        parent.config.config().as_ref().and_then(|config| config.env().clone()).unwrap_or_default();
     for (name, value) in &instruction.build_args {
         if !env.iter().any(|pair| pair.split_once('=').is_some_and(|(key, _)| key == name)) {
             argv.push("--env".to_string());
@@ -200,13 +220,23 @@ fn copy_step(
 ) -> Result<Image, Failure> {
     let staging = tempdir_in(images.layout().root())?;
     let result = (|| {
-        let workdir = parent.config.config().as_ref().and_then(|c| c.working_dir().clone()).unwrap_or_else(|| "/".into());
-        let dest_path = if dest.starts_with('/') { PathBuf::from(dest) } else { Path::new(&workdir).join(dest) };
+        let workdir = parent
+            .config
+            .config()
+            .as_ref()
+            .and_then(|c| c.working_dir().clone())
+            .unwrap_or_else(|| "/".into());
+        let dest_path = if dest.starts_with('/') {
+            PathBuf::from(dest)
+        } else {
+            Path::new(&workdir).join(dest)
+        };
         let relative = dest_path.strip_prefix("/").unwrap_or(&dest_path).to_path_buf();
         let target = staging.join(&relative);
         let into_dir = dest.ends_with('/') || sources.len() > 1;
         for from in dockerfile::resolve_copy_sources(context, sources)? {
-            let metadata = std::fs::symlink_metadata(&from).map_err(|e| Error::io("stat", &from, &e))?;
+            let metadata =
+                std::fs::symlink_metadata(&from).map_err(|e| Error::io("stat", &from, &e))?;
             let to = if metadata.is_dir() {
                 target.clone()
             } else if into_dir {
@@ -219,7 +249,9 @@ fn copy_step(
             }
             if metadata.is_dir() {
                 std::fs::create_dir_all(&to).map_err(|e| Error::io("mkdir", &to, &e))?;
-                for entry in std::fs::read_dir(&from).map_err(|e| Error::io("opendir", &from, &e))? {
+                for entry in
+                    std::fs::read_dir(&from).map_err(|e| Error::io("opendir", &from, &e))?
+                {
                     let entry = entry.map_err(|e| Error::io("readdir", &from, &e))?;
                     copy::copy_tree(&entry.path(), &to.join(entry.file_name()))?;
                 }
@@ -241,7 +273,8 @@ fn copy_step(
             let _ = std::os::unix::fs::chown(staging.join(&dir), Some(0), Some(0));
             on_the_way = dir.parent().map(Path::to_path_buf);
         }
-        let (descriptor, packed) = images.add_layer(|out| layer::pack_dir(&staging, out, Compression::Gzip))?;
+        let (descriptor, packed) =
+            images.add_layer(|out| layer::pack_dir(&staging, out, Compression::Gzip))?;
         let mut changed = parent.config.clone();
         config::add_layer(&mut changed, &packed.diff_id, created, &instruction.text);
         let mut layers = parent.body.layers().clone();

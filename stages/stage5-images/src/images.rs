@@ -163,7 +163,9 @@ pub fn for_run(
         .command
         .env
         .iter()
-        .map(|(key, value)| (key.to_string_lossy().into_owned(), value.to_string_lossy().into_owned()))
+        .map(|(key, value)| {
+            (key.to_string_lossy().into_owned(), value.to_string_lossy().into_owned())
+        })
         .collect();
     let workdir = args.command.workdir.to_string_lossy().into_owned();
     let workdir = args.workdir_given.then_some(workdir.as_str());
@@ -354,9 +356,8 @@ pub fn save(store: &Store, args: &SaveArgs) -> Result<u8, Failure> {
     let partial = args.output.with_extension("partial");
     let file = File::create(&partial).map_err(|error| Error::io("open", &partial, &error))?;
     let mut out = BufWriter::new(file);
-    let written = archive::save(images.layout(), &chosen, &mut out).and_then(|()| {
-        out.flush().map_err(|error| Error::io("write", &partial, &error))
-    });
+    let written = archive::save(images.layout(), &chosen, &mut out)
+        .and_then(|()| out.flush().map_err(|error| Error::io("write", &partial, &error)));
     if let Err(error) = written {
         let _ = std::fs::remove_file(&partial);
         return Err(error.into());
@@ -385,8 +386,7 @@ pub fn load(store: &Store, args: &LoadArgs) -> Result<u8, Failure> {
 /// `df`: the images and what they share, then stage 4's containers.
 pub fn df(store: &Store) -> Result<u8, Failure> {
     let usage = Images::open(store)?.usage()?;
-    let mut rows =
-        vec![["IMAGE", "IMAGE ID", "LAYERS", "SIZE"].map(String::from).to_vec()];
+    let mut rows = vec![["IMAGE", "IMAGE ID", "LAYERS", "SIZE"].map(String::from).to_vec()];
     for (name, image) in &usage.images {
         rows.push(vec![
             name.clone(),

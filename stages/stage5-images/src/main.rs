@@ -27,11 +27,11 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use libisolab::cgroups::{self, Kernel};
 use libisolab::container::cgroup::{self, CgroupArgs};
 use libisolab::container::{CommandArgs, ContainerArgs, Plan};
+use libisolab::image::images::Images;
 use libisolab::init;
 use libisolab::process::Failure;
 use libisolab::store::runtime::{self, Spec, StoreArgs};
 use libisolab::store::{self, Container, Store};
-use libisolab::image::images::Images;
 use libisolab::{cli, exit, namespaces, Error};
 use nix::unistd::Uid;
 

@@ -543,7 +543,7 @@ impl Images {
         let dir = self.layout.root().join(CACHE);
         make_dir(&dir, 0o700)?;
         let text = format!("{}\n", image.digest()?);
-        crate::store::write_atomic(&dir.join(key.hex()), text.as_bytes())
+        crate::store::write_atomic(&dir, &[(&key.hex(), text.into_bytes())])
     }
 
     // ANCHOR: gc

@@ -31,4 +31,4 @@ pub mod dockerfile;
 pub mod layer;
 pub mod layout;
 pub mod reference;
-// pub mod images; (waits for its parts)
+pub mod images;
