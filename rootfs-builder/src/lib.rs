@@ -13,14 +13,14 @@
 //! | [`elf_deps`]  | the loader's search for libraries, step by step (`man 8 ld.so`)      |
 //! | [`install`]   | copying a path so that it opens the same file inside the rootfs       |
 //! | [`copy`]      | a program, its libraries and a report of why each file is there       |
-//! | [`layer_tar`] | a deterministic tar of a directory: an image layer                    |
 //!
-//! Layer tars are named by their `sha256:` digests, computed while writing, with
-//! `libisolab::digest` (stage 5's images verify every blob with the same code).
+//! Its `tar` command writes a deterministic layer of a directory with stage 5's own code,
+//! `libisolab::image::layer::pack_dir`, named by its `sha256:` digest: the layers
+//! rootfs-builder makes and the ones stage 5 commits and unpacks are one format.
 //!
 //! Like `libisolab`, the library never prints and never exits: it returns [`Error`]s whose
 //! messages name the call, the path and what to do, and reports ([`copy::Report`],
-//! [`busybox::Built`], [`layer_tar::Archive`]) that the binary turns into text.
+//! [`busybox::Built`]) that the binary turns into text.
 
 pub mod busybox;
 pub mod copy;
@@ -28,7 +28,6 @@ pub mod elf;
 pub mod elf_deps;
 pub mod error;
 pub mod install;
-pub mod layer_tar;
 pub mod ld_cache;
 
 pub use error::{Error, Result};

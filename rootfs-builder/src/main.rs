@@ -15,7 +15,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use rootfs_builder::{busybox, copy, layer_tar};
+use libisolab::image::layer;
+use rootfs_builder::{busybox, copy};
 
 /// The tool itself failed: bad input, or a call the system refused.
 const RUNTIME_ERROR: u8 = 125;
@@ -191,11 +192,11 @@ fn copy_programs(args: CopyArgs) -> Result<ExitCode> {
 
 // ANCHOR: tar
 fn write_tar(args: TarArgs) -> Result<ExitCode> {
-    let compression =
-        if args.gzip { layer_tar::Compression::Gzip } else { layer_tar::Compression::None };
-    let archive = layer_tar::archive(&args.dir, &args.out, compression).with_context(|| {
-        format!("cannot archive {} into {}", args.dir.display(), args.out.display())
-    })?;
+    let compression = if args.gzip { layer::Compression::Gzip } else { layer::Compression::None };
+    let archive =
+        layer::pack_dir_to_file(&args.dir, &args.out, compression).with_context(|| {
+            format!("cannot archive {} into {}", args.dir.display(), args.out.display())
+        })?;
     for skipped in &archive.summary.skipped {
         eprintln!("rootfs-builder: note: {} is a socket: not archived", skipped.display());
     }

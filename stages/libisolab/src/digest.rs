@@ -3,7 +3,7 @@
 //! Container images name every blob (layer, config, manifest) by the SHA-256 of its bytes,
 //! written `sha256:<64 hex digits>` (OCI image-spec, `descriptor.md`, "Digests"). Two builds
 //! of the same layer are the same layer exactly when their digests are equal, which is why
-//! `rootfs-builder`'s `layer_tar` works so hard to be deterministic; and a runtime that pulls
+//! [`crate::image::layer`] works so hard to be deterministic; and a runtime that pulls
 //! an image checks every blob it receives against the digest it asked for (stage 5).
 //! [`DigestWriter`] sits between a producer and a file and hashes every byte on its way
 //! through, so the file is never read back; stacking two of them around a compressor gives
