@@ -161,18 +161,10 @@ fn run_step(
         "build-{}",
         &Digest::of(format!("{}{created}", instruction.text).as_bytes()).hex()[..12]
     );
-    let mut argv: Vec<String> = [
-        "stage5-images",
-        "run",
-        "--name",
-        &name,
-        "--ns",
-        "mnt,uts,ipc,pid,user,cgroup",
-        "--net",
-        "none",
-    ]
-    .map(String::from)
-    .to_vec();
+    // Every namespace, and only a loopback network: isolab never routes a container to the
+    // outside, so a RUN that downloads fails here (give it the files with COPY).
+    let mut argv: Vec<String> =
+        ["stage5-images", "run", "--name", &name].map(String::from).to_vec();
     // The ARGs in scope reach the command as environment variables (an ENV of the image
     // with the same name wins, as in docker).
     let env =
@@ -279,7 +271,7 @@ fn copy_step(
         config::add_layer(&mut changed, &packed.diff_id, created, &instruction.text);
         let mut layers = parent.body.layers().clone();
         layers.push(descriptor);
-        Ok::<_, Error>(images.write(layers, &changed, None)?)
+        images.write(layers, &changed, None)
     })();
     let _ = copy::remove_tree(&staging);
     Ok(result?)

@@ -17,7 +17,7 @@ use libisolab::user::User;
 use libisolab::{cli, Error};
 
 use crate::commands::print_table;
-use crate::{RunArgs, PROGRAM};
+use crate::RunArgs;
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
@@ -270,12 +270,12 @@ pub fn history(store: &Store, args: &ImageArg) -> Result<u8, Failure> {
     let image = Images::open(store)?.find(&args.image)?;
     let mut layers = image.body.layers().iter();
     let mut rows = Vec::new();
-    for step in image.config.history() {
+    for step in image.config.history().iter().flatten() {
         let (layer, size) = if step.empty_layer().unwrap_or(false) {
             ("-".to_string(), "0 B".to_string())
         } else {
             match layers.next() {
-                Some(layer) => (short(&layer.digest().to_string()), bytes(layer.size())),
+                Some(layer) => (short(layer.digest().as_ref()), bytes(layer.size())),
                 None => ("<missing>".to_string(), "?".to_string()),
             }
         };

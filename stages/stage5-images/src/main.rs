@@ -27,7 +27,6 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use libisolab::cgroups::{self, Kernel};
 use libisolab::container::cgroup::{self, CgroupArgs};
 use libisolab::container::{CommandArgs, ContainerArgs, Plan};
-use libisolab::image::images::Images;
 use libisolab::init;
 use libisolab::process::Failure;
 use libisolab::store::runtime::{self, Spec, StoreArgs};
@@ -134,6 +133,10 @@ struct RunArgs {
     /// Whether --workdir was typed (the image's WorkingDir is the default otherwise)
     #[arg(skip)]
     workdir_given: bool,
+    /// The command line it was parsed from, without the program's name: the store keeps it
+    /// for `start` (for `build`'s RUN steps, the `run` line the build made)
+    #[arg(skip)]
+    line: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Args)]
@@ -176,9 +179,11 @@ fn command() -> clap::Command {
 fn parse(
     args: impl IntoIterator<Item = impl Into<std::ffi::OsString> + Clone>,
 ) -> Result<Cli, std::process::ExitCode> {
-    let (mut cli, matches): (Cli, _) = cli::parse_from(PROGRAM, command(), args)?;
+    let line: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    let (mut cli, matches): (Cli, _) = cli::parse_from(PROGRAM, command(), line.clone())?;
     if let (Verb::Run(args), Some(("run", run))) = (&mut cli.command, matches.subcommand()) {
         args.workdir_given = run.value_source("workdir") == Some(ValueSource::CommandLine);
+        args.line = line.into_iter().skip(1).collect();
     }
     Ok(cli)
 }
@@ -221,7 +226,7 @@ fn run(mut args: RunArgs, store: &Store, stopped: Option<Container>) -> Result<u
     // container's is the one its first run resolved and recorded); then its root moves to
     // its own directory in the store, where an overlay mount will show its upper over the base.
     let new = stopped.is_none();
-    let spec = Spec::new(&args.store, &args.command, std::env::args_os().skip(1))?;
+    let spec = Spec::new(&args.store, &args.command, args.line.clone())?;
     // Now the image: its layers, unpacked once in the store, are the base (a stopped
     // container's are the ones its first run resolved), and its config gives the command,
     // environment, directory and user the command line leaves out.

@@ -128,6 +128,7 @@ pub struct Usage {
 
 const LAYERS: &str = "layers";
 const CACHE: &str = "build-cache";
+const INIT: &str = "init";
 
 impl Images {
     /// The images of `store` (its root becomes an OCI layout if it is not one yet).
@@ -260,16 +261,24 @@ impl Images {
             }
             dirs.push(dir);
         }
-        if dirs.is_empty() {
-            // FROM scratch with nothing added: overlayfs needs a lower, an empty one will do.
-            let empty = self.layers.join("empty");
-            make_dir(&empty, 0o755)?;
-            dirs.push(empty);
-        }
+        // On top, the mount points every container needs (/proc, /sys, /dev, /tmp), which an image
+        // need not have (FROM scratch and a COPY of one program, say): in a layer of their
+        // own, shared by every container, so that they never show in a `diff` or a commit
+        // (docker's "init layer").
+        dirs.push(self.init_layer()?);
         dirs.reverse();
         Ok(dirs)
     }
     // ANCHOR_END: lowers
+
+    fn init_layer(&self) -> Result<PathBuf> {
+        let init = self.layers.join(INIT);
+        for dir in crate::mounts::MOUNT_POINTS {
+            // /tmp as every system has it: anyone may write, only the owner may remove.
+            make_dir(&init.join(dir), if dir == "tmp" { 0o1777 } else { 0o755 })?;
+        }
+        Ok(init)
+    }
 
     fn unpack(&self, descriptor: &Descriptor, diff_id: &Digest, dir: &Path) -> Result<()> {
         check_layer_type(descriptor)?;
@@ -333,7 +342,8 @@ impl Images {
             .build()
             .map_err(|error| Error::Invalid(format!("a manifest could not be made: {error}")))?;
         let descriptor = self.layout.put_json(MediaType::ImageManifest, &manifest)?;
-        let name = name.map(|name| Ok::<_, Error>(name.parse::<Reference>()?.name())).transpose()?;
+        let name =
+            name.map(|name| Ok::<_, Error>(name.parse::<Reference>()?.name())).transpose()?;
         if let Some(name) = &name {
             self.layout.set_ref(name, descriptor.clone())?;
         }
@@ -368,8 +378,7 @@ impl Images {
     /// `name`.
     pub fn import(&self, source: &Path, name: &str, created: &str) -> Result<Image> {
         let _writing = self.writing()?;
-        let metadata =
-            fs::metadata(source).map_err(|error| Error::io("stat", source, &error))?;
+        let metadata = fs::metadata(source).map_err(|error| Error::io("stat", source, &error))?;
         let (descriptor, diff_id) = if metadata.is_dir() {
             let (descriptor, packed) =
                 self.add_layer(|out| layer::pack_dir(source, out, Compression::Gzip))?;
@@ -378,6 +387,7 @@ impl Images {
             self.import_tar(source)?
         };
         let mut config = config::scratch();
+        config.set_created(Some(created.to_string()));
         let shown = source.display().to_string();
         config::add_layer(&mut config, &diff_id, created, &format!("import {shown}"));
         self.write(vec![descriptor], &config, Some(name))
@@ -456,10 +466,10 @@ impl Images {
         let _writing = self.writing()?;
         let parent = self.find(&parent.manifest)?;
         let shift = container.config.owner;
-        let (descriptor, packed) = self.add_layer(|out| {
-            layer::pack_upper(&layers.upper, shift, out, Compression::Gzip)
-        })?;
+        let (descriptor, packed) =
+            self.add_layer(|out| layer::pack_upper(&layers.upper, shift, out, Compression::Gzip))?;
         let mut config = parent.config.clone();
+        config.set_created(Some(created.to_string()));
         config::add_layer(&mut config, &packed.diff_id, created, created_by);
         let mut all = parent.body.layers().clone();
         all.push(descriptor);
@@ -532,10 +542,12 @@ impl Images {
         let manifest = fs::read_to_string(path).ok()?;
         let image = self.find(manifest.trim()).ok()?;
         // Its layers must still be there (gc may have taken them).
-        image.body.layers().iter().all(|layer| {
-            digest_of(layer).is_ok_and(|digest| self.layout.has_blob(&digest))
-        })
-        .then_some(image)
+        image
+            .body
+            .layers()
+            .iter()
+            .all(|layer| digest_of(layer).is_ok_and(|digest| self.layout.has_blob(&digest)))
+            .then_some(image)
     }
 
     /// Records that the step `key` made `image`.
@@ -613,11 +625,17 @@ impl Images {
         for partial in self.layout.remove_partials()? {
             collected.lines.push(format!("removed half-written blob {}", partial.display()));
         }
-        for entry in fs::read_dir(&self.layers).map_err(|e| Error::io("opendir", &self.layers, &e))? {
+        for entry in
+            fs::read_dir(&self.layers).map_err(|e| Error::io("opendir", &self.layers, &e))?
+        {
             let entry = entry.map_err(|error| Error::io("readdir", &self.layers, &error))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
-            if name == ".lock" || lowers_in_use.contains(&path) || diff_ids.contains(&name) {
+            if name == ".lock"
+                || name == INIT
+                || lowers_in_use.contains(&path)
+                || diff_ids.contains(&name)
+            {
                 continue;
             }
             if !entry.file_type().is_ok_and(|kind| kind.is_dir()) {
@@ -653,7 +671,9 @@ impl Images {
         }
         let mut unpacked = 0;
         let mut unpacked_bytes = 0;
-        for entry in fs::read_dir(&self.layers).map_err(|e| Error::io("opendir", &self.layers, &e))? {
+        for entry in
+            fs::read_dir(&self.layers).map_err(|e| Error::io("opendir", &self.layers, &e))?
+        {
             let entry = entry.map_err(|error| Error::io("readdir", &self.layers, &error))?;
             if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
                 unpacked += 1;

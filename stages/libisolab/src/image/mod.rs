@@ -28,7 +28,7 @@
 pub mod archive;
 pub mod config;
 pub mod dockerfile;
+pub mod images;
 pub mod layer;
 pub mod layout;
 pub mod reference;
-pub mod images;
