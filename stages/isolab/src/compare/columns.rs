@@ -2,8 +2,9 @@
 //!
 //! A column says how to start the probe: directly on the host, or through a stage binary (found
 //! next to `isolab`'s own executable) with the arguments that stage needs to run a command in
-//! its sandbox. When a chapter adds a stage, it adds one [`Column`] here; columns whose binary
-//! has not been built yet are left out, so the matrix grows with the course.
+//! its sandbox, after what that stage needs first (stage 5's image, imported from the rootfs).
+//! When a chapter adds a stage, it adds one [`Column`] here; columns whose binary has not been
+//! built yet are left out, so the matrix grows with the course.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,9 @@ pub struct Column {
 pub struct Runtime {
     /// The binary's name, next to `isolab`'s own executable.
     pub binary: &'static str,
+    /// The arguments of a first run of the binary, which must succeed before the probe runs:
+    /// what the sandbox is made from, when it is not the rootfs itself.
+    pub prepare: Option<fn(&Setup) -> Vec<OsString>>,
     /// The arguments between the binary and the probe's command line.
     pub args: fn(&Setup) -> Vec<OsString>,
 }
@@ -50,32 +54,45 @@ pub const COLUMNS: &[Column] = &[
     Column {
         id: "stage1",
         title: "stage1",
-        runtime: Some(Runtime { binary: "stage1-chroot", args: stage1 }),
+        runtime: Some(Runtime { binary: "stage1-chroot", prepare: None, args: stage1 }),
     },
     Column {
         id: "stage1-nobody",
         title: "stage1 (as nobody)",
-        runtime: Some(Runtime { binary: "stage1-chroot", args: stage1_as_nobody }),
+        runtime: Some(Runtime { binary: "stage1-chroot", prepare: None, args: stage1_as_nobody }),
     },
     Column {
         id: "stage2",
         title: "stage2",
-        runtime: Some(Runtime { binary: "stage2-namespaces", args: stage2 }),
+        runtime: Some(Runtime { binary: "stage2-namespaces", prepare: None, args: stage2 }),
     },
     Column {
         id: "stage2-no-userns",
         title: "stage2 (no user ns)",
-        runtime: Some(Runtime { binary: "stage2-namespaces", args: stage2_without_user_namespace }),
+        runtime: Some(Runtime {
+            binary: "stage2-namespaces",
+            prepare: None,
+            args: stage2_without_user_namespace,
+        }),
     },
     Column {
         id: "stage3",
         title: "stage3",
-        runtime: Some(Runtime { binary: "stage3-cgroups", args: stage3 }),
+        runtime: Some(Runtime { binary: "stage3-cgroups", prepare: None, args: stage3 }),
     },
     Column {
         id: "stage4",
         title: "stage4",
-        runtime: Some(Runtime { binary: "stage4-overlay", args: stage4 }),
+        runtime: Some(Runtime { binary: "stage4-overlay", prepare: None, args: stage4 }),
+    },
+    Column {
+        id: "stage5",
+        title: "stage5",
+        runtime: Some(Runtime {
+            binary: "stage5-images",
+            prepare: Some(stage5_import),
+            args: stage5,
+        }),
     },
 ];
 
@@ -134,9 +151,42 @@ fn stage4(setup: &Setup) -> Vec<OsString> {
     args.extend(rest);
     args
 }
+
+/// The image stage 5 runs the probe from, in a store of its own in this run's directory.
+const STAGE5_IMAGE: &str = "compare:probe";
+
+fn stage5_store(setup: &Setup) -> PathBuf {
+    setup.workdir.join("images")
+}
+
+fn stage5_import(setup: &Setup) -> Vec<OsString> {
+    // The rootfs becomes a one-layer image: a tar stored once by its digest, then unpacked
+    // once into the store, where the column's container stacks it as its lower.
+    let store = stage5_store(setup).into();
+    vec!["--root".into(), store, "import".into(), setup.rootfs.into(), STAGE5_IMAGE.into()]
+}
+
+fn stage5(setup: &Setup) -> Vec<OsString> {
+    // Stage 4's throw-away container with stage 3's limits, over the image instead of the
+    // rootfs directory.
+    let limits = ["--memory", "64M", "--pids", "32", "--cpus", "0.5"];
+    let mut args: Vec<OsString> =
+        vec!["--root".into(), stage5_store(setup).into(), "run".into(), "--rm".into()];
+    args.extend(limits.iter().map(OsString::from));
+    args.extend([STAGE5_IMAGE.into(), "--".into()]);
+    args
+}
 // ANCHOR_END: columns
 
 impl Column {
+    /// The program and arguments of what must run before the probe in this column, if
+    /// anything; `None` when nothing must, or the stage binary is not built.
+    pub fn prepare(&self, bin_dir: &Path, setup: &Setup) -> Option<(PathBuf, Vec<OsString>)> {
+        let runtime = self.runtime.as_ref()?;
+        let program = bin_dir.join(runtime.binary);
+        Some((program, (runtime.prepare?)(setup))).filter(|(program, _)| program.is_file())
+    }
+
     /// The program and arguments that run the probe in this column, with `probe_flags`
     /// (the markers) at the end; `None` when the stage binary is not built.
     pub fn command(

@@ -291,8 +291,13 @@ impl Images {
             .mode(0o755)
             .create(&temporary)
             .map_err(|error| Error::io("mkdir", &temporary, &error))?;
-        let root = Uid::effective().is_root();
-        let options = UnpackOptions { devices: root, owners: root, ..UnpackOptions::default() };
+        // Root's layers keep their owners and devices; a user's are all theirs (the user
+        // namespace maps their uid to root inside).
+        let options = if Uid::effective().is_root() {
+            UnpackOptions::default()
+        } else {
+            UnpackOptions::rootless()
+        };
         let unpacked = match layer::unpack(BufReader::new(blob), &temporary, &options) {
             Ok(unpacked) => unpacked,
             Err(error) => {

@@ -100,9 +100,11 @@ pub struct Packed {
 /// What [`unpack`] may do, which depends on who unpacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnpackOptions {
-    /// Where opaque directories are marked: `"trusted.overlay."` (the host's root, the
-    /// default) or `"user.overlay."` (an overlay mounted with `userxattr`, rootless).
-    pub xattr_prefix: &'static str,
+    /// Where opaque directories are marked: `trusted.overlay.` for an overlay the host's
+    /// root mounts, `user.overlay.` for one mounted with `userxattr` (in a user namespace:
+    /// rootless, and root's default containers too). Root's layers get both, since the same
+    /// layer is a lower of both kinds of overlay; each overlay reads only its own.
+    pub xattr_prefixes: &'static [&'static str],
     /// May create device nodes (root); otherwise device entries are skipped and listed.
     pub devices: bool,
     /// Sets owners from the tar (root); otherwise every file stays the caller's.
@@ -110,16 +112,20 @@ pub struct UnpackOptions {
 }
 
 impl Default for UnpackOptions {
-    /// As the host's root: trusted xattrs, devices and owners.
+    /// As the host's root: both kinds of xattrs, devices and owners.
     fn default() -> Self {
-        UnpackOptions { xattr_prefix: "trusted.overlay.", devices: true, owners: true }
+        UnpackOptions {
+            xattr_prefixes: &["trusted.overlay.", "user.overlay."],
+            devices: true,
+            owners: true,
+        }
     }
 }
 
 impl UnpackOptions {
     /// As a user without privileges: user xattrs (`userxattr`), no devices, no owners.
     pub fn rootless() -> Self {
-        UnpackOptions { xattr_prefix: "user.overlay.", devices: false, owners: false }
+        UnpackOptions { xattr_prefixes: &["user.overlay."], devices: false, owners: false }
     }
 }
 

@@ -618,8 +618,9 @@ fn an_upper_packs_whiteouts_and_opaque_dirs_the_oci_way_and_unpacks_overlays_way
     let again = pack_upper(upper.path(), None, io::sink(), Compression::Gzip).unwrap();
     assert_eq!(again.digest, packed.digest);
 
-    for prefix in ["trusted.overlay.", "user.overlay."] {
-        let options = UnpackOptions { xattr_prefix: prefix, ..UnpackOptions::default() };
+    for prefixes in [&["trusted.overlay."], &["user.overlay."]] {
+        let prefix = prefixes[0];
+        let options = UnpackOptions { xattr_prefixes: prefixes, ..UnpackOptions::default() };
         let (tmp, unpacked) = unpack_new(&bytes, &options);
         assert_eq!(unpacked.unwrap().diff_id, packed.diff_id);
         let dest = tmp.path().join("dest");
@@ -1086,16 +1087,30 @@ fn a_whiteout_that_cannot_be_made_is_refused_with_the_entry_named() {
     assert_eq!(found, Ok(()));
 }
 
-/// Not a check but a measurement, run by hand: unpacking a layer of a real tree against GNU
-/// `tar -xzf` of the same layer (best of four each), e.g.
-/// `ISOLAB_LAYER_BENCH=/usr/lib/python3.11 cargo test --release -p libisolab --lib
-/// bench_unpack -- --ignored --nocapture`.
+/// Unpacking a layer of a real tree against GNU `tar -xzf` of the same layer, best of three
+/// each, taking turns. Another tree: `ISOLAB_LAYER_BENCH=/usr/lib/gcc cargo test --release -p
+/// libisolab --lib unpack_keeps_up -- --nocapture` (`ISOLAB_LAYER_BENCH_TMP=/dev/shm` to
+/// leave the disk out).
 #[test]
-#[ignore]
-fn bench_unpack_against_gnu_tar() {
+fn unpack_keeps_up_with_gnu_tar() {
     use std::time::Instant;
-    let Ok(source) = std::env::var("ISOLAB_LAYER_BENCH") else {
-        return eprintln!("set ISOLAB_LAYER_BENCH to a directory to pack");
+    // A real tree of a few thousand files: Python's standard library, which setup installs.
+    let source = match std::env::var("ISOLAB_LAYER_BENCH") {
+        Ok(source) => source,
+        Err(_) => {
+            let found = fs::read_dir("/usr/lib").unwrap().flatten().map(|entry| entry.path()).find(
+                |path| {
+                    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                    name.starts_with("python3.") && path.join("os.py").exists()
+                },
+            );
+            match found {
+                Some(path) => path.display().to_string(),
+                None => {
+                    return crate::skip("unpack_keeps_up_with_gnu_tar", "no /usr/lib/python3.*")
+                }
+            }
+        }
     };
     let scratch = std::env::var("ISOLAB_LAYER_BENCH_TMP").unwrap_or("/tmp".into());
     let tmp = tempfile::tempdir_in(scratch).unwrap();
@@ -1113,7 +1128,7 @@ fn bench_unpack_against_gnu_tar() {
     // just before making one makes ext4 search its inode bitmaps for recently freed inodes
     // (`recently_deleted`), which would be measured instead.
     let (mut ours, mut gnu) = (Duration::MAX, Duration::MAX);
-    for round in 0..4 {
+    for round in 0..3 {
         for turn in 0..2 {
             let dest = tmp.path().join(format!("{round}-{turn}"));
             fs::create_dir(&dest).unwrap();
@@ -1131,5 +1146,9 @@ fn bench_unpack_against_gnu_tar() {
             }
         }
     }
-    eprintln!("unpack {ours:?}, tar -xzf {gnu:?}: {:.2}x", ours.as_secs_f64() / gnu.as_secs_f64());
+    let ratio = ours.as_secs_f64() / gnu.as_secs_f64();
+    eprintln!("unpack {ours:?}, tar -xzf {gnu:?}: {ratio:.2}x");
+    // The goal is 1.2x; measured 0.4-0.9x. The margin is for a loaded machine, where
+    // the best of three still wobbles; a real regression (a syscall per byte) is far beyond.
+    assert!(ratio < 1.5, "unpack took {ours:?}, GNU tar -xzf {gnu:?}: {ratio:.2}x");
 }

@@ -640,14 +640,17 @@ impl Unpacker<'_> {
     /// Sets `<prefix>opaque=y` on a directory (`overlayfs.rst`: "whiteouts and opaque
     /// directories").
     fn mark_opaque(&mut self, at: XattrAt, parts: &[&[u8]]) -> Result<()> {
-        let name = format!("{}opaque", self.options.xattr_prefix);
-        set_xattr(&at, name.as_bytes(), b"y").map_err(|errno| {
-            let subject = format!("{name} on {}", self.path_of(parts).display());
-            Error::sys("setxattr", subject, errno).hint(
-                "trusted.* xattrs need CAP_SYS_ADMIN: unpack as root, or with the user.overlay. \
-                 prefix for an overlay mounted with userxattr",
-            )
-        })
+        for prefix in self.options.xattr_prefixes {
+            let name = format!("{prefix}opaque");
+            set_xattr(&at, name.as_bytes(), b"y").map_err(|errno| {
+                let subject = format!("{name} on {}", self.path_of(parts).display());
+                Error::sys("setxattr", subject, errno).hint(
+                    "trusted.* xattrs need CAP_SYS_ADMIN: unpack as root, or with the \
+                     user.overlay. prefix for an overlay mounted with userxattr",
+                )
+            })?;
+        }
+        Ok(())
     }
 
     /// Sets an entry's xattrs; one that may not be set here is listed as skipped.
