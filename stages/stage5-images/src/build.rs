@@ -181,7 +181,14 @@ fn run_step(
     let Ok(crate::Cli { command: Verb::Run(run_args), .. }) = parse(argv) else {
         return Err(Error::Invalid(format!("RUN {command:?} could not be made a run")).into());
     };
-    let code = run(*run_args, store, None)?;
+    // The build's container goes whatever happens, unless the run failed before making it.
+    let code = match run(*run_args, store, None) {
+        Ok(code) => code,
+        Err(failure) => {
+            let _ = store.remove(&name, true);
+            return Err(failure);
+        }
+    };
     let result = if code == 0 {
         let container = store.find(&name)?;
         images.commit_untagged(&container, created, &instruction.text).map_err(Failure::from)

@@ -152,7 +152,12 @@ pub fn for_run(
         (None, Some(word), None) => {
             let images = Images::open(store)?;
             let image = images.find(word)?;
-            let lowers = images.lowers(&image)?;
+            // A dry run unpacks nothing: it shows where the layers would be.
+            let lowers = if args.dry_run {
+                images.planned_lowers(&image)?
+            } else {
+                images.lowers(&image)?
+            };
             let reference = image.reference(word)?;
             (image, reference, lowers)
         }
@@ -410,7 +415,43 @@ pub fn df(store: &Store) -> Result<u8, Failure> {
         format_size(usage.unpacked_bytes),
     ));
     say("");
-    crate::commands::df(store)
+    // The containers, each with the disk it takes of its own (its upper): what an image
+    // costs one more container.
+    let mut table =
+        vec![["CONTAINER ID", "NAME", "IMAGE", "OWN DISK USE"].map(String::from).to_vec()];
+    let (mut own_total, mut count) = (0, 0);
+    for listed in store.list()? {
+        let store::Listed::Found(container, _) = listed else { continue };
+        let own = container.disk_usage()?;
+        own_total += own;
+        count += 1;
+        let image = match &container.config.image {
+            Some(image) => image.name.clone(),
+            None => format!(
+                "--rootfs {}",
+                container
+                    .config
+                    .lowers
+                    .first()
+                    .map(|base| base.display().to_string())
+                    .unwrap_or_default()
+            ),
+        };
+        table.push(vec![
+            container.config.id.clone(),
+            container.config.name.clone(),
+            image,
+            format_size(own),
+        ]);
+    }
+    print_table(&table);
+    say(&format!(
+        "{count} container{}: {} of {}, over the layers above",
+        if count == 1 { "" } else { "s" },
+        if count == 1 { "its own" } else { "their own" },
+        format_size(own_total)
+    ));
+    Ok(0)
 }
 // ANCHOR_END: df
 

@@ -141,7 +141,9 @@ impl Images {
         // Root of a user namespace (an ordinary uid outside) passes through to the layers its
         // overlay stacks: 0711 lets it pass, not list.
         make_dir(&layers, 0o711)?;
-        Ok(Images { layout, layers })
+        let images = Images { layout, layers };
+        images.init_layer()?;
+        Ok(images)
     }
 
     /// The OCI layout underneath.
@@ -265,11 +267,21 @@ impl Images {
         // need not have (FROM scratch and a COPY of one program, say): in a layer of their
         // own, shared by every container, so that they never show in a `diff` or a commit
         // (docker's "init layer").
-        dirs.push(self.init_layer()?);
+        dirs.push(self.layers.join(INIT));
         dirs.reverse();
         Ok(dirs)
     }
     // ANCHOR_END: lowers
+
+    /// Where [`Images::lowers`] would put `image`'s layers, unpacking nothing (a dry run's
+    /// plan).
+    pub fn planned_lowers(&self, image: &Image) -> Result<Vec<PathBuf>> {
+        let mut dirs: Vec<PathBuf> =
+            image.diff_ids()?.iter().map(|diff_id| self.layers.join(diff_id.hex())).collect();
+        dirs.push(self.layers.join(INIT));
+        dirs.reverse();
+        Ok(dirs)
+    }
 
     fn init_layer(&self) -> Result<PathBuf> {
         let init = self.layers.join(INIT);
@@ -627,6 +639,30 @@ impl Images {
                 collected.lines.push(format!("removed blob {digest} ({})", bytes(size)));
             }
         }
+        // What a killed import, commit or build left in the store's root: `.packing-<pid>`
+        // (a layer being written) and `.copying-<pid>-<n>` (a COPY's files), whose writer
+        // is gone.
+        let root = self.layout.root();
+        for entry in fs::read_dir(root).map_err(|error| Error::io("opendir", root, &error))? {
+            let entry = entry.map_err(|error| Error::io("readdir", root, &error))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(".packing-").or(name.strip_prefix(".copying-"))
+            else {
+                continue;
+            };
+            let pid = rest.split('-').next().and_then(|pid| pid.parse::<i32>().ok());
+            let alive = pid.is_some_and(|pid| {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+            });
+            if pid.is_none() || alive {
+                continue;
+            }
+            let path = entry.path();
+            let size = copy::disk_usage(&path).unwrap_or(0);
+            copy::remove_tree(&path)?;
+            collected.bytes += size;
+            collected.lines.push(format!("removed what a killed writer left: {}", path.display()));
+        }
         for partial in self.layout.remove_partials()? {
             collected.lines.push(format!("removed half-written blob {}", partial.display()));
         }
@@ -680,7 +716,7 @@ impl Images {
             fs::read_dir(&self.layers).map_err(|e| Error::io("opendir", &self.layers, &e))?
         {
             let entry = entry.map_err(|error| Error::io("readdir", &self.layers, &error))?;
-            if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+            if entry.file_type().is_ok_and(|kind| kind.is_dir()) && entry.file_name() != INIT {
                 unpacked += 1;
                 unpacked_bytes += copy::disk_usage(&entry.path()).unwrap_or(0);
             }

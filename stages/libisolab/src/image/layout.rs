@@ -252,7 +252,8 @@ impl Layout {
             .map_err(|error| {
                 let hint = match error.raw_os_error() {
                     Some(libc::ENOENT) => {
-                        "the blob is missing from the store: run gc, or pull or load the image again"
+                        "the blob is missing from the store: run gc, or pull or load the image \
+                         again"
                     }
                     Some(libc::ELOOP) => {
                         "a blob is never a symlink: remove it, then pull or load the image again"
