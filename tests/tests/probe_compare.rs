@@ -357,6 +357,7 @@ const STAGE_COLUMNS: &[(&str, &[&str])] = &[
     ("stage2", &["stage1", "stage2", "stage2 (no user ns)"]),
     ("stage3", &["stage2", "stage3"]),
     ("stage4", &["stage3", "stage4"]),
+    ("stage5", &["stage4", "stage5"]),
 ];
 
 /// The `check` column and `columns` of a markdown table, as a markdown table again.

@@ -67,7 +67,7 @@ fn snapshot(name: &str, diff: String) {
 
 #[test]
 fn each_stage_adds_its_chapter_to_the_run_of_the_one_before() {
-    for n in 1..=3 {
+    for n in 1..=4 {
         let diff = run_diff(n);
         let (removed, added) = changed(&diff);
         // Stage 2 replaces stage 1's fork by a plan and a clone; from then on a stage keeps

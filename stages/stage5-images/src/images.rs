@@ -152,8 +152,11 @@ pub fn for_run(
         (None, Some(word), None) => {
             let images = Images::open(store)?;
             let image = images.find(word)?;
-            // A dry run unpacks nothing: it shows where the layers would be.
-            let lowers = if args.dry_run {
+            // A dry run unpacks nothing: it shows where the layers would be (unless its
+            // USER is a name, which only the image's /etc/passwd turns into a uid).
+            let named_user = config::launch(&image.config, &[], &[], None)
+                .is_ok_and(|launch| launch.user.is_some_and(|user| !is_numeric(&user)));
+            let lowers = if args.dry_run && !named_user {
                 images.planned_lowers(&image)?
             } else {
                 images.lowers(&image)?
@@ -188,6 +191,11 @@ pub fn for_run(
     Ok(Some((reference, lowers)))
 }
 // ANCHOR_END: for_run
+
+/// `UID` or `UID:GID`, numbers only.
+fn is_numeric(user: &str) -> bool {
+    user.split(':').all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
+}
 
 fn invalid(text: &str) -> Failure {
     Error::Invalid(text.to_string()).into()
@@ -378,7 +386,17 @@ pub fn load(store: &Store, args: &LoadArgs) -> Result<u8, Failure> {
     let images = Images::open(store)?;
     let _writing = images.writing()?;
     let file = File::open(&args.input).map_err(|error| Error::io("open", &args.input, &error))?;
-    let loaded = archive::load(images.layout(), BufReader::new(file))?;
+    // An OCI layout names its images by tag alone (`v1`): they are loaded as `<file>:v1`.
+    let stem = args.input.file_stem().map(|stem| stem.to_string_lossy().to_lowercase());
+    let repository: String = stem
+        .unwrap_or_default()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect::<String>()
+        .trim_matches('-')
+        .to_string();
+    let repository = if repository.is_empty() { "loaded".to_string() } else { repository };
+    let loaded = archive::load_as(images.layout(), BufReader::new(file), &repository)?;
     for (name, descriptor) in &loaded.refs {
         let name = name.clone().unwrap_or_else(|| "(untagged)".to_string());
         say(&format!("loaded {name} {}", descriptor.digest()));
@@ -448,8 +466,8 @@ pub fn df(store: &Store) -> Result<u8, Failure> {
     say(&format!(
         "{count} container{}: {} of {}, over the layers above",
         if count == 1 { "" } else { "s" },
-        if count == 1 { "its own" } else { "their own" },
-        format_size(own_total)
+        format_size(own_total),
+        if count == 1 { "its own" } else { "their own" }
     ));
     Ok(0)
 }

@@ -179,12 +179,11 @@ fn stage5(setup: &Setup) -> Vec<OsString> {
 // ANCHOR_END: columns
 
 impl Column {
-    /// The program and arguments of what must run before the probe in this column, if
-    /// anything; `None` when nothing must, or the stage binary is not built.
+    /// The program and arguments of what must run before the probe in this column; `None`
+    /// when nothing must.
     pub fn prepare(&self, bin_dir: &Path, setup: &Setup) -> Option<(PathBuf, Vec<OsString>)> {
         let runtime = self.runtime.as_ref()?;
-        let program = bin_dir.join(runtime.binary);
-        Some((program, (runtime.prepare?)(setup))).filter(|(program, _)| program.is_file())
+        Some((bin_dir.join(runtime.binary), (runtime.prepare?)(setup)))
     }
 
     /// The program and arguments that run the probe in this column, with `probe_flags`
@@ -253,5 +252,28 @@ mod tests {
         );
         // The host's probe is not built in this fake bin dir: the column is left out.
         assert!(COLUMNS[0].command(bin.path(), &setup, &flags).is_none());
+    }
+
+    #[test]
+    fn stage5_imports_the_rootfs_then_runs_the_probe_from_the_image() {
+        let bin = tempfile::tempdir().unwrap();
+        let setup = Setup { rootfs: Path::new("/w/rootfs"), workdir: Path::new("/w") };
+        let stage5 = COLUMNS.iter().find(|column| column.id == "stage5").unwrap();
+        let strings = |args: Vec<OsString>| -> Vec<String> {
+            args.into_iter().map(|arg| arg.into_string().unwrap()).collect()
+        };
+        let (program, first) = stage5.prepare(bin.path(), &setup).unwrap();
+        assert_eq!(program, bin.path().join("stage5-images"));
+        assert_eq!(strings(first), ["--root", "/w/images", "import", "/w/rootfs", "compare:probe"]);
+        std::fs::write(bin.path().join("stage5-images"), "").unwrap();
+        let (_, args) = stage5.command(bin.path(), &setup, &[]).unwrap();
+        let args = strings(args);
+        assert_eq!(args[..4], ["--root", "/w/images", "run", "--rm"]);
+        assert_eq!(args[args.len() - 3..], ["compare:probe", "--", "/isolab/probe"]);
+        // Only stage 5 needs a first run.
+        assert!(
+            COLUMNS.iter().filter(|column| column.prepare(bin.path(), &setup).is_some()).count()
+                == 1
+        );
     }
 }

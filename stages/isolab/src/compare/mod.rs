@@ -4,9 +4,12 @@
 //! 1. Make a working directory and build a busybox rootfs in it (`rootfs-builder`), which
 //!    carries the probe at `/isolab/probe`.
 //! 2. Plant the markers on the host, all named after a fresh random token ([`markers`]).
-//! 3. For each column ([`columns`]), run the probe there while a thread watches the host
-//!    ([`watch`]), and combine the probe's report with what the host saw ([`verdict`]).
-//! 4. Remove everything (guards, also on error, panic or Ctrl-C), then print the matrix
+//! 3. For each column ([`columns`]), make what it needs first (stage 5 imports the rootfs as
+//!    an image, into a store in the working directory), run the probe there while a thread
+//!    watches the host ([`watch`]), and combine the probe's report with what the host saw
+//!    ([`verdict`]).
+//! 4. Remove everything, the stores of stages 4 and 5 with the working directory (guards,
+//!    also on error, panic or Ctrl-C), then print the matrix
 //!    ([`render`]).
 
 mod columns;
@@ -151,7 +154,13 @@ fn compare(keep: bool) -> Result<Comparison> {
         let Some((program, args)) = column.command(&bin_dir, &setup, &probe_flags) else {
             continue;
         };
-        let result = run_column(column, &program, &args, &token, &rootfs)?;
+        let result = match column.prepare(&bin_dir, &setup) {
+            Some((first, first_args)) => match prepare_column(column, &first, &first_args)? {
+                Some(failed) => failed,
+                None => run_column(column, &program, &args, &token, &rootfs)?,
+            },
+            None => run_column(column, &program, &args, &token, &rootfs)?,
+        };
         columns.push(result);
         // Whatever a probe left (it may have been killed halfway) goes before the next one.
         for repair in host_guard.restore() {
@@ -223,10 +232,6 @@ fn run_column(
     let _ = fs::remove_file(&written);
     let output = output?;
 
-    let shown = std::iter::once(program.as_os_str())
-        .chain(args.iter().map(OsString::as_os_str))
-        .map(|arg| arg.to_string_lossy().into_owned())
-        .collect();
     let parsed = serde_json::from_slice::<Report>(&output.stdout);
     let program_name = program.file_name().unwrap_or(program.as_os_str()).to_string_lossy();
     let error = if !output.status.success() {
@@ -245,7 +250,7 @@ fn run_column(
     Ok(ColumnResult {
         id: column.id,
         title: column.title,
-        command: shown,
+        command: shown(program, args),
         exit_code: exit_code(output.status),
         error,
         seen,
@@ -254,6 +259,43 @@ fn run_column(
     })
 }
 // ANCHOR_END: run_column
+
+/// Runs what a column needs before its probe (stage 5 imports the rootfs as an image).
+/// `None` when it succeeded; otherwise the column, failed, with what went wrong.
+fn prepare_column(
+    column: &columns::Column,
+    program: &Path,
+    args: &[OsString],
+) -> Result<Option<ColumnResult>> {
+    let output = run_bounded(Command::new(program).args(args))?;
+    if output.status.success() {
+        return Ok(None);
+    }
+    let program_name = program.file_name().unwrap_or(program.as_os_str()).to_string_lossy();
+    let error = format!(
+        "{program_name} {} before the probe: {}",
+        describe(output.status),
+        last_line(&output.stderr)
+    );
+    Ok(Some(ColumnResult {
+        id: column.id,
+        title: column.title,
+        command: shown(program, args),
+        exit_code: exit_code(output.status),
+        cells: verdict::failed_cells(&error),
+        error: Some(error),
+        seen: watch::Seen::default(),
+        report: None,
+    }))
+}
+
+/// A command line as one list of strings, for `--json`.
+fn shown(program: &Path, args: &[OsString]) -> Vec<String> {
+    std::iter::once(program.as_os_str())
+        .chain(args.iter().map(OsString::as_os_str))
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect()
+}
 
 /// What a bounded command printed and how it ended.
 struct Output {

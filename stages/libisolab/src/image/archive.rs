@@ -69,6 +69,14 @@ pub struct Loaded {
 }
 
 // ANCHOR: save
+/// The name a loaded image gets for `name` (see [`load_as`]).
+fn normalised(name: &str, repository: &str) -> String {
+    let bare_tag = !name.contains(['/', ':', '@'])
+        && name.parse::<Reference>().is_ok_and(|reference| reference.tag.is_none());
+    let full = if bare_tag { format!("{repository}:{name}") } else { name.to_string() };
+    full.parse::<Reference>().map(|reference| reference.name()).unwrap_or(full)
+}
+
 /// Writes an OCI image layout as a tar to `out`: `oci-layout`, `index.json` with the given
 /// tags (each descriptor with its `ref.name` annotation), every blob they reach (manifests,
 /// configs, layers; image indexes followed too), each read back verified, and docker's
@@ -273,6 +281,14 @@ struct Found {
 /// digest refuses the whole load with the blob named, and leaves the tags as they were (the
 /// blobs stored before it stay, untagged, until gc).
 pub fn load(layout: &Layout, input: impl Read) -> Result<Loaded> {
+    load_as(layout, input, "loaded")
+}
+
+/// [`load`], naming an image whose ref name is a tag alone (`v1`, as umoci and skopeo's
+/// `oci:DIR:TAG` write it: the OCI layout's names are tags) `<repository>:<tag>`; every other
+/// name is normalised as `run` reads it (`app` is `app:latest`, `docker.io/library/app:1` is
+/// `app:1`), so that a name `images` shows is one `run` finds.
+pub fn load_as(layout: &Layout, input: impl Read, repository: &str) -> Result<Loaded> {
     let found = read_archive(layout, input)?;
     let images = if let Some(index) = &found.index {
         oci_images(layout, &found, index)?
@@ -295,14 +311,16 @@ pub fn load(layout: &Layout, input: impl Read) -> Result<Loaded> {
             blobs_added += 1;
             bytes_added += image.descriptor.size();
         }
-        for name in &image.names {
+        let names: Vec<String> =
+            image.names.iter().map(|name| normalised(name, repository)).collect();
+        for name in &names {
             layout.set_ref(name, image.descriptor.clone())?;
         }
         // What set_ref stored: the descriptor with its name.
         if image.names.is_empty() {
             refs.push((None, image.descriptor.clone()));
         }
-        for name in image.names {
+        for name in names {
             let mut descriptor = image.descriptor.clone();
             let mut annotations = descriptor.annotations().clone().unwrap_or_default();
             annotations.insert(REF_NAME.to_string(), name.clone());

@@ -28,7 +28,7 @@ use oci_spec::image::{
 };
 
 use super::config;
-use super::layer::{self, Compression, Packed, UnpackOptions};
+use super::layer::{self, Compression, Packed, Shift, UnpackOptions};
 use super::layout::{digest_of, Layout};
 use super::reference::Reference;
 use crate::copy;
@@ -314,7 +314,13 @@ impl Images {
             Ok(unpacked) => unpacked,
             Err(error) => {
                 let _ = copy::remove_tree(&temporary);
-                return Err(error);
+                // A blob that is not what its digest says fails the tar reader long before
+                // its end, where the digest is checked: check it now, and say that instead.
+                let mut whole = self.layout.open_blob(&digest_of(descriptor)?)?;
+                if let Err(corrupt) = io::copy(&mut whole, &mut io::sink()) {
+                    return Err(Error::Invalid(corrupt.to_string()));
+                }
+                return Err(one_line(error));
             }
         };
         if unpacked.diff_id != *diff_id {
@@ -397,8 +403,10 @@ impl Images {
         let _writing = self.writing()?;
         let metadata = fs::metadata(source).map_err(|error| Error::io("stat", source, &error))?;
         let (descriptor, diff_id) = if metadata.is_dir() {
-            let (descriptor, packed) =
-                self.add_layer(|out| layer::pack_dir(source, out, Compression::Gzip))?;
+            // A user's files are root's in their containers: the layer says root.
+            let shift = shift_for(None, true);
+            let (descriptor, packed) = self
+                .add_layer(|out| layer::pack_dir_shifted(source, shift, out, Compression::Gzip))?;
             (descriptor, packed.diff_id)
         } else {
             self.import_tar(source)?
@@ -482,7 +490,7 @@ impl Images {
         };
         let _writing = self.writing()?;
         let parent = self.find(&parent.manifest)?;
-        let shift = container.config.owner;
+        let shift = shift_for(container.config.owner, container.config.userxattr);
         let (descriptor, packed) =
             self.add_layer(|out| layer::pack_upper(&layers.upper, shift, out, Compression::Gzip))?;
         let mut config = parent.config.clone();
@@ -742,6 +750,31 @@ impl Images {
             })
             .filter(|container| container.config.storage == Storage::Overlay)
             .collect())
+    }
+}
+
+/// An error on one line: what a tar reader says may quote the bytes it choked on.
+fn one_line(error: Error) -> Error {
+    match error {
+        Error::Invalid(text) => {
+            Error::Invalid(text.split_whitespace().collect::<Vec<_>>().join(" "))
+        }
+        other => other,
+    }
+}
+
+/// What a user namespace of the caller's makes of host ids: root's containers record what
+/// their upper holds as the slot's ids (`owner`); a user's, whose namespace maps their own
+/// uid to root, record their files as root's. `None`: the host's ids are the image's.
+fn shift_for(owner: Option<(u32, u32)>, userns: bool) -> Option<Shift> {
+    match owner {
+        Some((uid, gid)) => Some(Shift::slot(uid, gid)),
+        None if userns && !Uid::effective().is_root() => Some(Shift {
+            uid: Uid::effective().as_raw(),
+            gid: nix::unistd::Gid::effective().as_raw(),
+            count: 1,
+        }),
+        None => None,
     }
 }
 

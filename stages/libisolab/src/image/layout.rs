@@ -252,8 +252,8 @@ impl Layout {
             .map_err(|error| {
                 let hint = match error.raw_os_error() {
                     Some(libc::ENOENT) => {
-                        "the blob is missing from the store: run gc, or pull or load the image \
-                         again"
+                        "the blob is missing from the store: remove the image (rmi) and load, \
+                         build or pull it again"
                     }
                     Some(libc::ELOOP) => {
                         "a blob is never a symlink: remove it, then pull or load the image again"
@@ -728,7 +728,10 @@ mod tests {
         let digest = Digest::of(b"never stored");
         let error = layout.open_blob(&digest).unwrap_err().to_string();
         assert!(error.contains(&layout.blob_path(&digest).display().to_string()), "{error}");
-        assert!(error.contains("run gc, or pull or load the image again"), "{error}");
+        assert!(
+            error.contains("remove the image (rmi) and load, build or pull it again"),
+            "{error}"
+        );
     }
 
     #[test]

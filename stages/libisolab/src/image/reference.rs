@@ -13,8 +13,9 @@
 //! digest     := "sha256:" 64 lowercase hex digits
 //! ```
 //!
-//! Unlike docker, a short name is not rewritten to `docker.io/library/…`: isolab never talks to
-//! a registry, and the name a user typed is the name `index.json` keeps.
+//! Unlike docker, a short name is not rewritten to `docker.io/library/…`: the name a user typed
+//! is the name `index.json` keeps. The other way round, `docker.io/library/busybox` (what docker
+//! and skopeo write into their archives) is read as `busybox`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -134,6 +135,14 @@ impl FromStr for Reference {
         for component in repository.split('/') {
             check_component(component).map_err(refuse)?;
         }
+        // Docker Hub's own spelling of a short name (`docker.io/library/busybox`, what docker
+        // and skopeo write in their archives) is the short name: `busybox`.
+        let (registry, repository) = match registry.as_deref() {
+            Some("docker.io" | "index.docker.io") => {
+                (None, repository.strip_prefix("library/").unwrap_or(repository))
+            }
+            _ => (registry, repository),
+        };
 
         Ok(Reference {
             registry,

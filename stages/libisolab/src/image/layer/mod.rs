@@ -35,7 +35,7 @@ mod pack;
 mod tests;
 mod unpack;
 
-pub use pack::{pack_dir, pack_dir_to_file, pack_upper, GZIP_LEVEL};
+pub use pack::{pack_dir, pack_dir_shifted, pack_dir_to_file, pack_upper, Shift, GZIP_LEVEL};
 pub use unpack::unpack;
 
 /// The name prefix of a whiteout in a layer: `.wh.motd` says "`motd` is deleted"

@@ -72,17 +72,51 @@ pub const GZIP_LEVEL: u32 = 6;
 /// the OCI's whiteouts.
 #[derive(Clone, Copy)]
 enum Source {
-    Dir,
+    Dir {
+        /// Host ids to record as a user namespace's (a rootless import).
+        shift: Option<Shift>,
+    },
     Upper {
         /// The container's first host uid and gid, subtracted from every owner.
-        shift: Option<(u32, u32)>,
+        shift: Option<Shift>,
     },
+}
+
+/// Host ids that a layer records as a user namespace's: root inside is host `uid`/`gid`, and
+/// the namespace maps `count` ids from there (65,536 for root's containers, one for a user's:
+/// their own uid, root inside).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shift {
+    /// Root's host uid.
+    pub uid: u32,
+    /// Root's host gid.
+    pub gid: u32,
+    /// How many ids the namespace maps.
+    pub count: u32,
+}
+
+impl Shift {
+    /// A container of root's, whose ids start at `uid`/`gid` on the host.
+    pub fn slot(uid: u32, gid: u32) -> Shift {
+        Shift { uid, gid, count: SLOT_SIZE }
+    }
 }
 
 // ANCHOR: pack_dir
 /// Writes a deterministic layer of everything under `dir` (a rootfs) to `out`.
 pub fn pack_dir(dir: &Path, out: impl Write, compression: Compression) -> Result<Packed> {
-    pack(dir, Source::Dir, out, compression, Path::new("the layer"))
+    pack(dir, Source::Dir { shift: None }, out, compression, Path::new("the layer"))
+}
+
+/// [`pack_dir`] with owners recorded as a user namespace sees them: a user's import, whose
+/// files are theirs on the host and root's in their containers.
+pub fn pack_dir_shifted(
+    dir: &Path,
+    shift: Option<Shift>,
+    out: impl Write,
+    compression: Compression,
+) -> Result<Packed> {
+    pack(dir, Source::Dir { shift }, out, compression, Path::new("the layer"))
 }
 // ANCHOR_END: pack_dir
 
@@ -98,7 +132,7 @@ pub fn pack_dir(dir: &Path, out: impl Write, compression: Compression) -> Result
 /// be in use (the container stopped), or the layer is whatever the walk happened to see.
 pub fn pack_upper(
     upper: &Path,
-    shift: Option<(u32, u32)>,
+    shift: Option<Shift>,
     out: impl Write,
     compression: Compression,
 ) -> Result<Packed> {
@@ -112,7 +146,7 @@ pub fn pack_upper(
 pub fn pack_dir_to_file(dir: &Path, out: &Path, compression: Compression) -> Result<Packed> {
     refuse_archive_inside(dir, out)?;
     let file = File::create(out).map_err(|error| Error::io("create", out, &error))?;
-    let packed = pack(dir, Source::Dir, &file, compression, out)?;
+    let packed = pack(dir, Source::Dir { shift: None }, &file, compression, out)?;
     file.sync_all().map_err(|error| Error::io("fsync", out, &error))?;
     Ok(packed)
 }
@@ -364,9 +398,9 @@ fn items(stack: &mut DirStack, source: Source) -> Result<Vec<Item>> {
 /// A new entry's header: mode, owner (shifted, for an upper), mtime 0, size 0.
 fn owned_header(metadata: &FileStat, source: Source, path: &dyn Fn() -> PathBuf) -> Result<Header> {
     let (mut uid, mut gid) = (metadata.st_uid, metadata.st_gid);
-    if let Source::Upper { shift: Some((uid_base, gid_base)) } = source {
-        uid = shifted(uid, uid_base, "uid", path)?;
-        gid = shifted(gid, gid_base, "gid", path)?;
+    if let Source::Upper { shift: Some(shift) } | Source::Dir { shift: Some(shift) } = source {
+        uid = shifted(uid, shift.uid, shift.count, "uid", path)?;
+        gid = shifted(gid, shift.gid, shift.count, "gid", path)?;
     }
     let mut header = Header::new_gnu();
     header.set_mode(metadata.st_mode & 0o7777);
@@ -380,14 +414,14 @@ fn owned_header(metadata: &FileStat, source: Source, path: &dyn Fn() -> PathBuf)
 /// `id` as the container sees it, whose ids start at `base` on the host: one of its
 /// [`SLOT_SIZE`] ids, or refused (a file the host gave the upper that the container cannot
 /// own, which its layer cannot say).
-fn shifted(id: u32, base: u32, what: &str, path: &dyn Fn() -> PathBuf) -> Result<u32> {
+fn shifted(id: u32, base: u32, count: u32, what: &str, path: &dyn Fn() -> PathBuf) -> Result<u32> {
     match id.checked_sub(base) {
-        Some(inside) if inside < SLOT_SIZE => Ok(inside),
+        Some(inside) if inside < count => Ok(inside),
         _ => Err(Error::Invalid(format!(
             "{}: owner {what} {id} is not one of the container's ids ({base}-{}), so the layer \
              cannot record it",
             path().display(),
-            u64::from(base) + u64::from(SLOT_SIZE) - 1
+            u64::from(base) + u64::from(count) - 1
         ))),
     }
 }

@@ -726,7 +726,7 @@ fn shift_records_container_ids_and_refuses_others() {
     // The whiteout is the host root's (overlayfs makes it as the mounter): not refused.
     mknod(&u.join("gone"), SFlag::S_IFCHR, Mode::empty(), 0).unwrap();
     let mut bytes = Vec::new();
-    pack_upper(u, Some((100_000, 100_000)), &mut bytes, Compression::None).unwrap();
+    pack_upper(u, Some(Shift::slot(100_000, 100_000)), &mut bytes, Compression::None).unwrap();
     let mut archive = tar::Archive::new(&bytes[..]);
     let owners: Vec<(String, u64, u64)> = archive
         .entries()
@@ -744,7 +744,8 @@ fn shift_records_container_ids_and_refuses_others() {
     );
 
     std::os::unix::fs::lchown(u.join("home/file"), Some(7), None).unwrap();
-    let error = pack_upper(u, Some((100_000, 100_000)), io::sink(), Compression::None).unwrap_err();
+    let error = pack_upper(u, Some(Shift::slot(100_000, 100_000)), io::sink(), Compression::None)
+        .unwrap_err();
     assert_eq!(
         error.to_string(),
         format!(
@@ -754,7 +755,9 @@ fn shift_records_container_ids_and_refuses_others() {
         )
     );
     std::os::unix::fs::lchown(u.join("home/file"), Some(165_536), None).unwrap();
-    assert!(pack_upper(u, Some((100_000, 100_000)), io::sink(), Compression::None).is_err());
+    assert!(
+        pack_upper(u, Some(Shift::slot(100_000, 100_000)), io::sink(), Compression::None).is_err()
+    );
 }
 
 /// A directory renamed with overlayfs's `redirect_dir` takes its content from a lower: the
