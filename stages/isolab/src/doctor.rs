@@ -32,7 +32,7 @@ use nix::unistd::Uid;
 /// Arguments of `isolab doctor`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The stages you mean to run, 1 to 4 (2,4 or --stage 2 --stage 4): ready only if each runs
+    /// The stages you mean to run, 1 to 5 (2,4 or --stage 2 --stage 4): ready only if each runs
     /// for you as you are [default: ready if any stage does]
     #[arg(long, value_name = "N", value_delimiter = ',', value_parser = parse_stage)]
     pub stage: Vec<u8>,
@@ -42,8 +42,8 @@ fn parse_stage(text: &str) -> Result<u8, String> {
     text.trim()
         .parse()
         .ok()
-        .filter(|stage| (1..=4).contains(stage))
-        .ok_or_else(|| format!("invalid --stage '{text}': the stages are 1, 2, 3 and 4"))
+        .filter(|stage| (1..=5).contains(stage))
+        .ok_or_else(|| format!("invalid --stage '{text}': the stages are 1, 2, 3, 4 and 5"))
 }
 
 /// How bad a finding is.
@@ -697,7 +697,7 @@ impl fmt::Display for Runs {
 /// What one stage can do for the user doctor runs as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StageFinding {
-    /// 1 to 4.
+    /// 1 to 5.
     pub stage: u8,
     /// ok, limited or no.
     pub runs: Runs,
@@ -847,7 +847,26 @@ pub fn check_stages(machine: &Machine) -> Vec<StageFinding> {
     } else {
         StageFinding::new(4, Runs::Ok, "an overlay in a user namespace, and limits", None)
     };
-    vec![stage1, stage2, stage3, stage4]
+    // Stage 5 stacks an image's layers with overlayfs: what stage 4 can do, without the
+    // copy driver to fall back on.
+    let stage5 = match stage4.runs {
+        Runs::No => {
+            StageFinding::new(5, Runs::No, "it needs stage 4's overlay", stage4.fix.as_deref())
+        }
+        Runs::Limited if stage4.found.contains("only --storage copy") => StageFinding::new(
+            5,
+            Runs::No,
+            format!("images need overlayfs: {}", stage4.found),
+            stage4.fix.as_deref(),
+        ),
+        runs => StageFinding::new(
+            5,
+            runs,
+            format!("images: their layers as the overlay's lowers; {}", stage4.found),
+            stage4.fix.as_deref(),
+        ),
+    };
+    vec![stage1, stage2, stage3, stage4, stage5]
 }
 // ANCHOR_END: check_stages
 
@@ -1182,7 +1201,7 @@ hugetlb\t0\t1\t0
     }
 
     #[test]
-    fn without_root_stages_2_to_4_run_and_stage_1_does_not() {
+    fn without_root_stages_2_to_5_run_and_stage_1_does_not() {
         let root = tempfile::tempdir().unwrap();
         let fake = hybrid_machine_for_nobody(root.path());
         let mut nobody = machine(root.path(), &fake);
@@ -1191,7 +1210,13 @@ hugetlb\t0\t1\t0
         let runs: Vec<(u8, Runs)> = stages.iter().map(|s| (s.stage, s.runs)).collect();
         assert_eq!(
             runs,
-            [(1, Runs::No), (2, Runs::Ok), (3, Runs::Limited), (4, Runs::Limited)],
+            [
+                (1, Runs::No),
+                (2, Runs::Ok),
+                (3, Runs::Limited),
+                (4, Runs::Limited),
+                (5, Runs::Limited)
+            ],
             "{stages:#?}"
         );
         assert!(stages[0].fix.as_deref().unwrap().starts_with("sudo stage1-chroot"));
@@ -1205,8 +1230,8 @@ hugetlb\t0\t1\t0
         assert!(ready.ready, "{ready:?}");
         assert_eq!(
             ready.line,
-            "ready for uid 65534: stages 2, 3 and 4 run (3 and 4 limited), stage 1 does not; \
-             see the fixes above"
+            "ready for uid 65534: stages 2, 3, 4 and 5 run (3, 4 and 5 limited), stage 1 does \
+             not; see the fixes above"
         );
         assert!(verdict(&findings, &stages, &[2, 4], 65534).ready);
         let asked_for_1 = verdict(&findings, &stages, &[1, 2], 65534);
@@ -1244,11 +1269,15 @@ hugetlb\t0\t1\t0
         let mut nobody = machine(root.path(), &fake);
         nobody.euid = 1000;
         nobody.kernel_release = "5.10.0-28-amd64".into();
-        let stage4 = check_stages(&nobody).pop().unwrap();
-        assert_eq!(stage4.runs, Runs::Limited);
-        assert!(stage4.found.contains("only --storage copy"), "{stage4:?}");
+        let stages = check_stages(&nobody);
+        assert_eq!(stages[3].runs, Runs::Limited);
+        assert!(stages[3].found.contains("only --storage copy"), "{stages:?}");
+        // Images have no copy driver to fall back on.
+        assert_eq!(stages[4].runs, Runs::No);
+        assert!(stages[4].found.starts_with("images need overlayfs"), "{stages:?}");
         nobody.kernel_release = "5.11.0".into();
-        assert!(!check_stages(&nobody).pop().unwrap().found.contains("--storage copy"));
+        assert!(!check_stages(&nobody)[3].found.contains("--storage copy"));
+        assert_eq!(check_stages(&nobody)[4].runs, Runs::Limited);
     }
 
     #[test]

@@ -149,6 +149,12 @@ pub fn for_run(
             }
             return Ok(None);
         }
+        (None, Some(_), None) if args.store.storage == store::Storage::Copy => {
+            return Err(invalid(
+                "an image's layers are stacked by overlayfs: --storage copy takes a directory \
+                 (--rootfs DIR), not an image",
+            ));
+        }
         (None, Some(word), None) => {
             let images = Images::open(store)?;
             let image = images.find(word)?;
