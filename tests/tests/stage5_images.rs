@@ -1223,3 +1223,33 @@ fn hostile_load_writes_nothing_outside_the_store() {
     assert!(containers(&env).is_empty(), "{:?}", containers(&env));
     nothing_left_running(&env);
 }
+
+// The kernel copies an overlay's options into one page, and every lower's path is in them:
+// stacked by its full path in the store, an image of 60 layers does not fit. In the default
+// user namespace each layer is mounted idmapped at a short point in the container's directory,
+// and it runs; without one, the refusal says why and what to do, before anything is made.
+#[test]
+fn an_image_of_sixty_layers_runs_and_the_page_limit_is_said_where_it_bites() {
+    if !require_root("an_image_of_sixty_layers_runs_and_the_page_limit_is_said_where_it_bites") {
+        return;
+    }
+    let env = TestEnv::new();
+    base(&env);
+    ok(&env, &["import", "rootfs", "base:1"]);
+    let mut dockerfile = String::from("FROM base:1\n");
+    for layer in 1..=60 {
+        dockerfile.push_str(&format!("RUN echo {layer} > /layer{layer}\n"));
+    }
+    fs::create_dir_all(env.path().join("many")).unwrap();
+    fs::write(env.path().join("many/Dockerfile"), dockerfile).unwrap();
+    ok(&env, &["build", "-t", "many:1", "many"]);
+    assert_eq!(layer_digests(&env, "many:1").len(), 61);
+    let shown = ok(&env, &["run", "--rm", "many:1", "--", "/bin/sh", "-c", "cat /layer1 /layer60"]);
+    assert!(shown.ends_with("1\n60\n"), "{shown}");
+    let (refused, output) =
+        stage5(&env, &["run", "--rm", "--ns", "mnt,pid,uts,ipc", "many:1", "--", "/bin/true"]);
+    check_one_line_125(&refused, &output);
+    assert!(refused.contains("with 62 lower layers, and mount(2) takes at most 4095"), "{refused}");
+    assert!(containers(&env).is_empty(), "{:?}", containers(&env));
+    assert!(mounts_under(env.path()).is_empty());
+}

@@ -157,16 +157,26 @@ impl Layers {
                 mounts::check_reachable(layer, uid, gid)?;
             }
         }
+        Ok(())
+    }
+    // ANCHOR_END: check
+
+    /// Checks that the options string fits the page mount(2) copies: every lower's path is in
+    /// it, so a long store path and many layers can exceed it (docker keeps short symlinks to
+    /// its layers for this). Called on the paths that are mounted, which for an idmapped
+    /// base are the short mount points in the container's directory.
+    pub fn check_length(&self) -> Result<()> {
         let length = self.options().len();
         if length > MAX_OPTIONS {
             return Err(Error::Invalid(format!(
-                "the overlay's options are {length} bytes, and mount(2) takes at most \
-                 {MAX_OPTIONS}: use shorter paths for the store and the layers"
+                "the overlay's options are {length} bytes with {} lower layers, and mount(2) \
+                 takes at most {MAX_OPTIONS}: use a store with a shorter path (--root), or fewer \
+                 layers (an image can be flattened: run it, then import its files)",
+                self.lowers.len()
             )));
         }
         Ok(())
     }
-    // ANCHOR_END: check
 }
 
 /// Escapes `\`, `:` and `,` in a layer's path.

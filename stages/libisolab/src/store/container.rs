@@ -61,11 +61,18 @@ impl Container {
     /// copy, which is a plain directory). Its lowers are the base's idmapped mounts when it
     /// has them (see [`Container::idmapped_lowers`]), the base's directories otherwise.
     pub fn rootfs_mounts(&self) -> Vec<Step> {
-        let Some(mut layers) = self.layers() else { return Vec::new() };
+        let Some(layers) = self.mounted_layers() else { return Vec::new() };
+        vec![layers.mount_step(&self.rootfs())]
+    }
+
+    /// Its overlay's layers as they are mounted: the lowers are the idmapped mounts' points
+    /// when it has them.
+    pub fn mounted_layers(&self) -> Option<Layers> {
+        let mut layers = self.layers()?;
         if self.idmaps_base() {
             layers.lowers = self.idmapped_lowers().into_iter().map(|lower| lower.target).collect();
         }
-        vec![layers.mount_step(&self.rootfs())]
+        Some(layers)
     }
     // ANCHOR_END: rootfs_mounts
 

@@ -417,6 +417,9 @@ impl Store {
         if let Some(layers) = container.layers() {
             layers.check(container.config.owner)?;
         }
+        if let Some(mounted) = container.mounted_layers() {
+            mounted.check_length()?;
+        }
         Ok(container)
     }
 
