@@ -1253,3 +1253,47 @@ fn an_image_of_sixty_layers_runs_and_the_page_limit_is_said_where_it_bites() {
     assert!(containers(&env).is_empty(), "{:?}", containers(&env));
     assert!(mounts_under(env.path()).is_empty());
 }
+
+// COPY puts the context's files in the image as root's (or --chown's), as docker does: whose
+// they were on the host says nothing about the image (regression: only the top was chowned).
+#[test]
+fn copy_makes_the_contexts_files_roots_or_chowns() {
+    if !require_root("copy_makes_the_contexts_files_roots_or_chowns") {
+        return;
+    }
+    let env = TestEnv::new();
+    base(&env);
+    ok(&env, &["import", "rootfs", "base:1"]);
+    shell_ok(
+        &env,
+        "mkdir -p ctx/sub/deep && echo a > ctx/sub/deep/f && ln -s deep/f ctx/sub/link && \
+         chown -hR 1234:1234 ctx && printf 'FROM base:1\\nCOPY sub /opt/sub\\nCOPY --chown=7:8 \
+         sub /opt/theirs\\n' > ctx/Dockerfile",
+    );
+    ok(&env, &["build", "-t", "owned:1", "ctx"]);
+    let listing = stdout_of(
+        &env,
+        &[
+            "run",
+            "--rm",
+            "owned:1",
+            "--",
+            "/bin/sh",
+            "-c",
+            "cd /opt && find . | sort | while \
+           read f; do stat -c '%n %u:%g' \"$f\"; done",
+        ],
+    );
+    let expected = "\
+. 0:0
+./sub 0:0
+./sub/deep 0:0
+./sub/deep/f 0:0
+./sub/link 0:0
+./theirs 7:8
+./theirs/deep 7:8
+./theirs/deep/f 7:8
+./theirs/link 7:8
+";
+    assert_eq!(listing, expected);
+}

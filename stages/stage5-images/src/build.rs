@@ -265,7 +265,8 @@ fn copy_step(
             }
             None => (0, 0),
         };
-        copy::change_owner(&staging, uid, gid)?;
+        // What COPY puts in the image is root's (or --chown's), whoever owns the context.
+        own_tree(&target, uid, gid)?;
         // The directories on the way to dest are the image's: root's, 0755.
         let mut on_the_way = relative.parent().map(Path::to_path_buf);
         while let Some(dir) = on_the_way.filter(|dir| !dir.as_os_str().is_empty()) {
@@ -282,6 +283,21 @@ fn copy_step(
     })();
     let _ = copy::remove_tree(&staging);
     Ok(result?)
+}
+
+/// Gives everything under `path` (our own staging copy: a symlink is changed, never followed)
+/// the owner `uid`:`gid`.
+fn own_tree(path: &Path, uid: u32, gid: u32) -> Result<(), Error> {
+    let metadata = std::fs::symlink_metadata(path).map_err(|e| Error::io("lstat", path, &e))?;
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+        .map_err(|error| Error::io("lchown", path, &error))?;
+    if metadata.is_dir() {
+        for entry in std::fs::read_dir(path).map_err(|e| Error::io("opendir", path, &e))? {
+            let entry = entry.map_err(|error| Error::io("readdir", path, &error))?;
+            own_tree(&entry.path(), uid, gid)?;
+        }
+    }
+    Ok(())
 }
 
 /// A fresh directory for a COPY's files, in the store (the same filesystem as its blobs).
