@@ -222,7 +222,9 @@ fn import_makes_an_image_of_a_rootfs() {
         return;
     }
     let env = TestEnv::new();
-    env.namespaced_rootfs("rootfs");
+    base(&env);
+    // The chapter shows these lines: the reader prepares the base as the tests do.
+    settings(&env).bind(|| insta::assert_snapshot!("stage5_base_files", BASE_FILES));
     let import = ok(&env, &["import", "rootfs", "base:1.0"]);
     assert!(import.contains("base:1.0 ") && import.contains(": 1 layer, "), "{import}");
     let images = ok(&env, &["images"]);
@@ -700,8 +702,10 @@ fn dry_run_of_an_image_stacks_its_layers_idmapped() {
         .collect();
     let mut from = 0;
     for (number, dir) in ["init", &ids[2], &ids[1], &ids[0]].iter().enumerate() {
-        let open =
-            format!("store/layers/{dir}\", OPEN_TREE_CLONE|OPEN_TREE_CLOEXEC) = <lower{number}>");
+        // The init layer (empty mount points) sits beside layers/, which only root enters.
+        let path =
+            if *dir == "init" { "store/init".to_string() } else { format!("store/layers/{dir}") };
+        let open = format!("{path}\", OPEN_TREE_CLONE|OPEN_TREE_CLOEXEC) = <lower{number}>");
         let at = plan[from..].find(&open).unwrap_or_else(|| panic!("no {open}: {plan}"));
         from += at;
         let idmap = format!(
@@ -1296,4 +1300,52 @@ fn copy_makes_the_contexts_files_roots_or_chowns() {
 ./theirs/link 7:8
 ";
     assert_eq!(listing, expected);
+}
+
+// Regressions of the attacker's pass: what an image holds never becomes a host user's, and no
+// path or link someone else controls leads a root runtime out of the store.
+#[test]
+fn an_images_files_stay_out_of_host_users_reach_and_no_path_leads_out() {
+    if !require_root("an_images_files_stay_out_of_host_users_reach_and_no_path_leads_out") {
+        return;
+    }
+    let env = TestEnv::new();
+    base(&env);
+    // A setuid-root program in a layer: unpacked with its owner and mode, as the image says.
+    shell_ok(&env, "cp rootfs/bin/busybox rootfs/bin/suid && chmod 4755 rootfs/bin/suid");
+    ok(&env, &["import", "rootfs", "base:1"]);
+    ok(&env, &["run", "--rm", "base:1", "--", "/bin/true"]);
+    let layers = env.path().join("store/layers");
+    let mode = fs::metadata(&layers).unwrap().mode() & 0o7777;
+    assert_eq!(mode, 0o700, "store/layers is {mode:o}: host users could run its setuid files");
+    let (as_nobody, output) =
+        shell(&env, "setpriv --reuid=65534 --regid=65534 --clear-groups ls store/layers");
+    assert_ne!(code(&output), 0, "{as_nobody}");
+
+    // COPY's destination is a path inside the image: `..` stops at its `/`.
+    shell_ok(
+        &env,
+        "mkdir -p ctx && echo x > ctx/f && printf 'FROM base:1\\nCOPY f /../../../../escaped\\n' \
+         > ctx/Dockerfile",
+    );
+    ok(&env, &["build", "-t", "esc:1", "ctx"]);
+    let inside = stdout_of(&env, &["run", "--rm", "esc:1", "--", "cat", "/escaped"]);
+    assert_eq!(inside, "x\n");
+    assert!(!Path::new("/escaped").exists() && !env.path().join("escaped").exists());
+
+    // save writes under a name of its own, never through a link planted beside the output.
+    shell_ok(&env, "mkdir -p out && echo precious > victim && ln -s ../victim out/app.partial");
+    ok(&env, &["save", "base:1", "-o", "out/app.tar"]);
+    assert_eq!(fs::read_to_string(env.path().join("victim")).unwrap(), "precious\n");
+    let saved = fs::symlink_metadata(env.path().join("out/app.tar")).unwrap();
+    assert!(saved.is_file() && saved.len() > 1000, "{saved:?}");
+
+    // A store whose layers/ is a link elsewhere is refused, and gc removes nothing there.
+    shell_ok(&env, "mkdir -p decoy/important store2 && ln -s ../decoy store2/layers");
+    let (refused, output) = stage5(&env, &["--root", "store2", "gc"]);
+    assert_eq!(code(&output), 125, "{refused}");
+    assert_eq!(text(&output.stderr).lines().count(), 1, "{refused}");
+    assert!(text(&output.stderr).contains("follows no link"), "{refused}");
+    assert!(env.path().join("decoy/important").is_dir());
+    ok(&env, &["rmi", "esc:1", "base:1"]);
 }

@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
+use libisolab::container::cgroup::CgroupsWhen;
 use libisolab::copy;
 use libisolab::digest::Digest;
 use libisolab::image::config;
@@ -36,10 +37,17 @@ pub struct BuildArgs {
     /// Run every step, even those the build cache has
     #[arg(long)]
     no_cache: bool,
+    /// The RUN steps' cgroups, as `run --cgroups` (optional: without limits where you
+    /// cannot have them, e.g. rootless on cgroup v1)
+    #[arg(long, value_name = "WHEN", value_enum, default_value_t = CgroupsWhen::Required)]
+    cgroups: CgroupsWhen,
     /// The directory COPY takes its files from
     #[arg(value_name = "CONTEXT")]
     context: PathBuf,
 }
+
+/// The largest Dockerfile read (docker has no limit; a megabyte is thousands of steps).
+const DOCKERFILE_MAX: u64 = 1 << 20;
 
 fn parse_pair(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
@@ -55,12 +63,45 @@ fn say(line: &str) {
 // ANCHOR: build
 /// `build -t NAME[:TAG] [-f FILE] CONTEXT`
 pub fn build(store: &Store, args: &BuildArgs) -> Result<u8, Failure> {
+    if !args.context.is_dir() {
+        return Err(Error::Invalid(format!(
+            "the build context {} is not a directory: give the directory whose files COPY \
+             takes (often `.`)",
+            args.context.display()
+        ))
+        .into());
+    }
+    // docker leaves out what .dockerignore names; isolab does not read it, and copying what
+    // its author meant to keep out (a secret, say) would be worse than stopping.
+    let ignore = args.context.join(".dockerignore");
+    if ignore.exists() {
+        return Err(Error::Invalid(format!(
+            "{} exists, and isolab does not read it: COPY would take the files it names; move \
+             them out of the context and remove it",
+            ignore.display()
+        ))
+        .into());
+    }
     let file = args.file.clone().unwrap_or_else(|| args.context.join("Dockerfile"));
+    let metadata = std::fs::metadata(&file).map_err(|error| {
+        Error::io("stat", &file, &error).hint("give the Dockerfile with -f FILE")
+    })?;
+    if !metadata.is_file() || metadata.len() > DOCKERFILE_MAX {
+        return Err(Error::Invalid(format!(
+            "{} is not a Dockerfile: not a regular file of at most {} bytes",
+            file.display(),
+            DOCKERFILE_MAX
+        ))
+        .into());
+    }
     let text = std::fs::read_to_string(&file).map_err(|error| {
         Error::io("open", &file, &error).hint("give the Dockerfile with -f FILE")
     })?;
     let dockerfile = dockerfile::parse(&file, &text, &args.build_args)?;
     let images = Images::open(store)?;
+    // Until the last step is tagged, the steps' images are reachable only through the build
+    // cache: gc keeps away for the whole build.
+    let _writing = images.writing()?;
     let steps = dockerfile.instructions.len();
     // The image so far: none before FROM.
     let mut current: Option<Image> = None;
@@ -108,7 +149,7 @@ pub fn build(store: &Store, args: &BuildArgs) -> Result<u8, Failure> {
     let Some(last) = current else {
         return Err(Error::Invalid(format!("{}: no FROM: nothing to build", file.display())).into());
     };
-    let tagged = images.tag(&last.digest()?.to_string(), &args.tag)?;
+    let (tagged, _) = images.tag(&last.digest()?.to_string(), &args.tag)?;
     say(&format!("built {} {} ({})", tagged.shown(), tagged.id(), tagged.manifest.digest()));
     Ok(0)
 }
@@ -125,7 +166,7 @@ fn step(
     let created = store::timestamp();
     match &instruction.kind {
         Kind::Run { command } => {
-            run_step(store, images, parent, instruction, &command.argv(), &created)
+            run_step(store, images, parent, instruction, &command.argv(), &created, args)
         }
         Kind::Copy { sources, dest, chown } => copy_step(
             images,
@@ -156,6 +197,7 @@ fn run_step(
     instruction: &Instruction,
     command: &[String],
     created: &str,
+    args: &BuildArgs,
 ) -> Result<Image, Failure> {
     let name = format!(
         "build-{}",
@@ -165,6 +207,9 @@ fn run_step(
     // outside, so a RUN that downloads fails here (give it the files with COPY).
     let mut argv: Vec<String> =
         ["stage5-images", "run", "--name", &name].map(String::from).to_vec();
+    if args.cgroups == CgroupsWhen::Optional {
+        argv.extend(["--cgroups", "optional"].map(String::from));
+    }
     // The ARGs in scope reach the command as environment variables (an ENV of the image
     // with the same name wins, as in docker).
     let env =
@@ -230,7 +275,7 @@ fn copy_step(
         } else {
             Path::new(&workdir).join(dest)
         };
-        let relative = dest_path.strip_prefix("/").unwrap_or(&dest_path).to_path_buf();
+        let relative = inside_the_image(&dest_path);
         let target = staging.join(&relative);
         let into_dir = dest.ends_with('/') || sources.len() > 1;
         for from in dockerfile::resolve_copy_sources(context, sources)? {
@@ -283,6 +328,24 @@ fn copy_step(
     })();
     let _ = copy::remove_tree(&staging);
     Ok(result?)
+}
+
+/// `path` as a path inside the image, relative to its `/`: `..` stops at `/`, as a path
+/// resolved inside a root filesystem does (docker cleans COPY's destination the same way), so
+/// that `COPY f /../../etc/x` writes the image's `/etc/x`, never a host file outside the
+/// staging directory.
+fn inside_the_image(path: &Path) -> PathBuf {
+    let mut inside = PathBuf::new();
+    for component in path.components() {
+        match component {
+            std::path::Component::Normal(part) => inside.push(part),
+            std::path::Component::ParentDir => {
+                inside.pop();
+            }
+            _ => {}
+        }
+    }
+    inside
 }
 
 /// Gives everything under `path` (our own staging copy: a symlink is changed, never followed)

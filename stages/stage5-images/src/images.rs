@@ -5,6 +5,7 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -138,6 +139,13 @@ pub fn for_run(
             return Err(invalid("give an image or --rootfs, not both"));
         }
         (None, None, None) => {
+            let first = args.command.command.first().map(|arg| arg.to_string_lossy());
+            if let Some(first) = first.filter(|first| !first.starts_with('/')) {
+                return Err(invalid(&format!(
+                    "no image before --: `run {first} -- CMD` runs the image {first} (what \
+                     follows -- is the command)"
+                )));
+            }
             return Err(invalid(
                 "give an image to run (`images` lists them; import, build or load one), or \
                  --rootfs DIR",
@@ -158,15 +166,9 @@ pub fn for_run(
         (None, Some(word), None) => {
             let images = Images::open(store)?;
             let image = images.find(word)?;
-            // A dry run unpacks nothing: it shows where the layers would be (unless its
-            // USER is a name, which only the image's /etc/passwd turns into a uid).
-            let named_user = config::launch(&image.config, &[], &[], None)
-                .is_ok_and(|launch| launch.user.is_some_and(|user| !is_numeric(&user)));
-            let lowers = if args.dry_run && !named_user {
-                images.planned_lowers(&image)?
-            } else {
-                images.lowers(&image)?
-            };
+            // Unpacked once, the first time any container needs them (a dry run too: its plan
+            // is checked on the real layers, and a USER name read in their /etc/passwd).
+            let lowers = images.lowers(&image)?;
             let reference = image.reference(word)?;
             (image, reference, lowers)
         }
@@ -197,11 +199,6 @@ pub fn for_run(
     Ok(Some((reference, lowers)))
 }
 // ANCHOR_END: for_run
-
-/// `UID` or `UID:GID`, numbers only.
-fn is_numeric(user: &str) -> bool {
-    user.split(':').all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
-}
 
 fn invalid(text: &str) -> Failure {
     Error::Invalid(text.to_string()).into()
@@ -320,8 +317,15 @@ fn short(digest: &str) -> String {
 
 /// `tag IMAGE NAME[:TAG]`
 pub fn tag(store: &Store, args: &TagArgs) -> Result<u8, Failure> {
-    let image = Images::open(store)?.tag(&args.source, &args.target)?;
+    let (image, moved) = Images::open(store)?.tag(&args.source, &args.target)?;
     describe(&image);
+    if let Some(old) = moved {
+        say(&format!(
+            "{} no longer names {} (gc removes it if no tag, container or build uses it)",
+            image.shown(),
+            old.digest()
+        ));
+    }
     Ok(0)
 }
 
@@ -371,9 +375,22 @@ pub fn save(store: &Store, args: &SaveArgs) -> Result<u8, Failure> {
         })?;
         chosen.push((name, image.manifest));
     }
-    // Written beside the target and renamed: a failed save leaves no half tar under its name.
-    let partial = args.output.with_extension("partial");
-    let file = File::create(&partial).map_err(|error| Error::io("open", &partial, &error))?;
+    if args.output.is_dir() || args.output.as_os_str().to_string_lossy().ends_with('/') {
+        return Err(invalid(&format!(
+            "{} is a directory: -o takes the tar file to write (e.g. -o app.tar)",
+            args.output.display()
+        )));
+    }
+    // Written beside the target under a new name of our own (O_EXCL: never a file or link
+    // someone put there) and renamed: a failed save leaves no half tar under its name.
+    let partial = partial_beside(&args.output)?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc_nofollow())
+        .open(&partial)
+        .map_err(|error| Error::io("open", &partial, &error))?;
     let mut out = BufWriter::new(file);
     let written = archive::save(images.layout(), &chosen, &mut out)
         .and_then(|()| out.flush().map_err(|error| Error::io("write", &partial, &error)));
@@ -381,16 +398,45 @@ pub fn save(store: &Store, args: &SaveArgs) -> Result<u8, Failure> {
         let _ = std::fs::remove_file(&partial);
         return Err(error.into());
     }
-    std::fs::rename(&partial, &args.output)
-        .map_err(|error| Error::io("rename", &args.output, &error))?;
+    if let Err(error) = std::fs::rename(&partial, &args.output) {
+        let _ = std::fs::remove_file(&partial);
+        return Err(Error::io("rename", &args.output, &error).into());
+    }
     say(&format!("saved {} to {}", args.images.join(", "), args.output.display()));
     Ok(0)
+}
+
+/// A name beside `output` that nobody uses: `.<name>.partial-<pid>-<n>`.
+fn partial_beside(output: &std::path::Path) -> Result<PathBuf, Failure> {
+    let name = output.file_name().map(|name| name.to_string_lossy().into_owned());
+    let name = name.ok_or_else(|| invalid(&format!("{} names no file", output.display())))?;
+    let dir = output.parent().filter(|dir| !dir.as_os_str().is_empty());
+    let dir = dir.map_or_else(|| PathBuf::from("."), PathBuf::from);
+    for attempt in 0..1000u32 {
+        let partial = dir.join(format!(".{name}.partial-{}-{attempt}", std::process::id()));
+        if std::fs::symlink_metadata(&partial).is_err() {
+            return Ok(partial);
+        }
+    }
+    Err(invalid(&format!("no free temporary name beside {}", output.display())))
+}
+
+/// `O_NOFOLLOW`, for files we create where others may write.
+fn libc_nofollow() -> i32 {
+    nix::fcntl::OFlag::O_NOFOLLOW.bits()
 }
 
 /// `load -i FILE`
 pub fn load(store: &Store, args: &LoadArgs) -> Result<u8, Failure> {
     let images = Images::open(store)?;
     let _writing = images.writing()?;
+    if args.input.is_dir() {
+        return Err(invalid(&format!(
+            "{} is a directory: -i takes a tar (an OCI layout or `docker save` archive); tar a \
+             layout directory first (tar -C DIR -cf FILE.tar .)",
+            args.input.display()
+        )));
+    }
     let file = File::open(&args.input).map_err(|error| Error::io("open", &args.input, &error))?;
     // An OCI layout names its images by tag alone (`v1`): they are loaded as `<file>:v1`.
     let stem = args.input.file_stem().map(|stem| stem.to_string_lossy().to_lowercase());
@@ -402,7 +448,20 @@ pub fn load(store: &Store, args: &LoadArgs) -> Result<u8, Failure> {
         .trim_matches('-')
         .to_string();
     let repository = if repository.is_empty() { "loaded".to_string() } else { repository };
-    let loaded = archive::load_as(images.layout(), BufReader::new(file), &repository)?;
+    let loaded =
+        archive::load_as(images.layout(), BufReader::new(file), &repository).map_err(|error| {
+            match error {
+                // The tar reader's own words for bytes that are no tar at all.
+                Error::Sys { call: "read", ref subject, .. } if subject == "the archive" => {
+                    Error::Invalid(format!(
+                "{} is not a tar archive (an OCI image layout or what `docker save` writes): \
+                 {error}",
+                    args.input.display()
+                ))
+                }
+                other => other,
+            }
+        })?;
     for (name, descriptor) in &loaded.refs {
         let name = name.clone().unwrap_or_else(|| "(untagged)".to_string());
         say(&format!("loaded {name} {}", descriptor.digest()));

@@ -170,11 +170,88 @@ struct RmArgs {
 /// The command line as stage 5 takes it: stage 4's, where an image may stand in for
 /// `--rootfs`, and its config for the command.
 fn command() -> clap::Command {
-    Cli::command().mut_subcommand("run", |run| {
+    let mut command = Cli::command().mut_subcommand("run", |run| {
         run.mut_arg("rootfs", |arg| arg.required(false))
             .mut_arg("command", |arg| arg.required(false))
-    })
+            .mut_arg("workdir", |arg| {
+                arg.hide_default_value(true).help(
+                    "The directory inside the container to start in [default: the image's \
+                     WorkingDir, else /]",
+                )
+            })
+            .mut_arg("env", |arg| {
+                arg.help(
+                    "Add or override an environment variable (the command gets the image's \
+                     Env, PATH if it has none, HOME and TERM)",
+                )
+            })
+    });
+    for (verb, examples) in VERB_EXAMPLES {
+        command =
+            command.mut_subcommand(verb, |sub| sub.after_help(format!("Examples:\n{examples}")));
+    }
+    command
 }
+
+/// Each verb's examples, for its `--help` (`run`'s are the program's).
+const VERB_EXAMPLES: [(&str, &str); 16] = [
+    ("start", "  stage5-images start web      # web's command again, its changes kept"),
+    ("ps", "  stage5-images ps"),
+    (
+        "diff",
+        "  stage5-images diff web          # A, C, D against its image\n  \
+              stage5-images diff web --upper  # whiteouts and opaque directories as written",
+    ),
+    ("rm", "  stage5-images rm web\n  stage5-images rm --force web   # kill it first if it runs"),
+    ("df", "  stage5-images df"),
+    (
+        "gc",
+        "  stage5-images gc\n  stage5-images gc --build-cache   # the next build runs every step",
+    ),
+    (
+        "import",
+        "  rootfs-builder busybox rootfs && stage5-images import rootfs base:1.0\n  \
+                stage5-images import debian.tar.gz debian:12   # a tar, gzip or not",
+    ),
+    (
+        "build",
+        "  stage5-images build -t app:1.0 .              # ./Dockerfile, context .\n  \
+               stage5-images build -t app:1.0 -f web.Dockerfile ctx\n  \
+               stage5-images build -t app:1.0 --build-arg VERSION=2 .\n  \
+               stage5-images build -t app:1.0 --no-cache .   # every step again",
+    ),
+    (
+        "commit",
+        "  stage5-images commit web base:1.1\n  \
+                stage5-images commit -m 'add motd' web base:1.1",
+    ),
+    ("images", "  stage5-images images\n  stage5-images images --digests"),
+    ("history", "  stage5-images history app:1.0"),
+    (
+        "tag",
+        "  stage5-images tag app:1.0 app:stable\n  \
+             stage5-images tag 3f2a9c app:1.0   # an id as `images` shows it",
+    ),
+    (
+        "rmi",
+        "  stage5-images rmi app:stable\n  stage5-images rmi --force 3f2a9c   # every tag of it",
+    ),
+    (
+        "inspect",
+        "  stage5-images inspect app:1.0\n  \
+                 stage5-images inspect --json app:1.0 | python3 -m json.tool",
+    ),
+    (
+        "save",
+        "  stage5-images save app:1.0 -o app.tar\n  \
+              stage5-images save app:1.0 base:1.0 -o both.tar",
+    ),
+    (
+        "load",
+        "  stage5-images load -i app.tar\n  \
+              skopeo copy oci:layout:app docker-archive:x.tar:x:1 && stage5-images load -i x.tar",
+    ),
+];
 
 /// Parses `args` (the program's name first) with [`command`].
 fn parse(

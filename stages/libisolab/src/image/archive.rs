@@ -17,14 +17,14 @@
 //! paths on disk (a blob's name is its digest), and a name that climbs out (`..`, `/`) refuses
 //! the archive: whoever made it meant harm.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{self, Read, Write};
 use std::str::FromStr;
 
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, ImageManifestBuilder, MediaType};
 use serde::{Deserialize, Serialize};
 
-use super::layout::{descriptor, digest_of, ref_name, to_json, Layout, REF_NAME};
+use super::layout::{descriptor, digest_of, ref_name, to_json, Layout, INDEX_DEPTH_MAX, REF_NAME};
 use super::reference::Reference;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -70,11 +70,17 @@ pub struct Loaded {
 
 // ANCHOR: save
 /// The name a loaded image gets for `name` (see [`load_as`]).
-fn normalised(name: &str, repository: &str) -> String {
+/// A name that is no reference (a newline, an escape sequence, `../x`) is refused: it would
+/// be printed by `images` as it is, and no command could name it.
+fn normalised(name: &str, repository: &str) -> Result<String> {
     let bare_tag = !name.contains(['/', ':', '@'])
         && name.parse::<Reference>().is_ok_and(|reference| reference.tag.is_none());
     let full = if bare_tag { format!("{repository}:{name}") } else { name.to_string() };
-    full.parse::<Reference>().map(|reference| reference.name()).unwrap_or(full)
+    full.parse::<Reference>().map(|reference| reference.name()).map_err(|_| {
+        Error::Invalid(format!(
+            "the archive names an image {name:?}, which is not an image name: nothing was tagged"
+        ))
+    })
 }
 
 /// Writes an OCI image layout as a tar to `out`: `oci-layout`, `index.json` with the given
@@ -211,6 +217,21 @@ fn collect_blobs(
     descriptor: &Descriptor,
     blobs: &mut BTreeMap<String, Digest>,
 ) -> Result<()> {
+    collect_blobs_at(layout, descriptor, blobs, 0)
+}
+
+fn collect_blobs_at(
+    layout: &Layout,
+    descriptor: &Descriptor,
+    blobs: &mut BTreeMap<String, Digest>,
+    depth: usize,
+) -> Result<()> {
+    if depth > INDEX_DEPTH_MAX {
+        return Err(Error::Invalid(format!(
+            "image indexes nest deeper than {INDEX_DEPTH_MAX} levels under {}",
+            descriptor.digest()
+        )));
+    }
     let digest = digest_of(descriptor)?;
     if blobs.insert(digest.hex(), digest).is_some() {
         return Ok(());
@@ -218,14 +239,14 @@ fn collect_blobs(
     let media_type = descriptor.media_type();
     if is_manifest(media_type) {
         let manifest: ImageManifest = layout.read_json(&digest)?;
-        collect_blobs(layout, manifest.config(), blobs)?;
+        collect_blobs_at(layout, manifest.config(), blobs, depth + 1)?;
         for layer in manifest.layers() {
-            collect_blobs(layout, layer, blobs)?;
+            collect_blobs_at(layout, layer, blobs, depth + 1)?;
         }
     } else if is_index(media_type) {
         let index: ImageIndex = layout.read_json(&digest)?;
         for manifest in index.manifests() {
-            collect_blobs(layout, manifest, blobs)?;
+            collect_blobs_at(layout, manifest, blobs, depth + 1)?;
         }
     }
     Ok(())
@@ -306,13 +327,16 @@ pub fn load_as(layout: &Layout, input: impl Read, repository: &str) -> Result<Lo
     let mut refs = Vec::new();
     let mut blobs_added = found.blobs_added;
     let mut bytes_added = found.bytes_added;
-    for image in images {
+    // Every name is checked before the first is set: a bad one tags nothing.
+    let all_names = images
+        .iter()
+        .map(|image| image.names.iter().map(|name| normalised(name, repository)).collect())
+        .collect::<Result<Vec<Vec<String>>>>()?;
+    for (image, names) in images.into_iter().zip(all_names) {
         if image.manifest_is_new {
             blobs_added += 1;
             bytes_added += image.descriptor.size();
         }
-        let names: Vec<String> =
-            image.names.iter().map(|name| normalised(name, repository)).collect();
         for name in &names {
             layout.set_ref(name, image.descriptor.clone())?;
         }
@@ -497,7 +521,7 @@ fn oci_images(layout: &Layout, found: &Found, index: &[u8]) -> Result<Vec<Image>
     })?;
     let mut images = Vec::new();
     for descriptor in index.manifests() {
-        check_present(layout, descriptor)?;
+        check_present(layout, descriptor, &mut BTreeSet::new(), 0)?;
         let annotations = descriptor.annotations().as_ref();
         let name = annotations
             .and_then(|annotations| annotations.get(CONTAINERD_NAME))
@@ -514,8 +538,23 @@ fn oci_images(layout: &Layout, found: &Found, index: &[u8]) -> Result<Vec<Image>
 
 /// Is the blob `descriptor` names in the layout with its size, and for a manifest or an index
 /// every blob it names?
-fn check_present(layout: &Layout, descriptor: &Descriptor) -> Result<()> {
+fn check_present(
+    layout: &Layout,
+    descriptor: &Descriptor,
+    seen: &mut BTreeSet<String>,
+    depth: usize,
+) -> Result<()> {
     let digest = digest_of(descriptor)?;
+    if depth > INDEX_DEPTH_MAX {
+        return Err(Error::Invalid(format!(
+            "the archive nests image indexes deeper than {INDEX_DEPTH_MAX} levels: nothing was \
+             tagged"
+        )));
+    }
+    // Each blob is checked once, however many indexes list it.
+    if !seen.insert(digest.hex()) {
+        return Ok(());
+    }
     let path = layout.blob_path(&digest);
     let size = match std::fs::symlink_metadata(&path) {
         Ok(metadata) if metadata.is_file() => metadata.len(),
@@ -534,14 +573,14 @@ fn check_present(layout: &Layout, descriptor: &Descriptor) -> Result<()> {
     }
     if is_manifest(descriptor.media_type()) {
         let manifest: ImageManifest = layout.read_json(&digest)?;
-        check_present(layout, manifest.config())?;
+        check_present(layout, manifest.config(), seen, depth + 1)?;
         for layer in manifest.layers() {
-            check_present(layout, layer)?;
+            check_present(layout, layer, seen, depth + 1)?;
         }
     } else if is_index(descriptor.media_type()) {
         let index: ImageIndex = layout.read_json(&digest)?;
         for manifest in index.manifests() {
-            check_present(layout, manifest)?;
+            check_present(layout, manifest, seen, depth + 1)?;
         }
     }
     Ok(())

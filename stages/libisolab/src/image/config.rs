@@ -157,22 +157,49 @@ fn unknown(what: &str, name: &str, file: &Option<(PathBuf, String)>, relative: &
 /// lower that has it wins. A whiteout (a 0/0 character device) of the file or of a directory
 /// on its way deletes it for every lower below; an opaque directory on the way hides the
 /// lowers below it too (overlayfs's rules, `Documentation/filesystems/overlayfs.rst`).
+/// The largest /etc/passwd or /etc/group read.
+const PASSWD_MAX: u64 = 16 << 20;
+
 fn image_file(lowers: &[PathBuf], relative: &str) -> Result<Option<(PathBuf, String)>> {
     for lower in lowers {
         let mut path = lower.clone();
         let mut hidden_below = false;
-        for component in Path::new(relative).components() {
+        let mut found = None;
+        let components = Path::new(relative).components().count();
+        for (index, component) in Path::new(relative).components().enumerate() {
             path.push(component);
             let Ok(metadata) = fs::symlink_metadata(&path) else { break };
             if is_whiteout(&metadata) {
                 return Ok(None);
             }
+            // The image's files are read by the host's root here, not inside the container:
+            // a symlink (`etc -> /etc`, `passwd -> /dev/zero`) would lead out of the image.
+            if metadata.file_type().is_symlink() {
+                return Err(Error::Invalid(format!(
+                    "/{relative} is reached through the symlink {} in the image's layers, \
+                     which isolab does not follow from the host: give USER as numbers \
+                     (UID[:GID])",
+                    path.display()
+                )));
+            }
             hidden_below |= metadata.is_dir() && is_opaque(&path)?;
+            if index + 1 == components {
+                found = Some(metadata);
+            }
         }
-        match fs::read_to_string(&path) {
-            Ok(text) => return Ok(Some((path, text))),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => return Err(Error::io("read", &path, &error)),
+        if let Some(metadata) = found {
+            if !metadata.is_file() || metadata.len() > PASSWD_MAX {
+                return Err(Error::Invalid(format!(
+                    "{} is not a regular file of at most {PASSWD_MAX} bytes: give USER as \
+                     numbers (UID[:GID])",
+                    path.display()
+                )));
+            }
+            match fs::read_to_string(&path) {
+                Ok(text) => return Ok(Some((path, text))),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(Error::io("read", &path, &error)),
+            }
         }
         if hidden_below {
             return Ok(None);

@@ -478,7 +478,7 @@ fn split_words(text: &str, escape: char) -> Vec<&str> {
 /// `${VAR:+alternative}`, `${VAR+alternative}` substituted from `vars`. Single quotes keep
 /// everything literal; double quotes allow substitution.
 fn process(word: &str, escape: char, vars: &BTreeMap<String, String>) -> Result<String, String> {
-    let mut lexer = Lexer { chars: word.chars().collect(), at: 0, escape, vars };
+    let mut lexer = Lexer { chars: word.chars().collect(), at: 0, escape, vars, depth: 0 };
     let processed = lexer.until(None)?;
     Ok(processed)
 }
@@ -488,7 +488,13 @@ struct Lexer<'a> {
     at: usize,
     escape: char,
     vars: &'a BTreeMap<String, String>,
+    /// How many `${…}` we are inside: bounded, so that a hostile nesting cannot exhaust the
+    /// stack.
+    depth: usize,
 }
+
+/// The deepest `${A:-${B:-…}}` nesting taken (real Dockerfiles nest two or three).
+const NESTING_MAX: usize = 16;
 
 impl Lexer<'_> {
     fn peek(&self) -> Option<char> {
@@ -571,7 +577,13 @@ impl Lexer<'_> {
         if operator == Some('}') && !colon {
             return Ok(value.cloned().unwrap_or_default());
         }
-        let word = self.until(Some('}'))?;
+        if self.depth == NESTING_MAX {
+            return Err(format!("substitutions nest deeper than {NESTING_MAX} levels"));
+        }
+        self.depth += 1;
+        let word = self.until(Some('}'));
+        self.depth -= 1;
+        let word = word?;
         if self.bump() != Some('}') {
             return Err(format!("${{{name} is not closed with }}"));
         }
@@ -699,17 +711,32 @@ pub fn resolve_copy_sources(context: &Path, sources: &[String]) -> Result<Vec<Pa
     Ok(resolved)
 }
 
-/// `*` (any run of characters) and `?` (one), on bytes.
+/// `*` (any run of characters) and `?` (one), on bytes. One pass over the name per pattern
+/// byte (`matched[j]`: the pattern so far matches the name's first `j` bytes), so that a
+/// pattern like `*a*a*a*b` costs its length times the name's, never an exponential search.
 fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
-    match (pattern.split_first(), name.split_first()) {
-        (None, _) => name.is_empty(),
-        (Some((b'*', rest)), _) => {
-            glob_match(rest, name) || (!name.is_empty() && glob_match(pattern, &name[1..]))
+    let mut matched = vec![false; name.len() + 1];
+    matched[0] = true;
+    for &p in pattern {
+        let mut next = vec![false; name.len() + 1];
+        match p {
+            b'*' => {
+                // A star matches the empty run, or one more byte after a match.
+                let mut any = false;
+                for j in 0..=name.len() {
+                    any |= matched[j];
+                    next[j] = any;
+                }
+            }
+            _ => {
+                for j in 0..name.len() {
+                    next[j + 1] = matched[j] && (p == b'?' || p == name[j]);
+                }
+            }
         }
-        (Some((b'?', rest)), Some((_, name_rest))) => glob_match(rest, name_rest),
-        (Some((p, rest)), Some((n, name_rest))) => p == n && glob_match(rest, name_rest),
-        (Some(_), None) => false,
+        matched = next;
     }
+    matched[name.len()]
 }
 
 /// The content digest of COPY `sources` under `context`: what a COPY would put in the image,
@@ -777,6 +804,23 @@ fn walk(path: &Path, relative: &Path, encoding: &mut Vec<u8>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Regression (a hostile Dockerfile): a glob of many stars took exponential time, and a
+    // deep `${A:-${A:-…}}` overflowed the stack.
+    #[test]
+    fn hostile_globs_are_cheap_and_deep_nesting_is_refused() {
+        let started = std::time::Instant::now();
+        assert!(!glob_match(b"*a*a*a*a*a*a*a*a*a*a*a*a*a*a*b", &[b'a'; 60]));
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "{:?}", started.elapsed());
+        assert!(glob_match(b"a*b?c", b"axxbyc") && glob_match(b"*", b"") && !glob_match(b"?", b""));
+        let deep =
+            format!("FROM scratch\nENV X={}x{}\n", "${A:-".repeat(100_000), "}".repeat(100_000));
+        let error = parse(Path::new("Dockerfile"), &deep, &[]).unwrap_err().to_string();
+        assert!(
+            error.starts_with("Dockerfile:2: ") && error.contains("nest deeper than 16"),
+            "{error}"
+        );
+    }
 
     fn parse_ok(text: &str, build_args: &[(&str, &str)]) -> Dockerfile {
         let build_args: Vec<(String, String)> =

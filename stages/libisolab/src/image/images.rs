@@ -29,7 +29,7 @@ use oci_spec::image::{
 
 use super::config;
 use super::layer::{self, Compression, Packed, Shift, UnpackOptions};
-use super::layout::{digest_of, Layout};
+use super::layout::{digest_of, Layout, INDEX_DEPTH_MAX};
 use super::reference::Reference;
 use crate::copy;
 use crate::digest::Digest;
@@ -135,12 +135,17 @@ impl Images {
     pub fn open(store: &Store) -> Result<Images> {
         store.check_owner()?;
         let root = store.root();
-        make_dir(root, 0o711)?;
+        if !root.is_dir() {
+            make_dir(root, 0o711)?;
+        }
         let layout = Layout::open(root)?;
         let layers = root.join(LAYERS);
-        // Root of a user namespace (an ordinary uid outside) passes through to the layers its
-        // overlay stacks: 0711 lets it pass, not list.
-        make_dir(&layers, 0o711)?;
+        // The unpacked layers are the image's files with the image's owners, modes and
+        // devices: a setuid-root program, a file capability, a device node, a world-writable
+        // directory. Reachable by a host user, any of them would be theirs to use, so only the
+        // store's owner may enter (0700). Root's containers get them as idmapped mounts opened
+        // by root; a user's store is theirs alone anyway.
+        make_dir(&layers, 0o700)?;
         let images = Images { layout, layers };
         images.init_layer()?;
         Ok(images)
@@ -172,11 +177,14 @@ impl Images {
             return self.image(None, descriptor);
         }
         let refs = self.layout.refs()?;
-        if let Ok(reference) = word.parse::<Reference>() {
-            let name = reference.name();
-            if let Some((name, descriptor)) = refs.iter().find(|(tag, _)| *tag == name) {
-                return self.image(Some(name.clone()), descriptor.clone());
-            }
+        // A name as index.json keeps it: ours are `repo:tag`; another tool may have written a
+        // tag alone (`skopeo copy … oci:STORE:app` names it `app`), found as it is written.
+        let normalised = word.parse::<Reference>().map(|reference| reference.name());
+        let named = refs.iter().find(|(tag, _)| tag == word).or_else(|| {
+            normalised.as_ref().ok().and_then(|name| refs.iter().find(|(tag, _)| tag == name))
+        });
+        if let Some((name, descriptor)) = named {
+            return self.image(Some(name.clone()), descriptor.clone());
         }
         // An id prefix, as docker takes one: hex digits only, unique among the tagged images.
         if word.len() >= 3 && word.bytes().all(|byte| byte.is_ascii_hexdigit()) {
@@ -211,6 +219,21 @@ impl Images {
     /// Reads the image a manifest descriptor points at (an index: the manifest for this
     /// machine's platform), verifying every blob it reads.
     fn image(&self, name: Option<String>, descriptor: Descriptor) -> Result<Image> {
+        self.image_at(name, descriptor, 0)
+    }
+
+    fn image_at(
+        &self,
+        name: Option<String>,
+        descriptor: Descriptor,
+        depth: usize,
+    ) -> Result<Image> {
+        if depth > INDEX_DEPTH_MAX {
+            return Err(Error::Invalid(format!(
+                "image indexes nest deeper than {INDEX_DEPTH_MAX} levels under {}",
+                descriptor.digest()
+            )));
+        }
         let digest = digest_of(&descriptor)?;
         let value: serde_json::Value = self.layout.read_json(&digest)?;
         let is_index = value.get("manifests").is_some();
@@ -231,7 +254,7 @@ impl Images {
                     name.as_deref().unwrap_or(&digest.to_string())
                 )));
             };
-            return self.image(name, chosen.clone());
+            return self.image_at(name, chosen.clone(), depth + 1);
         }
         let body: ImageManifest = serde_json::from_value(value).map_err(|error| {
             Error::Invalid(format!("blob {digest} is not an OCI image manifest: {error}"))
@@ -267,7 +290,7 @@ impl Images {
         // need not have (FROM scratch and a COPY of one program, say): in a layer of their
         // own, shared by every container, so that they never show in a `diff` or a commit
         // (docker's "init layer").
-        dirs.push(self.layers.join(INIT));
+        dirs.push(self.layout.root().join(INIT));
         dirs.reverse();
         Ok(dirs)
     }
@@ -278,13 +301,15 @@ impl Images {
     pub fn planned_lowers(&self, image: &Image) -> Result<Vec<PathBuf>> {
         let mut dirs: Vec<PathBuf> =
             image.diff_ids()?.iter().map(|diff_id| self.layers.join(diff_id.hex())).collect();
-        dirs.push(self.layers.join(INIT));
+        dirs.push(self.layout.root().join(INIT));
         dirs.reverse();
         Ok(dirs)
     }
 
+    /// The init layer: empty mount points only, so it lives beside `layers/`, where root
+    /// of a user namespace may reach it (the plan checks its base is reachable).
     fn init_layer(&self) -> Result<PathBuf> {
-        let init = self.layers.join(INIT);
+        let init = self.layout.root().join(INIT);
         for dir in crate::mounts::MOUNT_POINTS {
             // /tmp as every system has it: anyone may write, only the owner may remove.
             make_dir(&init.join(dir), if dir == "tmp" { 0o1777 } else { 0o755 })?;
@@ -427,17 +452,34 @@ impl Images {
         let mut magic = [0u8; 2];
         let gzip = file.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];
         file.rewind().map_err(|error| Error::io("lseek", source, &error))?;
-        let (digest, size) = self.layout.put_blob(BufReader::new(file), None)?;
-        let diff_id = if gzip {
-            let mut hashing = crate::digest::DigestWriter::new(io::sink());
-            let mut decoder = flate2::read::MultiGzDecoder::new(BufReader::new(open()?));
-            io::copy(&mut decoder, &mut hashing).map_err(|error| {
-                Error::Invalid(format!("{} is not a gzip tar: {error}", source.display()))
-            })?;
-            hashing.finish().1
-        } else {
-            digest
+        // Read as a tar to its end first (its diff_id on the way): a file that is no tar is
+        // refused now, naming it, not when a container first unpacks it.
+        let not_a_tar = |error: io::Error| {
+            Error::Invalid(format!(
+                "{} is neither a directory nor a tar (gzip or not): {error}",
+                source.display()
+            ))
         };
+        let plain: Box<dyn Read> = if gzip {
+            Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(file)))
+        } else {
+            Box::new(BufReader::new(file))
+        };
+        let mut hashing = crate::digest::DigestReader::new(plain);
+        let mut entries = 0;
+        {
+            let mut archive = tar::Archive::new(&mut hashing);
+            for entry in archive.entries().map_err(not_a_tar)? {
+                io::copy(&mut entry.map_err(not_a_tar)?, &mut io::sink()).map_err(not_a_tar)?;
+                entries += 1;
+            }
+        }
+        io::copy(&mut hashing, &mut io::sink()).map_err(not_a_tar)?;
+        if entries == 0 {
+            return Err(not_a_tar(io::Error::other("it holds no entry")));
+        }
+        let diff_id = hashing.finish().1;
+        let (digest, size) = self.layout.put_blob(BufReader::new(open()?), None)?;
         let media = if gzip { MediaType::ImageLayerGzip } else { MediaType::ImageLayer };
         Ok((Descriptor::new(media, size, to_oci(&digest)), diff_id))
     }
@@ -501,12 +543,15 @@ impl Images {
         self.write(all, &config, name)
     }
 
-    /// `tag`: `target` names the image `source` names.
-    pub fn tag(&self, source: &str, target: &str) -> Result<Image> {
+    /// `tag`: `target` names the image `source` names. Returns the image, and the manifest
+    /// `target` named before if it was another image's (that image keeps its other tags; with
+    /// none left, `gc` removes what nothing else uses).
+    pub fn tag(&self, source: &str, target: &str) -> Result<(Image, Option<Descriptor>)> {
         let image = self.find(source)?;
         let name = target.parse::<Reference>()?.name();
-        self.layout.set_ref(&name, image.manifest.clone())?;
-        Ok(Image { name: Some(name), ..image })
+        let old = self.layout.set_ref(&name, image.manifest.clone())?;
+        let moved = old.filter(|old| old.digest() != image.manifest.digest());
+        Ok((Image { name: Some(name), ..image }, moved))
     }
 
     // ANCHOR: rmi
@@ -524,7 +569,8 @@ impl Images {
             .map(|(name, _)| name.clone())
             .collect();
         let by_tag = image.name.as_deref().is_some_and(|name| {
-            word.parse::<Reference>().is_ok_and(|reference| reference.name() == name)
+            name == word
+                || word.parse::<Reference>().is_ok_and(|reference| reference.name() == name)
         });
         let removing: Vec<String> = match (&image.name, by_tag) {
             (Some(name), true) => vec![name.clone()],
@@ -608,7 +654,8 @@ impl Images {
         }
         let mut collected = Collected::default();
         let cache = self.layout.root().join(CACHE);
-        if let Ok(entries) = fs::read_dir(&cache) {
+        let cache_is_dir = fs::symlink_metadata(&cache).is_ok_and(|metadata| metadata.is_dir());
+        if let Some(entries) = cache_is_dir.then(|| fs::read_dir(&cache).ok()).flatten() {
             for entry in entries.flatten() {
                 let path = entry.path();
                 let manifest = fs::read_to_string(&path).unwrap_or_default();
@@ -815,15 +862,32 @@ pub fn bytes(count: u64) -> String {
     }
 }
 
+/// Makes `dir` with `mode`, or gives an existing one that mode; one that is not a real
+/// directory (a symlink planted where the store keeps its layers, say) is refused: gc removes
+/// what it finds under these, and must never follow a link out of the store.
 fn make_dir(dir: &Path, mode: u32) -> Result<()> {
-    if dir.is_dir() {
+    match fs::symlink_metadata(dir) {
+        Ok(metadata) if metadata.is_dir() => {}
+        Ok(_) => {
+            return Err(Error::Invalid(format!(
+                "{} is not a directory (a symlink?): the store follows no link; remove it",
+                dir.display()
+            )))
+        }
+        Err(_) => {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(mode)
+                .create(dir)
+                .map_err(|error| Error::io("mkdir", dir, &error))?;
+        }
+    }
+    let now = fs::symlink_metadata(dir).map_err(|error| Error::io("lstat", dir, &error))?;
+    if now.permissions().mode() & 0o7777 == mode {
         return Ok(());
     }
-    match fs::DirBuilder::new().recursive(true).mode(mode).create(dir) {
-        Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(mode))
-            .map_err(|error| Error::io("chmod", dir, &error)),
-        Err(error) => Err(Error::io("mkdir", dir, &error)),
-    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+        .map_err(|error| Error::io("chmod", dir, &error))
 }
 
 /// Takes an flock on `path` (made if missing, never followed through a symlink).

@@ -37,6 +37,13 @@ use crate::digest::{Digest, DigestReader, DigestWriter};
 use crate::error::{Error, Result};
 
 /// The annotation that names a tag in `index.json` (OCI image-spec, `annotations.md`).
+/// The largest JSON blob read whole (registries cap manifests at 4 MiB too).
+pub const JSON_MAX: u64 = 4 << 20;
+
+/// How deep image indexes may nest (an index of indexes of …): real ones are one or two
+/// levels; a hostile archive must not make a walk of its own size.
+pub const INDEX_DEPTH_MAX: usize = 8;
+
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 /// The layout version this code writes and reads (`image-layout.md`, "oci-layout file").
@@ -275,6 +282,13 @@ impl Layout {
 
     /// Reads a blob whole, verifies it, then deserialises it.
     pub fn read_json<T: DeserializeOwned>(&self, digest: &Digest) -> Result<T> {
+        let size = fs::symlink_metadata(self.blob_path(digest)).map_or(0, |m| m.len());
+        if size > JSON_MAX {
+            return Err(Error::Invalid(format!(
+                "blob {digest} is {size} bytes, more than the {JSON_MAX} a manifest, index or \
+                 config may be: it is not one (a layer named where a manifest belongs?)"
+            )));
+        }
         let mut reader = self.open_blob(digest)?;
         let mut bytes = Vec::new();
         reader.read_to_end(&mut bytes).map_err(|error| match error.kind() {

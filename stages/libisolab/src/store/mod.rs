@@ -414,10 +414,21 @@ impl Store {
             command: new.command,
         };
         let container = Container { config, dir: self.container_dir(&id) };
+        // An idmapped base is handed to the mounter (root of the user namespace) by file
+        // descriptor: it must reach the mount points in the container's directory, not the
+        // base's own path, which may be closed to everyone but root (stage 5's layers are).
+        let idmapped = container.idmaps_base();
         if let Some(layers) = container.layers() {
-            layers.check(container.config.owner)?;
+            layers.check(if idmapped { None } else { container.config.owner })?;
         }
         if let Some(mounted) = container.mounted_layers() {
+            if idmapped {
+                if let Some((uid, gid)) = container.config.owner {
+                    for layer in mounted.lowers.iter().chain([&mounted.upper, &mounted.work]) {
+                        crate::mounts::check_reachable(layer, uid, gid)?;
+                    }
+                }
+            }
             mounted.check_length()?;
         }
         Ok(container)
