@@ -1349,3 +1349,48 @@ fn an_images_files_stay_out_of_host_users_reach_and_no_path_leads_out() {
     assert!(env.path().join("decoy/important").is_dir());
     ok(&env, &["rmi", "esc:1", "base:1"]);
 }
+
+// Reproducible: with SOURCE_DATE_EPOCH (the reproducible-builds convention for "now"), the
+// same rootfs imported into two stores, and the same Dockerfile built there, give the same
+// manifest digests; without it only the layers agree (the configs record when).
+#[test]
+fn the_same_inputs_give_the_same_image_digests() {
+    if !require_root("the_same_inputs_give_the_same_image_digests") {
+        return;
+    }
+    let env = TestEnv::new();
+    build_context(&env);
+    let digest_in = |root: &str, epoch: Option<&str>| {
+        let mut command = env.cmd(STAGE);
+        if let Some(epoch) = epoch {
+            command.env("SOURCE_DATE_EPOCH", epoch);
+        }
+        for args in [
+            vec!["--root", root, "import", "rootfs", "base:1.0"],
+            vec!["--root", root, "build", "-t", "app:1.0", "app"],
+        ] {
+            let output = run(command.args(&args));
+            assert_eq!(code(&output), 0, "{}", text(&output.stderr));
+            command = env.cmd(STAGE);
+            if let Some(epoch) = epoch {
+                command.env("SOURCE_DATE_EPOCH", epoch);
+            }
+        }
+        let base = inspect_in(&env, root, "base:1.0")["digest"].as_str().unwrap().to_string();
+        let app = inspect_in(&env, root, "app:1.0")["digest"].as_str().unwrap().to_string();
+        (base, app)
+    };
+    let first = digest_in("one", Some("1700000000"));
+    let second = digest_in("two", Some("1700000000"));
+    assert_eq!(first, second);
+    let (base, _) = digest_in("three", None);
+    assert_ne!(base, first.0, "without SOURCE_DATE_EPOCH the config records the time");
+    let history = stdout_of(&env, &["--root", "one", "history", "app:1.0"]);
+    assert!(history.contains("2023-11-14 22:13:20"), "{history}");
+    let output = run(env
+        .cmd(STAGE)
+        .env("SOURCE_DATE_EPOCH", "yesterday")
+        .args(["--root", "one", "import", "rootfs", "x:1"]));
+    assert_eq!(code(&output), 125);
+    assert!(text(&output.stderr).contains("SOURCE_DATE_EPOCH=\"yesterday\" is not a number"));
+}

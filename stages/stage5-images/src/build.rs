@@ -15,10 +15,10 @@ use libisolab::copy;
 use libisolab::digest::Digest;
 use libisolab::image::config;
 use libisolab::image::dockerfile::{self, Instruction, Kind};
-use libisolab::image::images::{Image, Images};
+use libisolab::image::images::{self as store_images, Image, Images};
 use libisolab::image::layer::{self, Compression};
 use libisolab::process::Failure;
-use libisolab::store::{self, Store};
+use libisolab::store::Store;
 use libisolab::Error;
 
 use crate::{parse, run, Verb};
@@ -163,7 +163,7 @@ fn step(
     instruction: &Instruction,
     args: &BuildArgs,
 ) -> Result<Image, Failure> {
-    let created = store::timestamp();
+    let created = store_images::created()?;
     match &instruction.kind {
         Kind::Run { command } => {
             run_step(store, images, parent, instruction, &command.argv(), &created, args)

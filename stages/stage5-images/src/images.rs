@@ -207,7 +207,7 @@ fn invalid(text: &str) -> Failure {
 /// `import DIR|TAR NAME[:TAG]`
 pub fn import(store: &Store, args: &ImportArgs) -> Result<u8, Failure> {
     let images = Images::open(store)?;
-    let image = images.import(&args.source, &args.name, &store::timestamp())?;
+    let image = images.import(&args.source, &args.name, &libisolab::image::images::created()?)?;
     describe(&image);
     Ok(0)
 }
@@ -231,7 +231,12 @@ pub fn commit(store: &Store, args: &CommitArgs) -> Result<u8, Failure> {
         }
     };
     let images = Images::open(store)?;
-    let image = images.commit(&container, &args.name, &store::timestamp(), &created_by)?;
+    let image = images.commit(
+        &container,
+        &args.name,
+        &libisolab::image::images::created()?,
+        &created_by,
+    )?;
     describe(&image);
     Ok(0)
 }

@@ -825,6 +825,23 @@ fn shift_for(owner: Option<(u32, u32)>, userns: bool) -> Option<Shift> {
     }
 }
 
+/// When a new image is made, as its config records it: now, or `$SOURCE_DATE_EPOCH` (seconds)
+/// when set, the reproducible-builds convention: the same inputs then give the same config
+/// and manifest, hence the same image digest, on any machine at any time.
+pub fn created() -> Result<String> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Err(_) => Ok(crate::store::timestamp()),
+        Ok(text) => {
+            text.trim().parse::<i64>().ok().and_then(crate::store::timestamp_at).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "SOURCE_DATE_EPOCH={text:?} is not a number of seconds since 1970: unset it, \
+                     or give e.g. SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)"
+                ))
+            })
+        }
+    }
+}
+
 /// Layers we can unpack: tar, gzip tar (OCI's and docker's names).
 fn check_layer_type(descriptor: &Descriptor) -> Result<()> {
     match descriptor.media_type() {

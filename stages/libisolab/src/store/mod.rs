@@ -78,7 +78,7 @@ pub use gc::{gc, Cleaned};
 use journal::Intent;
 use names::Resolved;
 pub use names::{check_name, looks_like_id, ID_LENGTH};
-pub use time::{show_time, timestamp};
+pub use time::{show_time, timestamp, timestamp_at};
 
 /// The store of a root user, unless `--root` or `ISOLAB_ROOT` say otherwise.
 pub const SYSTEM_ROOT: &str = "/var/lib/isolab";

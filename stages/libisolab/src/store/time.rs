@@ -5,6 +5,11 @@ pub fn timestamp() -> String {
     rfc3339(jiff::Timestamp::now())
 }
 
+/// `seconds` since the epoch, as the store writes a time; `None` out of jiff's range.
+pub fn timestamp_at(seconds: i64) -> Option<String> {
+    jiff::Timestamp::from_second(seconds).ok().map(rfc3339)
+}
+
 /// A time as the store writes it. Always nine digits of nanoseconds, even when they are
 /// zeros: every stored time has the same width, so text order is time order.
 fn rfc3339(time: jiff::Timestamp) -> String {
