@@ -1394,3 +1394,29 @@ fn the_same_inputs_give_the_same_image_digests() {
     assert_eq!(code(&output), 125);
     assert!(text(&output.stderr).contains("SOURCE_DATE_EPOCH=\"yesterday\" is not a number"));
 }
+
+// WORKDIR makes its directory when the image lacks it, as docker does, even after a USER that
+// could not (regression: the next RUN failed on chdir, blamed on its own line).
+#[test]
+fn workdir_makes_its_directory() {
+    if !require_root("workdir_makes_its_directory") {
+        return;
+    }
+    let env = TestEnv::new();
+    base(&env);
+    ok(&env, &["import", "rootfs", "base:1"]);
+    shell_ok(
+        &env,
+        "mkdir -p wd && printf 'FROM base:1\\nUSER 1000\\nWORKDIR /srv/made/here\\nRUN pwd > \
+         /tmp/pwd; id -u >> /tmp/pwd\\nWORKDIR /etc\\nCMD [\"/bin/sh\", \"-c\", \"pwd; stat -c \
+         %%u:%%a /srv/made/here\"]\\n' > wd/Dockerfile",
+    );
+    ok(&env, &["build", "-t", "wd:1", "wd"]);
+    let shown = stdout_of(&env, &["run", "--rm", "wd:1"]);
+    assert_eq!(shown, "/etc\n0:755\n");
+    let history = stdout_of(&env, &["history", "wd:1"]);
+    let made = history.lines().find(|line| line.contains("WORKDIR /srv/made/here")).unwrap();
+    assert!(made.starts_with("sha256:"), "a layer made the directory: {history}");
+    let existing = history.lines().find(|line| line.contains("WORKDIR /etc")).unwrap();
+    assert!(existing.starts_with("- "), "no layer for a directory that is there: {history}");
+}

@@ -166,7 +166,7 @@ fn step(
     let created = store_images::created()?;
     match &instruction.kind {
         Kind::Run { command } => {
-            run_step(store, images, parent, instruction, &command.argv(), &created, args)
+            run_step(store, images, parent, instruction, &command.argv(), &created, args, None)
         }
         Kind::Copy { sources, dest, chown } => copy_step(
             images,
@@ -178,6 +178,36 @@ fn step(
             chown.as_deref(),
             &created,
         ),
+        Kind::Workdir { .. } => {
+            // As docker does, WORKDIR makes its directory if the image lacks it: `mkdir -p` in
+            // a container over the image, whose upper is the step's layer (what is on the way
+            // keeps its owner and mode: overlayfs copies it up).
+            let mut changed = parent.config.clone();
+            config::apply(&mut changed, &instruction.kind);
+            let workdir = changed.config().as_ref().and_then(|c| c.working_dir().clone());
+            let workdir = inside_the_image(Path::new(&workdir.unwrap_or_default()));
+            let lowers = images.lowers(parent)?;
+            if workdir.as_os_str().is_empty() || exists_in(&lowers, &workdir) {
+                config::add_history_only(&mut changed, &created, &instruction.text);
+                return Ok(images.write(parent.body.layers().clone(), &changed, None)?);
+            }
+            if !exists_in(&lowers, Path::new("bin/mkdir")) {
+                return Err(Error::Invalid(format!(
+                    "WORKDIR /{} is not in the image, which has no /bin/mkdir to make it: \
+                     COPY a directory there first",
+                    workdir.display()
+                ))
+                .into());
+            }
+            let target = format!("/{}", workdir.display());
+            let made = ["/bin/mkdir", "-p", &target].map(String::from);
+            let root = Some("0:0");
+            let with_dir =
+                run_step(store, images, parent, instruction, &made, &created, args, root)?;
+            let mut changed = with_dir.config.clone();
+            config::apply(&mut changed, &instruction.kind);
+            Ok(images.write(with_dir.body.layers().clone(), &changed, None)?)
+        }
         kind => {
             let mut changed = parent.config.clone();
             config::apply(&mut changed, kind);
@@ -187,9 +217,26 @@ fn step(
     }
 }
 
+/// Whether `relative` is in the image whose layers are `lowers` (topmost first): the first
+/// layer that has it, or a whiteout of it, decides (opaque directories are not looked at: a
+/// miss only costs a `mkdir -p` that finds the directory there).
+fn exists_in(lowers: &[PathBuf], relative: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    for lower in lowers {
+        if let Ok(metadata) = std::fs::symlink_metadata(lower.join(relative)) {
+            let whiteout = metadata.file_type().is_char_device()
+                && std::os::unix::fs::MetadataExt::rdev(&metadata) == 0;
+            return !whiteout;
+        }
+    }
+    false
+}
+
 // ANCHOR: run_step
 /// RUN: the command runs in a new container over `parent` (a stage 5 `run`, so a user
 /// namespace, an idmapped base and all); its upper becomes a layer, then it is removed.
+/// `user`: whom it runs as, if not the image's USER (WORKDIR's `mkdir` runs as root).
+#[allow(clippy::too_many_arguments)]
 fn run_step(
     store: &Store,
     images: &Images,
@@ -198,6 +245,7 @@ fn run_step(
     command: &[String],
     created: &str,
     args: &BuildArgs,
+    user: Option<&str>,
 ) -> Result<Image, Failure> {
     let name = format!(
         "build-{}",
@@ -209,6 +257,9 @@ fn run_step(
         ["stage5-images", "run", "--name", &name].map(String::from).to_vec();
     if args.cgroups == CgroupsWhen::Optional {
         argv.extend(["--cgroups", "optional"].map(String::from));
+    }
+    if let Some(user) = user {
+        argv.extend(["--user".to_string(), user.to_string()]);
     }
     // The ARGs in scope reach the command as environment variables (an ENV of the image
     // with the same name wins, as in docker).
