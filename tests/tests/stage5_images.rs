@@ -970,7 +970,7 @@ fn a_debian_image_built_in_a_user_namespace_runs_as_its_user() {
          RUN useradd -m alice && echo edited >> /etc/issue && rm -rf /usr/share/doc && apt-get --version\n\
          USER alice\n\
          WORKDIR /home/alice\n\
-         CMD [\"/bin/sh\", \"-c\", \"id; pwd; tail -n 1 /etc/issue; test -e /usr/share/doc || echo no doc\"]\n",
+         CMD [\"/bin/sh\", \"-c\", \"id; pwd; echo $HOME; tail -n 1 /etc/issue; test -e /usr/share/doc || echo no doc\"]\n",
     )
     .unwrap();
     let started = Instant::now();
@@ -981,7 +981,8 @@ fn a_debian_image_built_in_a_user_namespace_runs_as_its_user() {
     let output = stdout_of(&env, &["run", "--rm", "debian-app:1"]);
     eprintln!("run debian: {:?}", started.elapsed());
     assert_eq!(
-        output, "uid=1000(alice) gid=1000(alice) groups=1000(alice)\n/home/alice\nedited\nno doc\n",
+        output,
+        "uid=1000(alice) gid=1000(alice) groups=1000(alice)\n/home/alice\n/home/alice\nedited\nno doc\n",
         "{import}{build}"
     );
     // The RUN's changes are root's inside: /etc/passwd, /etc/shadow, alice's home hers.

@@ -194,6 +194,13 @@ pub fn for_run(
         let (uid, gid) = config::resolve_user(user, &lowers)?;
         args.container.user = Some(User { uid, gid });
     }
+    // HOME is the user's from the image's /etc/passwd, unless the image or --env set it.
+    let has_home = args.command.env.iter().any(|(key, _)| key == "HOME");
+    if let (false, Some(user)) = (has_home, &args.container.user) {
+        if let Some(home) = config::home_of(user.uid, &lowers)? {
+            args.command.env.push(("HOME".into(), home.into()));
+        }
+    }
     // The plan checks its base as stage 4 checked --rootfs: the topmost layer stands for it.
     args.container.rootfs = lowers.first().cloned();
     Ok(Some((reference, lowers)))

@@ -85,6 +85,17 @@ pub fn launch(
 /// names up in the image's own `/etc/passwd` and `/etc/group` — never the host's: the names
 /// of a container are the names its image defines. `lowers` are the image's layers, topmost
 /// first, as an overlay would stack them.
+/// The home directory `/etc/passwd` of the image gives `uid` (its sixth field), if it has an
+/// entry for it: a USER's HOME, as docker sets it.
+pub fn home_of(uid: u32, lowers: &[PathBuf]) -> Result<Option<String>> {
+    let Some((_, text)) = image_file(lowers, "etc/passwd")? else { return Ok(None) };
+    Ok(text.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        let home = fields.get(5).filter(|home| home.starts_with('/'))?;
+        (fields.get(2)?.parse::<u32>().ok()? == uid).then(|| home.to_string())
+    }))
+}
+
 pub fn resolve_user(user: &str, lowers: &[PathBuf]) -> Result<(u32, u32)> {
     let (user_part, group_part) = match user.split_once(':') {
         Some((user, group)) => (user, Some(group)),
