@@ -849,6 +849,13 @@ fn one_layer_is_stored_once_shared_and_collected_when_nothing_uses_it() {
     ok(&env, &["commit", "web", "base:1.1"]);
     ok(&env, &["run", "--name", "user", "base:1.1", "--", "/bin/cat", "/one"]);
     ok(&env, &["run", "--rm", "again:1.0", "--", "/bin/true"]);
+    // ps says which image each container runs.
+    let ps = stdout_of(&env, &["ps"]);
+    assert!(ps.starts_with("CONTAINER ID  NAME  IMAGE     STATUS"), "{ps}");
+    for (name, image) in [("web", "base:1.0"), ("user", "base:1.1")] {
+        let row = ps.lines().find(|line| line.split_whitespace().nth(1) == Some(name));
+        assert_eq!(row.and_then(|row| row.split_whitespace().nth(2)), Some(image), "{ps}");
+    }
     let all_ids: BTreeSet<String> = diff_ids(&env, "base:1.1")
         .into_iter()
         .map(|id| id.strip_prefix("sha256:").unwrap().to_string())

@@ -22,9 +22,24 @@ pub fn ps(store: &Store) -> Result<u8, Failure> {
         vec![["CONTAINER ID", "NAME", &status, "EXIT", "CREATED (UTC)", "STORAGE", "COMMAND"]
             .map(String::from)
             .to_vec()];
-    for listed in store.list()? {
-        rows.push(match listed {
-            Listed::Found(container, state) => row(&container, &state),
+    let listed = store.list()?;
+    // A store stage 5 shares holds containers of images too: then an IMAGE column says which.
+    let images = listed.iter().any(
+        |listed| matches!(listed, Listed::Found(container, _) if container.config.image.is_some()),
+    );
+    if images {
+        rows[0].insert(2, "IMAGE".to_string());
+    }
+    for listed in listed {
+        let mut row = match listed {
+            Listed::Found(container, state) => {
+                let mut shown = row(&container, &state);
+                if images {
+                    let image = container.config.image.as_ref().map(|image| image.name.clone());
+                    shown.insert(2, image.unwrap_or_else(|| "-".to_string()));
+                }
+                shown
+            }
             Listed::Broken { id, name, error } => vec![
                 id,
                 name.unwrap_or_else(|| "?".to_string()),
@@ -34,7 +49,11 @@ pub fn ps(store: &Store) -> Result<u8, Failure> {
                 "-".to_string(),
                 error.to_string(),
             ],
-        });
+        };
+        if images && row[2] == "broken" {
+            row.insert(2, "-".to_string());
+        }
+        rows.push(row);
     }
     print_table(&rows);
     Ok(0)
