@@ -455,7 +455,7 @@ fn two_containers_from_one_base_do_not_see_each_others_writes() {
     let env = TestEnv::new();
     base(&env);
     // Each prints what its /mine held, then writes its word there and into a base file.
-    for (name, word) in [("a", "alpha"), ("b", "beta")] {
+    for (name, word) in [("one", "alpha"), ("two", "beta")] {
         let script =
             format!("cat /mine 2>/dev/null; echo {word} > /mine; echo {word} > /srv/data/kept");
         let output = run_stage4(
@@ -469,7 +469,7 @@ fn two_containers_from_one_base_do_not_see_each_others_writes() {
         assert_eq!(text(&output.stdout), "", "{name} saw another container's /mine");
     }
     // Started again, each finds its own word: not the other's.
-    for (name, word) in [("a", "alpha"), ("b", "beta")] {
+    for (name, word) in [("one", "alpha"), ("two", "beta")] {
         let output = run_stage4(&env, &["start", name]);
         assert_eq!(code(&output), 0, "{}", text(&output.stderr));
         assert_eq!(text(&output.stdout), format!("{word}\n"));

@@ -197,7 +197,8 @@ pub fn for_run(
     // HOME is the user's from the image's /etc/passwd, unless the image or --env set it.
     let has_home = args.command.env.iter().any(|(key, _)| key == "HOME");
     if let (false, Some(user)) = (has_home, &args.container.user) {
-        if let Some(home) = config::home_of(user.uid, &lowers)? {
+        // Only a default: an /etc/passwd the lookup will not read (a link) leaves HOME as is.
+        if let Ok(Some(home)) = config::home_of(user.uid, &lowers) {
             args.command.env.push(("HOME".into(), home.into()));
         }
     }

@@ -520,8 +520,10 @@ fn oci_images(layout: &Layout, found: &Found, index: &[u8]) -> Result<Vec<Image>
         Error::Invalid(format!("the archive's index.json is not an image index: {error}"))
     })?;
     let mut images = Vec::new();
+    // One set for the whole archive: each blob is walked once, however many entries list it.
+    let mut seen = BTreeSet::new();
     for descriptor in index.manifests() {
-        check_present(layout, descriptor, &mut BTreeSet::new(), 0)?;
+        check_present(layout, descriptor, &mut seen, 0)?;
         let annotations = descriptor.annotations().as_ref();
         let name = annotations
             .and_then(|annotations| annotations.get(CONTAINERD_NAME))

@@ -146,6 +146,9 @@ impl Images {
         // store's owner may enter (0700). Root's containers get them as idmapped mounts opened
         // by root; a user's store is theirs alone anyway.
         make_dir(&layers, 0o700)?;
+        // The blobs are the same files, packed: an image's /etc/shadow is in one of its
+        // layers' tars. The store's owner alone reads them.
+        make_dir(&root.join("blobs"), 0o700)?;
         let images = Images { layout, layers };
         images.init_layer()?;
         Ok(images)
@@ -310,9 +313,12 @@ impl Images {
     /// of a user namespace may reach it (the plan checks its base is reachable).
     fn init_layer(&self) -> Result<PathBuf> {
         let init = self.layout.root().join(INIT);
+        // `init` itself first: make_dir refuses a link only as the last component.
+        make_dir(&init, 0o755)?;
         for dir in crate::mounts::MOUNT_POINTS {
-            // /tmp as every system has it: anyone may write, only the owner may remove.
-            make_dir(&init.join(dir), if dir == "tmp" { 0o1777 } else { 0o755 })?;
+            // Each is a mount point: the container mounts proc, sysfs, its /dev and a tmpfs
+            // over them. 0755, so that no host user can put anything in a live lower layer.
+            make_dir(&init.join(dir), 0o755)?;
         }
         Ok(init)
     }
@@ -548,7 +554,14 @@ impl Images {
     /// none left, `gc` removes what nothing else uses).
     pub fn tag(&self, source: &str, target: &str) -> Result<(Image, Option<Descriptor>)> {
         let image = self.find(source)?;
-        let name = target.parse::<Reference>()?.name();
+        let reference = target.parse::<Reference>()?;
+        if reference.digest.is_some() {
+            return Err(Error::Invalid(format!(
+                "{target} names a digest, and a tag is a name: give NAME[:TAG] (the digest is \
+                 the image's own, see `images --digests`)"
+            )));
+        }
+        let name = reference.name();
         let old = self.layout.set_ref(&name, image.manifest.clone())?;
         let moved = old.filter(|old| old.digest() != image.manifest.digest());
         Ok((Image { name: Some(name), ..image }, moved))
@@ -832,12 +845,17 @@ pub fn created() -> Result<String> {
     match std::env::var("SOURCE_DATE_EPOCH") {
         Err(_) => Ok(crate::store::timestamp()),
         Ok(text) => {
-            text.trim().parse::<i64>().ok().and_then(crate::store::timestamp_at).ok_or_else(|| {
-                Error::Invalid(format!(
-                    "SOURCE_DATE_EPOCH={text:?} is not a number of seconds since 1970: unset it, \
+            (text.trim().parse::<i64>().ok())
+                // RFC 3339's years, 0000 to 9999: what other tools read back.
+                .filter(|seconds| (-62_167_219_200..=253_402_300_799).contains(seconds))
+                .and_then(crate::store::timestamp_at)
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "SOURCE_DATE_EPOCH={text:?} is not a number of seconds since 1970 (up to \
+                     year 9999): unset it, \
                      or give e.g. SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)"
-                ))
-            })
+                    ))
+                })
         }
     }
 }
