@@ -556,9 +556,12 @@ fn start_costs(env: &TestEnv, stores: [&str; 2], runs: usize) -> [Duration; 2] {
             ok(&output);
         }
     }
+    // The lower quartile, not the median: the two stores take turns, yet a machine busy with
+    // something else (a build beside the tests) lengthens some runs of either by tens of
+    // milliseconds; the quicker runs show what a start costs.
     times.map(|mut times| {
         times.sort();
-        times[runs / 2]
+        times[runs / 4]
     })
 }
 
