@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use libisolab::cgroups::format_size;
-use libisolab::image::images::{bytes, Image, Images};
+use libisolab::image::images::{Image, Images};
 use libisolab::image::{archive, config};
 use libisolab::process::Failure;
 use libisolab::store::{self, Container, ImageRef, Status, Store};
@@ -258,7 +258,7 @@ fn describe(image: &Image) {
         image.id(),
         layers,
         if layers == 1 { "" } else { "s" },
-        bytes(image.size()),
+        format_size(image.size()),
         image.manifest.digest()
     ));
 }
@@ -281,7 +281,7 @@ pub fn images(store: &Store, args: &ImagesArgs) -> Result<u8, Failure> {
             image.id(),
             store::show_time(&created),
             image.body.layers().len().to_string(),
-            bytes(image.size()),
+            format_size(image.size()),
         ];
         if args.digests {
             row.insert(2, image.manifest.digest().to_string());
@@ -304,7 +304,7 @@ pub fn history(store: &Store, args: &ImageArg) -> Result<u8, Failure> {
             ("-".to_string(), "0 B".to_string())
         } else {
             match layers.next() {
-                Some(layer) => (short(layer.digest().as_ref()), bytes(layer.size())),
+                Some(layer) => (short(layer.digest().as_ref()), format_size(layer.size())),
                 None => ("<missing>".to_string(), "?".to_string()),
             }
         };
@@ -479,7 +479,7 @@ pub fn load(store: &Store, args: &LoadArgs) -> Result<u8, Failure> {
         let name = name.clone().unwrap_or_else(|| "(untagged)".to_string());
         say(&format!("loaded {name} {}", descriptor.digest()));
     }
-    say(&format!("{} new blobs, {}", loaded.blobs_added, bytes(loaded.bytes_added)));
+    say(&format!("{} new blobs, {}", loaded.blobs_added, format_size(loaded.bytes_added)));
     Ok(0)
 }
 
@@ -493,7 +493,7 @@ pub fn df(store: &Store) -> Result<u8, Failure> {
             name.clone(),
             image.id(),
             image.body.layers().len().to_string(),
-            bytes(image.size()),
+            format_size(image.size()),
         ]);
     }
     print_table(&rows);

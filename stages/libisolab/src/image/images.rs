@@ -31,6 +31,7 @@ use super::config;
 use super::layer::{self, Compression, Packed, Shift, UnpackOptions};
 use super::layout::{digest_of, Layout, INDEX_DEPTH_MAX};
 use super::reference::Reference;
+use crate::cgroups::format_size;
 use crate::copy;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -704,7 +705,7 @@ impl Images {
             if !blobs.contains(&digest.to_string()) {
                 let size = self.layout.remove_blob(&digest)?;
                 collected.bytes += size;
-                collected.lines.push(format!("removed blob {digest} ({})", bytes(size)));
+                collected.lines.push(format!("removed blob {digest} ({})", format_size(size)));
             }
         }
         // What a killed import, commit or build left in the store's root: `.packing-<pid>`
@@ -758,7 +759,7 @@ impl Images {
             } else {
                 "unpacked layer"
             };
-            collected.lines.push(format!("removed {what} {} ({})", path.display(), bytes(size)));
+            collected.lines.push(format!("removed {what} {} ({})", path.display(), format_size(size)));
         }
         Ok(collected)
     }
@@ -887,15 +888,6 @@ pub fn to_oci(digest: &Digest) -> oci_spec::image::Digest {
     digest.to_string().parse().expect("a sha256 digest is a valid OCI digest")
 }
 
-/// Bytes as `df` shows them.
-pub fn bytes(count: u64) -> String {
-    match count {
-        count if count >= 1 << 30 => format!("{:.1} GiB", count as f64 / (1u64 << 30) as f64),
-        count if count >= 1 << 20 => format!("{:.1} MiB", count as f64 / (1u64 << 20) as f64),
-        count if count >= 1 << 10 => format!("{:.1} KiB", count as f64 / 1024.0),
-        count => format!("{count} B"),
-    }
-}
 
 /// Makes `dir` with `mode`, or gives an existing one that mode; one that is not a real
 /// directory (a symlink planted where the store keeps its layers, say) is refused: gc removes
