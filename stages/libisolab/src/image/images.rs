@@ -130,6 +130,8 @@ pub struct Usage {
 const LAYERS: &str = "layers";
 const CACHE: &str = "build-cache";
 const INIT: &str = "init";
+/// Held shared by writers, exclusively by gc.
+const IMAGES_LOCK: &str = "images.lock";
 
 impl Images {
     /// The images of `store` (its root becomes an OCI layout if it is not one yet).
@@ -369,8 +371,8 @@ impl Images {
 
     /// A shared lock that keeps `gc` away while a writer's blobs are not yet tagged.
     pub fn writing(&self) -> Result<Flock<File>> {
-        lock(&self.layout.root().join("images.lock"), FlockArg::LockSharedNonblock)
-            .or_else(|_| lock(&self.layout.root().join("images.lock"), FlockArg::LockShared))
+        // Shared locks never wait on each other; only a running gc (exclusive) is waited for.
+        lock(&self.layout.root().join(IMAGES_LOCK), FlockArg::LockShared)
     }
 
     /// Stores a layer blob from a temporary file `packed` was written to, verified.
@@ -647,13 +649,13 @@ impl Images {
     /// Removes what no tag, no container and no build-cache entry reaches: blobs, unpacked
     /// layers, half-written blobs and half-unpacked layers. Says what it removed.
     pub fn gc(&self, containers: &[Container], keep_cache: bool) -> Result<Collected> {
-        let _exclusive =
-            lock(&self.layout.root().join("images.lock"), FlockArg::LockExclusiveNonblock)
-                .map_err(|_| {
-                    Error::Invalid(
-                        "an import, build, commit or load is writing images: gc later".into(),
-                    )
-                })?;
+        let _exclusive = lock(
+            &self.layout.root().join(IMAGES_LOCK),
+            FlockArg::LockExclusiveNonblock,
+        )
+        .map_err(|_| {
+            Error::Invalid("an import, build, commit or load is writing images: gc later".into())
+        })?;
         let _unpacking = lock(&self.layers.join(".lock"), FlockArg::LockExclusive)?;
         let mut roots: Vec<Descriptor> =
             self.layout.refs()?.into_iter().map(|(_, descriptor)| descriptor).collect();
@@ -759,7 +761,11 @@ impl Images {
             } else {
                 "unpacked layer"
             };
-            collected.lines.push(format!("removed {what} {} ({})", path.display(), format_size(size)));
+            collected.lines.push(format!(
+                "removed {what} {} ({})",
+                path.display(),
+                format_size(size)
+            ));
         }
         Ok(collected)
     }
@@ -887,7 +893,6 @@ pub fn parse_digest(text: &str) -> Result<Digest> {
 pub fn to_oci(digest: &Digest) -> oci_spec::image::Digest {
     digest.to_string().parse().expect("a sha256 digest is a valid OCI digest")
 }
-
 
 /// Makes `dir` with `mode`, or gives an existing one that mode; one that is not a real
 /// directory (a symlink planted where the store keeps its layers, say) is refused: gc removes
