@@ -240,10 +240,11 @@ fn write_tar<W: Write>(
         name.extend_from_slice(&item.key);
         let entry = Entry { name };
         match item.kind {
-            ItemKind::Whiteout => {
-                // Owner 0 and mode 0600 whatever the device's: overlayfs makes whiteouts with
-                // the mounter's credentials (and may share one inode among them), so their
-                // owner says nothing about the container, and may lie outside its ids.
+            // Both are empty marker files, owner 0 and mode 0600 whatever the device's:
+            // overlayfs makes whiteouts with the mounter's credentials (and may share one inode
+            // among them), so their owner says nothing about the container, and may lie outside
+            // its ids.
+            ItemKind::Whiteout | ItemKind::Opaque => {
                 let shown = || stack.path_of(OsStr::from_bytes(&item.key));
                 entry.append(
                     &mut builder,
@@ -252,18 +253,11 @@ fn write_tar<W: Write>(
                     out_name,
                     &shown,
                 )?;
-                summary.whiteouts += 1;
-            }
-            ItemKind::Opaque => {
-                let shown = || stack.path_of(OsStr::from_bytes(&item.key));
-                entry.append(
-                    &mut builder,
-                    marker_header(),
-                    &Extras::default(),
-                    out_name,
-                    &shown,
-                )?;
-                summary.opaques += 1;
+                if matches!(item.kind, ItemKind::Whiteout) {
+                    summary.whiteouts += 1;
+                } else {
+                    summary.opaques += 1;
+                }
             }
             ItemKind::OnDisk(file_name, metadata) => {
                 let kind = SFlag::from_bits_truncate(metadata.st_mode & SFlag::S_IFMT.bits());
