@@ -21,7 +21,7 @@
 //! comes only from a parsed [`Digest`] (64 hex digits), never from a string someone handed us.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::{Digest, DigestReader, DigestWriter};
 use crate::error::{Error, Result};
+use crate::store::write_atomic;
 
 /// The annotation that names a tag in `index.json` (OCI image-spec, `annotations.md`).
 /// The largest JSON blob read whole (registries cap manifests at 4 MiB too).
@@ -114,7 +115,7 @@ impl Layout {
             }
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
                 let file = LayoutFile { image_layout_version: LAYOUT_VERSION.into() };
-                write_atomic(root, "oci-layout", &to_json(&file)?)?;
+                write_atomic(root, &[("oci-layout", to_json(&file)?)])?;
             }
             Err(error) => return Err(Error::io("open", &version_path, &error)),
         }
@@ -482,7 +483,7 @@ impl Layout {
         let mut index = index.clone();
         index.set_schema_version(2);
         index.set_media_type(Some(MediaType::ImageIndex));
-        write_atomic(&self.root, "index.json", &to_json(&index)?)
+        write_atomic(&self.root, &[("index.json", to_json(&index)?)])
     }
 }
 
@@ -597,33 +598,6 @@ fn read_small(path: &Path) -> io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)?;
     Ok(bytes)
-}
-
-/// Replaces `dir/name` atomically: a new temporary file (`O_EXCL`, no symlink), written,
-/// `fsync`ed, renamed over the old one, then the directory `fsync`ed so the rename survives a
-/// crash. A reader never sees half a file.
-fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    let temporary = dir.join(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
-    let written = File::options()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&temporary)
-        .and_then(|mut file| {
-            file.write_all(bytes)?;
-            file.sync_all()
-        });
-    if let Err(error) = written {
-        let _ = fs::remove_file(&temporary);
-        return Err(Error::io("write", &temporary, &error));
-    }
-    let path = dir.join(name);
-    if let Err(error) = fs::rename(&temporary, &path) {
-        let _ = fs::remove_file(&temporary);
-        return Err(Error::io("rename", &path, &error));
-    }
-    sync_dir(dir)
 }
 
 /// `fsync` on a directory: makes its renames durable.
