@@ -212,7 +212,10 @@ impl<R: Read> Read for Exactly<R> {
 
 /// Adds the blob `descriptor` names to `blobs`, and for a manifest or an index every blob it
 /// names, recursively.
-fn collect_blobs(
+/// Every blob `descriptor` reaches (itself, and for a manifest its config and layers, for an
+/// index every manifest of every platform), each once, indexes nested at most
+/// [`INDEX_DEPTH_MAX`] deep: what `save` writes, and what gc must keep.
+pub(crate) fn collect_blobs(
     layout: &Layout,
     descriptor: &Descriptor,
     blobs: &mut BTreeMap<String, Digest>,

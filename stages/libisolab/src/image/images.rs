@@ -284,7 +284,14 @@ impl Images {
     pub fn lowers(&self, image: &Image) -> Result<Vec<PathBuf>> {
         let diff_ids = image.diff_ids()?;
         let mut dirs = Vec::with_capacity(diff_ids.len());
-        let _lock = lock(&self.layers.join(".lock"), FlockArg::LockExclusive)?;
+        // Most runs find every layer unpacked already: only one that must unpack takes the
+        // lock (and looks again under it), so runs do not queue behind each other.
+        let all_there = diff_ids.iter().all(|diff_id| self.layers.join(diff_id.hex()).is_dir());
+        let _lock = if all_there {
+            None
+        } else {
+            Some(lock(&self.layers.join(".lock"), FlockArg::LockExclusive)?)
+        };
         for (descriptor, diff_id) in image.body.layers().iter().zip(&diff_ids) {
             let dir = self.layers.join(diff_id.hex());
             if !dir.is_dir() {
@@ -301,16 +308,6 @@ impl Images {
         Ok(dirs)
     }
     // ANCHOR_END: lowers
-
-    /// Where [`Images::lowers`] would put `image`'s layers, unpacking nothing (a dry run's
-    /// plan).
-    pub fn planned_lowers(&self, image: &Image) -> Result<Vec<PathBuf>> {
-        let mut dirs: Vec<PathBuf> =
-            image.diff_ids()?.iter().map(|diff_id| self.layers.join(diff_id.hex())).collect();
-        dirs.push(self.layout.root().join(INIT));
-        dirs.reverse();
-        Ok(dirs)
-    }
 
     /// The init layer: empty mount points only, so it lives beside `layers/`, where root
     /// of a user namespace may reach it (the plan checks its base is reachable).
@@ -657,11 +654,15 @@ impl Images {
             Error::Invalid("an import, build, commit or load is writing images: gc later".into())
         })?;
         let _unpacking = lock(&self.layers.join(".lock"), FlockArg::LockExclusive)?;
-        let mut roots: Vec<Descriptor> =
-            self.layout.refs()?.into_iter().map(|(_, descriptor)| descriptor).collect();
+        // Every entry of index.json, tagged or not: another tool's untagged ones are kept.
+        let mut roots: Vec<Descriptor> = self.layout.entries()?;
         let mut lowers_in_use: BTreeSet<PathBuf> = BTreeSet::new();
+        let mut diff_ids: BTreeSet<String> = BTreeSet::new();
         for container in containers {
             lowers_in_use.extend(container.config.lowers.iter().cloned());
+            // By name too: the same layer however the store's path was spelled.
+            let names = container.config.lowers.iter().filter_map(|lower| lower.file_name());
+            diff_ids.extend(names.map(|name| name.to_string_lossy().into_owned()));
             if let Some(image) = &container.config.image {
                 if let Ok(image) = self.find(&image.manifest) {
                     roots.push(image.manifest);
@@ -687,24 +688,25 @@ impl Images {
                 }
             }
         }
-        let mut blobs: BTreeSet<String> = BTreeSet::new();
-        let mut diff_ids: BTreeSet<String> = BTreeSet::new();
+        // Mark: every blob a root reaches, on every platform (save's own walk). A root whose
+        // blob is gone marks nothing; one that cannot be read stops gc before it removes
+        // anything, rather than take the blobs below it.
+        let mut blobs = BTreeMap::new();
         for root in roots {
-            // A root that no longer reads whole keeps what of it can be read.
-            blobs.insert(root.digest().to_string());
+            if !self.layout.has_blob(&digest_of(&root)?) {
+                continue;
+            }
+            super::archive::collect_blobs(&self.layout, &root, &mut blobs)
+                .map_err(|error| Error::Invalid(format!("gc removed nothing: {error}")))?;
+            // Only this machine's platform is ever unpacked.
             if let Ok(image) = self.image(None, root) {
-                blobs.insert(image.manifest.digest().to_string());
-                blobs.insert(image.body.config().digest().to_string());
-                for layer in image.body.layers() {
-                    blobs.insert(layer.digest().to_string());
-                }
                 for id in image.config.rootfs().diff_ids() {
                     diff_ids.insert(id.trim_start_matches("sha256:").to_string());
                 }
             }
         }
         for digest in self.layout.blobs()? {
-            if !blobs.contains(&digest.to_string()) {
+            if !blobs.contains_key(&digest.hex()) {
                 let size = self.layout.remove_blob(&digest)?;
                 collected.bytes += size;
                 collected.lines.push(format!("removed blob {digest} ({})", format_size(size)));
@@ -722,8 +724,10 @@ impl Images {
                 continue;
             };
             let pid = rest.split('-').next().and_then(|pid| pid.parse::<i32>().ok());
+            // Gone only when the kernel says there is no such process (EPERM: there is).
             let alive = pid.is_some_and(|pid| {
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                    != Err(nix::errno::Errno::ESRCH)
             });
             if pid.is_none() || alive {
                 continue;

@@ -304,9 +304,16 @@ impl Layout {
         })
     }
 
+    /// Every descriptor of `index.json`, named or not (another tool's untagged entries too):
+    /// what gc must keep.
+    pub fn entries(&self) -> Result<Vec<Descriptor>> {
+        Ok(self.read_index()?.manifests().clone())
+    }
+
     /// The tags: each descriptor of `index.json` with a ref name, as (ref name, manifest
     /// descriptor), in `index.json`'s order. Descriptors without a name (another tool's
-    /// untagged entries) are not tags and are left out, and left alone by [`Layout::set_ref`].
+    /// untagged entries) are not tags and are left out, and left alone by [`Layout::set_ref`]
+    /// (and kept by gc: [`Layout::entries`]).
     pub fn refs(&self) -> Result<Vec<(String, Descriptor)>> {
         let index = self.read_index()?;
         Ok(index
