@@ -1431,3 +1431,28 @@ fn workdir_makes_its_directory() {
     let existing = history.lines().find(|line| line.contains("WORKDIR /etc")).unwrap();
     assert!(existing.starts_with("- "), "no layer for a directory that is there: {history}");
 }
+
+// gc keeps what another tool keeps: an untagged entry of index.json (skopeo and umoci write
+// them) still reaches its blobs, though no tag names it (regression: gc removed them).
+#[test]
+fn gc_keeps_the_blobs_of_untagged_index_entries() {
+    if !require_root("gc_keeps_the_blobs_of_untagged_index_entries") {
+        return;
+    }
+    let env = TestEnv::new();
+    base(&env);
+    ok(&env, &["import", "rootfs", "base:1"]);
+    let layers = layer_digests(&env, "base:1");
+    // The entry again, without its ref name; then the tag goes.
+    shell_ok(
+        &env,
+        "python3 -c 'import json; p=\"store/index.json\"; i=json.load(open(p)); \
+         e=dict(i[\"manifests\"][0]); e.pop(\"annotations\"); i[\"manifests\"].append(e); \
+         json.dump(i, open(p, \"w\"))'",
+    );
+    ok(&env, &["rmi", "base:1"]);
+    ok(&env, &["gc"]);
+    for layer in layers {
+        assert!(env.path().join(blob(&layer)).is_file(), "{layer} was removed");
+    }
+}
