@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use libisolab::container::cgroup::CgroupsWhen;
-use libisolab::copy;
 use libisolab::digest::Digest;
 use libisolab::image::config;
 use libisolab::image::dockerfile::{self, Instruction, Kind};
@@ -20,6 +19,7 @@ use libisolab::image::layer::{self, Compression};
 use libisolab::process::Failure;
 use libisolab::store::Store;
 use libisolab::Error;
+use libisolab::{changes, copy};
 
 use crate::{parse, run, Verb};
 
@@ -221,12 +221,9 @@ fn step(
 /// layer that has it, or a whiteout of it, decides (opaque directories are not looked at: a
 /// miss only costs a `mkdir -p` that finds the directory there).
 fn exists_in(lowers: &[PathBuf], relative: &Path) -> bool {
-    use std::os::unix::fs::FileTypeExt;
     for lower in lowers {
         if let Ok(metadata) = std::fs::symlink_metadata(lower.join(relative)) {
-            let whiteout = metadata.file_type().is_char_device()
-                && std::os::unix::fs::MetadataExt::rdev(&metadata) == 0;
-            return !whiteout;
+            return !changes::is_whiteout(&metadata);
         }
     }
     false
