@@ -381,3 +381,41 @@ impl Drop for Background {
         let _ = self.0.wait();
     }
 }
+
+/// A description of every entry under `root`: type, mode, owner, size, times and a hash of
+/// the content (or link target). Two equal descriptions: nothing was changed, added or
+/// removed (reading changes only the access time, which is left out).
+pub fn describe_tree(root: &Path) -> std::collections::BTreeMap<PathBuf, String> {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
+    let mut entries = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        if meta.is_file() {
+            std::fs::read(&path).unwrap().hash(&mut hasher);
+        } else if meta.file_type().is_symlink() {
+            std::fs::read_link(&path).unwrap().hash(&mut hasher);
+        } else if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                stack.push(entry.unwrap().path());
+            }
+        }
+        let description = format!(
+            "mode {:o} owner {}:{} size {} mtime {}.{} ctime {}.{} inode {} content {:x}",
+            meta.mode(),
+            meta.uid(),
+            meta.gid(),
+            meta.len(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+            meta.ctime(),
+            meta.ctime_nsec(),
+            meta.ino(),
+            hasher.finish()
+        );
+        entries.insert(path.strip_prefix(root).unwrap().to_path_buf(), description);
+    }
+    entries
+}

@@ -3,10 +3,7 @@
 //! looks at what the containers see and at the disk (the base, untouched; the store, holding
 //! each container's changes), and leaves nothing behind: no mount, no process, no store.
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::BTreeMap;
 use std::fs;
-use std::hash::{Hash, Hasher};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -85,42 +82,6 @@ fn settings(env: &TestEnv) -> insta::Settings {
     settings.add_filter(r"throttled \d+ periods", "throttled [N] periods");
     settings.add_filter(r"this kernel \([^)]*\)", "this kernel ([RELEASE])");
     settings
-}
-
-/// A description of every entry under `root`: type, mode, owner, size, times and a hash of
-/// the content (or link target). Two equal descriptions: nothing was changed, added or
-/// removed (reading changes only the access time, which is left out).
-fn describe_tree(root: &Path) -> BTreeMap<PathBuf, String> {
-    let mut entries = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        let meta = fs::symlink_metadata(&path).unwrap();
-        let mut hasher = DefaultHasher::new();
-        if meta.is_file() {
-            fs::read(&path).unwrap().hash(&mut hasher);
-        } else if meta.file_type().is_symlink() {
-            fs::read_link(&path).unwrap().hash(&mut hasher);
-        } else if meta.is_dir() {
-            for entry in fs::read_dir(&path).unwrap() {
-                stack.push(entry.unwrap().path());
-            }
-        }
-        let description = format!(
-            "mode {:o} owner {}:{} size {} mtime {}.{} ctime {}.{} inode {} content {:x}",
-            meta.mode(),
-            meta.uid(),
-            meta.gid(),
-            meta.len(),
-            meta.mtime(),
-            meta.mtime_nsec(),
-            meta.ctime(),
-            meta.ctime_nsec(),
-            meta.ino(),
-            hasher.finish()
-        );
-        entries.insert(path.strip_prefix(root).unwrap().to_path_buf(), description);
-    }
-    entries
 }
 
 /// The container directories of the store.

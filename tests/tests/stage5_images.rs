@@ -4,10 +4,8 @@
 //! see, what the commands print, and the disk (the unpacked layers never written, each layer
 //! stored once, the tar of a layer as docker would write it); and leaves nothing behind.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::hash::{Hash, Hasher};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -116,41 +114,6 @@ fn names_in(dir: &Path) -> Vec<String> {
 /// The containers of the store (their directories' names).
 fn containers(env: &TestEnv) -> Vec<String> {
     names_in(&env.path().join("store/containers"))
-}
-
-/// A description of every entry under `root`: type, mode, owner, size, times, inode and a
-/// hash of the content (or link target). Equal descriptions: nothing was changed.
-fn describe_tree(root: &Path) -> BTreeMap<PathBuf, String> {
-    let mut entries = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        let meta = fs::symlink_metadata(&path).unwrap();
-        let mut hasher = DefaultHasher::new();
-        if meta.is_file() {
-            fs::read(&path).unwrap().hash(&mut hasher);
-        } else if meta.file_type().is_symlink() {
-            fs::read_link(&path).unwrap().hash(&mut hasher);
-        } else if meta.is_dir() {
-            for entry in fs::read_dir(&path).unwrap() {
-                stack.push(entry.unwrap().path());
-            }
-        }
-        let description = format!(
-            "mode {:o} owner {}:{} size {} mtime {}.{} ctime {}.{} inode {} content {:x}",
-            meta.mode(),
-            meta.uid(),
-            meta.gid(),
-            meta.len(),
-            meta.mtime(),
-            meta.mtime_nsec(),
-            meta.ctime(),
-            meta.ctime_nsec(),
-            meta.ino(),
-            hasher.finish()
-        );
-        entries.insert(path.strip_prefix(root).unwrap().to_path_buf(), description);
-    }
-    entries
 }
 
 /// The paths whose descriptions differ between `before` and `after`.
