@@ -15,6 +15,7 @@ mod build;
 #[path = "../../stage4-overlay/src/commands.rs"]
 mod commands;
 mod images;
+mod registry;
 
 use std::cell::Cell;
 use std::io::Write;
@@ -49,6 +50,8 @@ Examples:
   stage5-images tag app:1.0 app:stable                      # another name, the same image
   stage5-images save app:1.0 -o app.tar                     # for docker load, skopeo, umoci
   stage5-images load -i app.tar                             # an OCI or docker save tar
+  stage5-images push app:1.0 127.0.0.1:5000/team/app:1.0    # only the blobs it lacks
+  stage5-images pull 127.0.0.1:5000/team/app:1.0            # only the blobs we lack
   stage5-images rmi app:stable                              # untag; gc removes what is unused
   stage5-images df                                          # images, shared layers, containers
   stage5-images run --rootfs rootfs -- /bin/sh              # stage 4's way still works
@@ -111,6 +114,10 @@ enum Verb {
     Save(images::SaveArgs),
     /// Read images from a tar (an OCI image layout, or what `docker save` writes)
     Load(images::LoadArgs),
+    /// Send an image to a registry: only the blobs it lacks
+    Push(registry::PushArgs),
+    /// Fetch an image from a registry: only the blobs the store lacks; tag it as REF
+    Pull(registry::PullArgs),
 }
 
 #[derive(Debug, Args)]
@@ -194,7 +201,7 @@ fn command() -> clap::Command {
 }
 
 /// Each verb's examples, for its `--help` (`run`'s are the program's).
-const VERB_EXAMPLES: [(&str, &str); 16] = [
+const VERB_EXAMPLES: [(&str, &str); 18] = [
     ("start", "  stage5-images start web      # web's command again, its changes kept"),
     ("ps", "  stage5-images ps"),
     (
@@ -251,6 +258,16 @@ const VERB_EXAMPLES: [(&str, &str); 16] = [
         "  stage5-images load -i app.tar\n  \
               skopeo copy oci:layout:app docker-archive:x.tar:x:1 && stage5-images load -i x.tar",
     ),
+    (
+        "push",
+        "  stage5-images push app:1.0 127.0.0.1:5000/team/app:1.0\n  \
+              stage5-images push --creds ann:secret app:1.0 registry.example/team/app:1.0",
+    ),
+    (
+        "pull",
+        "  stage5-images pull 127.0.0.1:5000/team/app:1.0\n  \
+              stage5-images pull --insecure registry.lan:5000/team/app@sha256:<digest>",
+    ),
 ];
 
 /// Parses `args` (the program's name first) with [`command`].
@@ -289,6 +306,8 @@ fn main() -> std::process::ExitCode {
         Verb::Inspect(args) => images::inspect(&store, &args),
         Verb::Save(args) => images::save(&store, &args),
         Verb::Load(args) => images::load(&store, &args),
+        Verb::Push(args) => registry::push(&store, &args),
+        Verb::Pull(args) => registry::pull(&store, &args),
     });
     cli::finish(PROGRAM, result)
 }

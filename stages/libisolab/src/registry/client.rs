@@ -1,0 +1,463 @@
+//! The HTTP side of the distribution API: one repository of one registry, its requests, its
+//! credentials, and errors that say which URL answered what.
+//!
+//! Every request goes through [`Client::send`]: it adds what the registry asked for last time
+//! (a basic `Authorization`, or a bearer token), and on a `401` reads the registry's
+//! `WWW-Authenticate` challenge (distribution's `docs/spec/auth/token.md`): `Basic` means send
+//! the user and password; `Bearer realm=…,service=…,scope=…` means ask the realm for a token
+//! for that scope (with the password, if any) and try once more with it. A body that is a
+//! stream (a layer) cannot be sent twice, so uploads start with an empty `POST`, which meets
+//! the challenge first.
+//!
+//! Timeouts are bounded (connect 5 s, each read or write 30 s): a registry that stalls is an
+//! error, not a hang. Secrets never appear in an error or a `Debug`.
+
+use std::fmt;
+use std::io::Read;
+use std::time::Duration;
+
+use base64::Engine as _;
+use ureq::http::{self, Method, Request, Response};
+use ureq::{Agent, Body, SendBody};
+
+use crate::error::{Error, Result};
+use crate::image::reference::Reference;
+
+/// How long a TCP connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one read or write on the connection may stall.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Redirects followed (blobs may live behind one, on a CDN); a loop ends here.
+const MAX_REDIRECTS: u32 = 5;
+/// The largest error body or token answer read.
+const SMALL_BODY_MAX: u64 = 64 << 10;
+
+/// A user and a password (or token) for a registry. `Debug` shows the user only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Credentials {{ user: {:?}, password: <hidden> }}", self.user)
+    }
+}
+
+impl Credentials {
+    /// `USER:PASS`, as `--creds` takes it (skopeo's spelling).
+    pub fn parse(text: &str) -> Result<Credentials> {
+        match text.split_once(':') {
+            Some((user, password)) if !user.is_empty() => {
+                Ok(Credentials { user: user.into(), password: password.into() })
+            }
+            _ => {
+                Err(Error::Invalid("credentials must be USER:PASSWORD (the user not empty)".into()))
+            }
+        }
+    }
+
+    /// The credentials docker keeps for `host` in a `config.json` (`auths.<host>.auth`, the
+    /// base64 of `user:password`), if there are any. `text` is the file's content.
+    pub fn from_docker_config(text: &str, host: &str) -> Result<Option<Credentials>> {
+        let refuse = |what: &str| {
+            Error::Invalid(format!(
+                "the docker config.json's credentials for {host} {what}: log in again or pass \
+                 --creds USER:PASS"
+            ))
+        };
+        let config: serde_json::Value =
+            serde_json::from_str(text).map_err(|_| refuse("are in a file that is not JSON"))?;
+        let Some(auths) = config.get("auths").and_then(|auths| auths.as_object()) else {
+            return Ok(None);
+        };
+        // Docker writes the host as typed, sometimes with a scheme in front.
+        let entry = auths.iter().find(|(key, _)| {
+            let key = key.trim_start_matches("https://").trim_start_matches("http://");
+            key.trim_end_matches('/') == host
+        });
+        let Some(auth) = entry.and_then(|(_, entry)| entry.get("auth")).and_then(|a| a.as_str())
+        else {
+            return Ok(None);
+        };
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(auth)
+            .map_err(|_| refuse("are not base64"))?;
+        let decoded = String::from_utf8(decoded).map_err(|_| refuse("are not text"))?;
+        Credentials::parse(&decoded).map(Some).map_err(|_| refuse("are not user:password"))
+    }
+
+    /// `Basic <base64 of user:password>` (RFC 7617).
+    fn basic(&self) -> String {
+        let pair = format!("{}:{}", self.user, self.password);
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
+    }
+}
+
+/// What push and pull are told beyond the reference.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Plain HTTP to a registry that is not on this machine (127.0.0.1 and localhost always
+    /// speak plain HTTP).
+    pub insecure: bool,
+    /// Who to be; anonymous without.
+    pub credentials: Option<Credentials>,
+}
+
+/// A body that can be sent again after an authentication challenge.
+pub(crate) enum Payload<'a> {
+    Empty,
+    Bytes(&'a [u8]),
+    /// A stream: sent once; a 401 on it is an error.
+    Stream(&'a mut dyn Read),
+}
+
+/// One repository of one registry, as the distribution API sees it.
+pub(crate) struct Client {
+    agent: Agent,
+    /// `http://127.0.0.1:5000` or `https://ghcr.io`.
+    base: String,
+    /// `team/app`.
+    pub(crate) repository: String,
+    credentials: Option<Credentials>,
+    /// The `Authorization` header the last challenge called for.
+    authorization: Option<String>,
+}
+
+impl Client {
+    /// A client for `reference`'s repository. A reference without a registry is refused:
+    /// isolab does not guess Docker Hub.
+    pub(crate) fn new(reference: &Reference, options: &Options) -> Result<Client> {
+        let Some(registry) = reference.registry.as_deref() else {
+            return Err(Error::Invalid(format!(
+                "{reference} names no registry: write it as HOST[:PORT]/{}",
+                reference.repository
+            )));
+        };
+        let host = registry.rsplit_once(':').map_or(registry, |(host, _)| host);
+        let local = matches!(host, "127.0.0.1" | "localhost" | "[::1]");
+        let scheme = if local || options.insecure { "http" } else { "https" };
+        let config = Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .timeout_per_read(Some(IO_TIMEOUT))
+            .timeout_per_write(Some(IO_TIMEOUT))
+            .max_redirects(MAX_REDIRECTS)
+            .user_agent(concat!("isolab/", env!("CARGO_PKG_VERSION")))
+            .build();
+        Ok(Client {
+            agent: config.into(),
+            base: format!("{scheme}://{registry}"),
+            repository: reference.repository.clone(),
+            credentials: options.credentials.clone(),
+            authorization: None,
+        })
+    }
+
+    /// `<base>/v2/<repository>/<rest>`.
+    pub(crate) fn url(&self, rest: &str) -> String {
+        format!("{}/v2/{}/{rest}", self.base, self.repository)
+    }
+
+    /// A `Location` header as an absolute URL (registries may send a path only).
+    pub(crate) fn absolute(&self, location: &str) -> String {
+        if location.starts_with("http://") || location.starts_with("https://") {
+            location.to_string()
+        } else {
+            format!("{}{location}", self.base)
+        }
+    }
+
+    /// `GET /v2/`: is this a registry that speaks the API (and who may use it)?
+    pub(crate) fn ping(&mut self) -> Result<()> {
+        let url = format!("{}/v2/", self.base);
+        let response = self.send(Method::GET, &url, &[], Payload::Empty)?;
+        expect(&Method::GET, &url, response, &[200], "is it a registry (distribution API v2)?")
+            .map(drop)
+    }
+
+    /// Sends one request, meeting one authentication challenge on the way. Transport errors
+    /// (refused, timed out, a redirect loop) become one line naming the URL.
+    pub(crate) fn send(
+        &mut self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        mut payload: Payload<'_>,
+    ) -> Result<Response<Body>> {
+        let mut challenged = false;
+        loop {
+            let mut request = Request::builder().method(method.clone()).uri(url);
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            if let Some(authorization) = &self.authorization {
+                request = request.header("Authorization", authorization);
+            }
+            // Each kind of body its own call: ureq sends a slice with its Content-Length, a
+            // reader chunked (HTTP/1.1 `Transfer-Encoding: chunked`).
+            let made = match &mut payload {
+                Payload::Empty if method == Method::POST || method == Method::PUT => {
+                    request.body(&[][..]).map(|request| self.agent.run(request))
+                }
+                Payload::Empty => request.body(()).map(|request| self.agent.run(request)),
+                Payload::Bytes(bytes) => {
+                    request.body(*bytes).map(|request| self.agent.run(request))
+                }
+                Payload::Stream(reader) => request
+                    .body(SendBody::from_reader(*reader))
+                    .map(|request| self.agent.run(request)),
+            };
+            let response = made
+                .map_err(|error| {
+                    Error::Invalid(format!("{method} {url}: cannot make the request: {error}"))
+                })?
+                .map_err(|error| transport(&method, url, error))?;
+            if response.status() != 401 || challenged {
+                return Ok(response);
+            }
+            challenged = true;
+            let challenge = header(&response, "www-authenticate").unwrap_or_default();
+            if matches!(payload, Payload::Stream(_)) || !self.answer(&challenge, url)? {
+                return Ok(response);
+            }
+        }
+    }
+
+    /// Sets the `Authorization` a `WWW-Authenticate` challenge asks for; false if there is
+    /// nothing to answer it with (no credentials for a `Basic` one, an unknown scheme).
+    fn answer(&mut self, challenge: &str, url: &str) -> Result<bool> {
+        let (scheme, parameters) = challenge.split_once(' ').unwrap_or((challenge, ""));
+        if scheme.eq_ignore_ascii_case("basic") {
+            let Some(credentials) = &self.credentials else { return Ok(false) };
+            self.authorization = Some(credentials.basic());
+            return Ok(true);
+        }
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Ok(false);
+        }
+        let parameters = challenge_parameters(parameters);
+        let find = |name: &str| {
+            parameters.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+        };
+        let Some(realm) = find("realm") else {
+            return Err(Error::Invalid(format!(
+                "{url} asked for a bearer token but named no realm to get it from: the \
+                 registry's auth is misconfigured"
+            )));
+        };
+        let mut token_url = realm.clone();
+        let mut separator = if realm.contains('?') { '&' } else { '?' };
+        for name in ["service", "scope"] {
+            if let Some(value) = find(name) {
+                token_url.push_str(&format!("{separator}{name}={}", query_escape(value)));
+                separator = '&';
+            }
+        }
+        let mut request = Request::builder().method(Method::GET).uri(&token_url);
+        if let Some(credentials) = &self.credentials {
+            request = request.header("Authorization", credentials.basic());
+        }
+        let request = request.body(SendBody::none()).map_err(|error| {
+            Error::Invalid(format!("GET {realm}: cannot make the request: {error}"))
+        })?;
+        let response =
+            self.agent.run(request).map_err(|error| transport(&Method::GET, realm, error))?;
+        let mut response = expect(
+            &Method::GET,
+            realm,
+            response,
+            &[200],
+            "the token service refused: check the credentials (--creds USER:PASS)",
+        )?;
+        let answer: serde_json::Value = response
+            .body_mut()
+            .with_config()
+            .limit(SMALL_BODY_MAX)
+            .read_to_vec()
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .ok_or(())
+            .map_err(|_| Error::Invalid(format!("GET {realm}: the token answer is not JSON")))?;
+        let token = answer.get("token").or_else(|| answer.get("access_token"));
+        let Some(token) = token.and_then(|token| token.as_str()) else {
+            return Err(Error::Invalid(format!("GET {realm}: the answer holds no token")));
+        };
+        self.authorization = Some(format!("Bearer {token}"));
+        Ok(true)
+    }
+}
+
+/// Returns `response` if its status is one of `expected`; otherwise one line: the method, the
+/// URL, the status, the registry's own error codes, and `what_to_do`.
+pub(crate) fn expect(
+    method: &Method,
+    url: &str,
+    mut response: Response<Body>,
+    expected: &[u16],
+    what_to_do: &str,
+) -> Result<Response<Body>> {
+    let status = response.status();
+    if expected.contains(&status.as_u16()) {
+        return Ok(response);
+    }
+    // Distribution's errors: {"errors":[{"code":"MANIFEST_UNKNOWN","message":"…"}]}.
+    let said = response
+        .body_mut()
+        .with_config()
+        .limit(SMALL_BODY_MAX)
+        .read_to_vec()
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|body| {
+            let errors = body.get("errors")?.as_array()?.iter().filter_map(|error| {
+                let code = error.get("code")?.as_str()?;
+                let message = error.get("message").and_then(|m| m.as_str()).unwrap_or("");
+                Some(format!("{code}: {message}"))
+            });
+            Some(errors.collect::<Vec<_>>().join("; "))
+        })
+        .filter(|said| !said.is_empty())
+        .map(|said| format!(" ({said})"))
+        .unwrap_or_default();
+    let hint = match status.as_u16() {
+        401 | 403 => "the registry wants credentials: pass --creds USER:PASS or log in with docker",
+        404 => what_to_do,
+        500..=599 => "the registry failed: try again later, or look at its log",
+        _ => what_to_do,
+    };
+    Err(Error::Invalid(format!("{method} {url} answered {}{said}: {hint}", status_text(status))))
+}
+
+/// `404 Not Found`.
+fn status_text(status: http::StatusCode) -> String {
+    format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or(""))
+        .trim_end()
+        .to_string()
+}
+
+/// A transport failure as one line naming the URL and what to check.
+fn transport(method: &Method, url: &str, error: ureq::Error) -> Error {
+    let what = match &error {
+        ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            "connection refused: is a registry listening there? check the host and port".into()
+        }
+        ureq::Error::ConnectionFailed => {
+            "cannot connect: is a registry listening there? check the host and port".into()
+        }
+        ureq::Error::HostNotFound => "unknown host: check the registry's name".into(),
+        ureq::Error::Timeout(_) => format!(
+            "timed out (connect {} s, each read {} s): the registry stalls or is unreachable",
+            CONNECT_TIMEOUT.as_secs(),
+            IO_TIMEOUT.as_secs()
+        ),
+        ureq::Error::TooManyRedirects => {
+            format!("more than {MAX_REDIRECTS} redirects (a loop?): the registry is misconfigured")
+        }
+        ureq::Error::Tls(_) | ureq::Error::Rustls(_) => {
+            format!("TLS failed ({error}): for a registry that speaks plain HTTP, pass --insecure")
+        }
+        _ => format!("{error}"),
+    };
+    Error::Invalid(format!("{method} {url} failed: {what}"))
+}
+
+/// A response header as text.
+pub(crate) fn header(response: &Response<Body>, name: &str) -> Option<String> {
+    response.headers().get(name)?.to_str().ok().map(str::to_string)
+}
+
+/// `realm="https://auth",service="registry",scope="repository:a:pull"` as pairs.
+fn challenge_parameters(text: &str) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    let mut rest = text.trim();
+    while let Some((key, after)) = rest.split_once('=') {
+        let key = key.trim().trim_start_matches(',').trim().to_string();
+        let (value, after) = match after.strip_prefix('"') {
+            Some(quoted) => match quoted.split_once('"') {
+                Some((value, after)) => (value.to_string(), after),
+                None => (quoted.to_string(), ""),
+            },
+            None => match after.split_once(',') {
+                Some((value, after)) => (value.trim().to_string(), after),
+                None => (after.trim().to_string(), ""),
+            },
+        };
+        pairs.push((key, value));
+        rest = after.trim_start_matches(',').trim();
+    }
+    pairs
+}
+
+/// Percent-encodes a query value (everything but RFC 3986's unreserved characters).
+fn query_escape(value: &str) -> String {
+    value
+        .bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bearer_challenge_is_read_into_its_parameters() {
+        let pairs = challenge_parameters(
+            r#"realm="https://auth.example/token",service="registry.example",scope="repository:team/app:pull,push""#,
+        );
+        assert_eq!(
+            pairs,
+            [
+                ("realm".into(), "https://auth.example/token".into()),
+                ("service".into(), "registry.example".into()),
+                ("scope".into(), "repository:team/app:pull,push".into()),
+            ]
+        );
+        assert_eq!(
+            query_escape("repository:team/app:pull,push"),
+            "repository%3Ateam%2Fapp%3Apull%2Cpush"
+        );
+    }
+
+    #[test]
+    fn credentials_come_from_creds_or_docker_config_and_never_show() {
+        let credentials = Credentials::parse("ann:s3cret:with:colons").unwrap();
+        assert_eq!(credentials.password, "s3cret:with:colons");
+        assert!(!format!("{credentials:?}").contains("s3cret"));
+        assert!(Credentials::parse(":x").is_err());
+
+        let auth = base64::engine::general_purpose::STANDARD.encode("bob:pw");
+        let config = format!(r#"{{"auths":{{"https://reg.example:5000":{{"auth":"{auth}"}}}}}}"#);
+        let found = Credentials::from_docker_config(&config, "reg.example:5000").unwrap();
+        assert_eq!(found, Some(Credentials { user: "bob".into(), password: "pw".into() }));
+        assert_eq!(Credentials::from_docker_config(&config, "other").unwrap(), None);
+        assert_eq!(
+            credentials.basic(),
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode("ann:s3cret:with:colons")
+            )
+        );
+    }
+
+    #[test]
+    fn local_registries_speak_plain_http_others_https_unless_insecure() {
+        let client = |text: &str, insecure| {
+            let reference: Reference = text.parse().unwrap();
+            Client::new(&reference, &Options { insecure, credentials: None }).unwrap().base
+        };
+        assert_eq!(client("127.0.0.1:5000/a:1", false), "http://127.0.0.1:5000");
+        assert_eq!(client("localhost/a", false), "http://localhost");
+        assert_eq!(client("reg.example/a", false), "https://reg.example");
+        assert_eq!(client("reg.example:5000/a", true), "http://reg.example:5000");
+        let error = Client::new(&"app:1".parse().unwrap(), &Options::default()).err().unwrap();
+        assert!(error.to_string().contains("names no registry"), "{error}");
+    }
+}
