@@ -222,16 +222,16 @@ fn upload(
     let mut reader = layout.open_blob(digest)?;
     let headers = [("Content-Type", "application/octet-stream")];
     let response = client.send(Method::PUT, &url, &headers, Payload::Stream(&mut reader));
-    // The verifying reader's complaint (a corrupt blob of ours) is the better error.
-    let response = match response {
-        Err(error) if reader.bytes_read() > 0 && error.to_string().contains("is corrupt") => {
-            return Err(error)
-        }
-        response => response?,
-    };
     // Shown without the session's query: it is long and says nothing to a reader.
     let shown = location.split('?').next().unwrap_or(&location).to_string();
-    expect(&Method::PUT, &shown, response, &[201], "the registry refused the blob")?;
+    let finished = response.and_then(|response| {
+        expect(&Method::PUT, &shown, response, &[201], "the registry refused the blob")
+    });
+    if let Err(error) = finished {
+        // No session is left open on the registry: cancel it (it may be gone already).
+        let _ = client.send(Method::DELETE, &location, &[], Payload::Empty);
+        return Err(error);
+    }
     Ok(false)
 }
 // ANCHOR_END: upload
