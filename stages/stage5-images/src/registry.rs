@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use libisolab::image::images::{bytes, Images};
+use libisolab::cgroups::format_size as bytes;
+use libisolab::image::images::Images;
 use libisolab::image::reference::Reference;
 use libisolab::process::Failure;
 use libisolab::registry::{self, BlobEvent, Credentials, Moved, Options};
