@@ -236,3 +236,238 @@ fn a_tampered_blob_on_the_registry_is_named_and_never_stored() {
     let images = ok(&env, "other", &["images"]);
     assert_eq!(images.lines().count(), 1, "nothing tagged: {images}");
 }
+
+/// An image `name` in the store `root` whose one layer is `mib` MiB of random bytes (gzip
+/// cannot shrink them, so the layer is that large on the wire too).
+fn random_image(env: &TestEnv, root: &str, name: &str, mib: usize) {
+    let dir = env.path().join(format!("random-{name}").replace([':', '/'], "-"));
+    fs::create_dir_all(&dir).unwrap();
+    let mut bytes = vec![0u8; mib << 20];
+    let mut urandom = fs::File::open("/dev/urandom").unwrap();
+    std::io::Read::read_exact(&mut urandom, &mut bytes).unwrap();
+    fs::write(dir.join("random.bin"), &bytes).unwrap();
+    let dir = dir.file_name().unwrap().to_str().unwrap().to_string();
+    ok(env, root, &["import", &dir, name]);
+}
+
+/// The upload sessions the registry keeps open for `repository`: none once a push has ended,
+/// however it ended. Distribution keeps each under `repositories/<name>/_uploads/<uuid>`, with
+/// a `startedat` file (a session without it is unknown to the registry) and the bytes so far
+/// in `data`. A cancelled session (`DELETE`) loses both, but docker-registry 2.8 writes its
+/// hash state again after deleting it (its log says "error closing blobwriter"), so an empty
+/// `<uuid>/hashstates` tree may stay: the registry's leftover, not an open session.
+fn open_uploads(registry: &Registry, repository: &str) -> Vec<String> {
+    let dir = registry.storage.join("docker/registry/v2/repositories").join(repository);
+    fs::read_dir(dir.join("_uploads"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|entry| {
+                    let session = entry.path();
+                    session.join("startedat").exists() || session.join("data").exists()
+                })
+                .map(|entry| entry.file_name().to_string_lossy().into())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The registry's copy of a blob, by digest.
+fn registry_blob(registry: &Registry, digest: &str) -> std::path::PathBuf {
+    let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+    registry.storage.join(format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]))
+}
+
+/// Each line of `stdout` as a JSON object.
+fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}")))
+        .collect()
+}
+
+#[test]
+fn a_chunked_push_reaches_the_registry_whole_and_json_counts_what_moved() {
+    let test = "a_chunked_push_reaches_the_registry_whole_and_json_counts_what_moved";
+    let env = TestEnv::new();
+    let Some(registry) = registry(test, &env) else { return };
+    // 3 MiB and a bit in 512 KiB chunks: seven PATCHes, the last one short.
+    random_image(&env, "store", "rnd:1", 3);
+    let target = format!("{}/team/rnd:1", registry.addr());
+
+    let pushed = ok(&env, "store", &["push", "--chunk-size", "512K", "--json", "rnd:1", &target]);
+    let events = json_lines(&pushed);
+    let (blobs, summary) = events.split_at(events.len() - 1);
+    let summary = &summary[0];
+    assert_eq!(blobs.len(), 2, "config and layer:\n{pushed}");
+    assert_eq!(summary["event"], "pushed", "{pushed}");
+    let mut sent_bytes = 0;
+    for blob in blobs {
+        assert_eq!(blob["event"], "blob");
+        assert_eq!(blob["moved"], "sent", "{pushed}");
+        // The registry has it whole: its size, and bytes that hash to its digest (the
+        // registry checked that on the final PUT; its size here shows no chunk went twice).
+        let digest = blob["digest"].as_str().unwrap();
+        let stored = fs::metadata(registry_blob(&registry, digest)).unwrap().len();
+        assert_eq!(serde_json::json!(stored), blob["size"], "{digest}");
+        sent_bytes += stored;
+    }
+    assert!(sent_bytes > 3 << 20, "the layer is at least 3 MiB: {sent_bytes}");
+    assert_eq!(summary["blobs_sent"], 2);
+    assert_eq!(summary["bytes_sent"], sent_bytes);
+    assert_eq!(summary["blobs_skipped"], 0);
+    assert_eq!(summary["blobs_mounted"], 0);
+    assert_eq!(summary["reference"], target);
+    assert!(open_uploads(&registry, "team/rnd").is_empty());
+
+    // Pulled back into another store: the same manifest, and every blob the same bytes.
+    let pulled = json_lines(&ok(&env, "other", &["pull", "--json", &target]));
+    let last = pulled.last().unwrap();
+    assert_eq!(last["event"], "pulled");
+    assert_eq!(last["digest"], summary["digest"], "the same manifest");
+    assert_eq!(last["bytes_fetched"], sent_bytes);
+    assert_eq!(last["blobs_fetched"], 2);
+    for blob in &pulled[..pulled.len() - 1] {
+        assert_eq!(blob["moved"], "fetched");
+        let hex = blob["digest"].as_str().unwrap().strip_prefix("sha256:").unwrap();
+        let ours = fs::read(env.path().join("store/blobs/sha256").join(hex)).unwrap();
+        let theirs = fs::read(env.path().join("other/blobs/sha256").join(hex)).unwrap();
+        assert!(ours == theirs, "blob {hex} differs after the round trip");
+    }
+    // Again: everything already here, counted in bytes too.
+    let again = json_lines(&ok(&env, "other", &["pull", "--json", &target]));
+    let last = again.last().unwrap();
+    assert_eq!((&last["blobs_fetched"], &last["blobs_skipped"]), (&0.into(), &2.into()));
+    assert_eq!(last["bytes_skipped"], sent_bytes);
+    let lines = ok(&env, "other", &["pull", &target]);
+    assert!(lines.contains(&format!("2 already here ({})", size_text(sent_bytes))), "{lines}");
+
+    // Another reader sees the manifest we pushed under the tag.
+    if host_has("skopeo") {
+        let source = format!("docker://{target}");
+        let inspected =
+            run(Command::new("skopeo").args(["inspect", "--tls-verify=false", &source]));
+        assert_eq!(code(&inspected), 0, "{}", text(&inspected.stderr));
+        let value: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
+        assert_eq!(value["Digest"], summary["digest"]);
+    }
+}
+
+/// `format_size`'s spelling, as the summary lines use it.
+fn size_text(bytes: u64) -> String {
+    libisolab::cgroups::format_size(bytes)
+}
+
+/// A push or pull running in the background, its stdout read line by line; killed and reaped
+/// when dropped (a failed assertion leaves no process behind).
+struct Running {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Running {
+    fn start(env: &TestEnv, root: &str, args: &[&str]) -> Running {
+        let mut child = env
+            .cmd(STAGE)
+            .args(["--root", root])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start stage5-images");
+        let stdout = child.stdout.take().unwrap();
+        Running { child, lines: std::io::BufRead::lines(std::io::BufReader::new(stdout)) }
+    }
+
+    /// Waits for its first line of output, then sends it `signal`; its exit code and stderr.
+    fn interrupt_after_first_line(mut self, signal: nix::sys::signal::Signal) -> (i32, String) {
+        let first = self.lines.next().expect("a first line").expect("readable");
+        assert!(first.starts_with("sent") || first.starts_with("fetched"), "{first}");
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("kill");
+        let rest: Vec<String> = self.lines.by_ref().map_while(Result::ok).collect();
+        let status = self.child.wait().expect("wait");
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(self.child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        let finished = |line: &String| line.starts_with("pushed") || line.starts_with("pulled");
+        assert!(!rest.iter().any(finished), "it finished: {rest:?}");
+        (status.code().unwrap_or(-1), stderr)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn an_interrupted_push_or_pull_leaves_nothing_half_done_and_resumes() {
+    let test = "an_interrupted_push_or_pull_leaves_nothing_half_done_and_resumes";
+    let env = TestEnv::new();
+    let Some(registry) = registry(test, &env) else { return };
+    random_image(&env, "store", "big:1", 64);
+    let target = format!("{}/team/big:1", registry.addr());
+    let push = ["push", "--chunk-size", "1M", "big:1", target.as_str()];
+
+    // Ctrl-C once the config is across, while the 64 MiB layer goes in 1 MiB chunks.
+    let (status, stderr) = Running::start(&env, "store", &push)
+        .interrupt_after_first_line(nix::sys::signal::Signal::SIGINT);
+    assert_eq!(status, 130, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("interrupted: "), "{stderr}");
+    assert!(stderr.contains("the 1 blobs already there are not sent again"), "{stderr}");
+    assert_eq!(open_uploads(&registry, "team/big"), Vec::<String>::new(), "session cancelled");
+    let tags = registry.storage.join("docker/registry/v2/repositories/team/big/_manifests/tags");
+    assert!(!tags.join("1").exists(), "nothing tagged on the registry");
+
+    // Again: the config is skipped, the layer sent whole.
+    let again = ok(&env, "store", &push);
+    assert_eq!(lines_of(&again, "skipped").len(), 1, "{again}");
+    assert_eq!(lines_of(&again, "sent").len(), 1, "{again}");
+    assert!(again.contains("1 blobs sent") && again.contains("1 skipped"), "{again}");
+    assert!(open_uploads(&registry, "team/big").is_empty());
+
+    // A pull stopped by SIGTERM after the config: no partial blob, no tag.
+    let (status, stderr) = Running::start(&env, "other", &["pull", &target])
+        .interrupt_after_first_line(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(status, 130, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("interrupted: nothing was tagged"), "{stderr}");
+    assert!(stderr.contains("the 1 blobs already here are not fetched again"), "{stderr}");
+    let blobs = env.path().join("other/blobs/sha256");
+    assert!(partials(&blobs).is_empty(), "partial files left: {:?}", partials(&blobs));
+    let images = ok(&env, "other", &["images"]);
+    assert_eq!(images.lines().count(), 1, "the header only: {images}");
+
+    // Again: the config is already here, the layer is fetched; then it is tagged.
+    let pulled = ok(&env, "other", &["pull", &target]);
+    assert_eq!(lines_of(&pulled, "fetched").len(), 1, "{pulled}");
+    assert!(pulled.contains("1 blobs fetched") && pulled.contains("1 already here"), "{pulled}");
+    assert_eq!(summary_digest(&pulled), summary_digest(&again));
+    assert!(ok(&env, "other", &["images"]).contains("team/big"));
+}
+
+#[test]
+fn a_registry_that_stalls_is_one_line_naming_the_url_after_the_timeout() {
+    let env = TestEnv::new();
+    if !require_root("a_registry_that_stalls_is_one_line_naming_the_url_after_the_timeout") {
+        return;
+    }
+    // A listener that takes connections (the kernel accepts them into its backlog) and never
+    // answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let started = std::time::Instant::now();
+    let output =
+        stage5(&env, "store", &["pull", "--timeout", "1", &format!("127.0.0.1:{port}/x:1")]);
+    let waited = started.elapsed();
+    let stderr = text(&output.stderr);
+    assert_eq!(code(&output), 125, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&format!("http://127.0.0.1:{port}/v2/")), "{stderr}");
+    assert!(stderr.contains("timed out") && stderr.contains("--timeout"), "{stderr}");
+    assert!(waited < std::time::Duration::from_secs(10), "waited {waited:?}");
+    drop(listener);
+}

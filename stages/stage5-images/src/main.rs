@@ -260,13 +260,24 @@ const VERB_EXAMPLES: [(&str, &str); 18] = [
     ),
     (
         "push",
-        "  stage5-images push app:1.0 127.0.0.1:5000/team/app:1.0\n  \
-              stage5-images push --creds ann:secret app:1.0 registry.example/team/app:1.0",
+        "  stage5-images push app:1.0 127.0.0.1:5000/team/app:1.0     # a local registry\n  \
+              stage5-images push --creds ann:secret app:1.0 registry.example/team/app:1.0\n  \
+              stage5-images push --mount-from team/base app:1.0 127.0.0.1:5000/team/app:1.0\n  \
+              stage5-images push --chunk-size 8M app:1.0 127.0.0.1:5000/team/app:1.0\n  \
+              stage5-images push --json app:1.0 127.0.0.1:5000/team/app:1.0 | jq .moved\n  \
+              stage5-images push --timeout 120 app:1.0 registry.lan:5000/team/app:1.0\n\n\
+         Interrupted (Ctrl-C), it cancels the upload and exits 130; run again, it sends only\n\
+         the blobs the registry still lacks (a blob cut mid-way is sent again whole).",
     ),
     (
         "pull",
-        "  stage5-images pull 127.0.0.1:5000/team/app:1.0\n  \
-              stage5-images pull --insecure registry.lan:5000/team/app@sha256:<digest>",
+        "  stage5-images pull 127.0.0.1:5000/team/app:1.0               # a local registry\n  \
+              stage5-images pull --creds ann:secret registry.example/team/app:1.0\n  \
+              stage5-images pull 127.0.0.1:5000/team/app@sha256:<digest>  # exactly that image\n  \
+              stage5-images pull --insecure registry.lan:5000/team/app:1.0\n  \
+              stage5-images pull --json 127.0.0.1:5000/team/app:1.0 | jq .bytes_fetched\n\n\
+         Interrupted (Ctrl-C), it keeps only whole blobs, tags nothing and exits 130; run\n\
+         again, it fetches only the blobs the store still lacks.",
     ),
 ];
 

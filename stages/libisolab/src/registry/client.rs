@@ -9,11 +9,13 @@
 //! stream (a layer) cannot be sent twice, so uploads start with an empty `POST`, which meets
 //! the challenge first.
 //!
-//! Timeouts are bounded (connect 5 s, each read or write 30 s): a registry that stalls is an
-//! error, not a hang. Secrets never appear in an error or a `Debug`.
+//! Timeouts are bounded ([`Options::timeout`], 30 s unless `--timeout` says otherwise, for each
+//! read or write; connecting at most 5 s of it): a registry that stalls is an error, not a
+//! hang. Secrets never appear in an error or a `Debug`.
 
 use std::fmt;
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -23,10 +25,10 @@ use ureq::{Agent, Body, SendBody};
 use crate::error::{Error, Result};
 use crate::image::reference::Reference;
 
-/// How long a TCP connection may take.
+/// How long a TCP connection may take at most (less if [`Options::timeout`] is shorter).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long one read or write on the connection may stall.
-const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one read or write on the connection may stall, unless [`Options::timeout`] says.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Redirects followed (blobs may live behind one, on a CDN); a loop ends here.
 const MAX_REDIRECTS: u32 = 5;
 /// The largest error body or token answer read.
@@ -96,13 +98,41 @@ impl Credentials {
 }
 
 /// What push and pull are told beyond the reference.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// Plain HTTP to a registry that is not on this machine (127.0.0.1 and localhost always
     /// speak plain HTTP).
     pub insecure: bool,
     /// Who to be; anonymous without.
     pub credentials: Option<Credentials>,
+    /// How long one read or write may stall (and connecting, up to 5 s of it) before the
+    /// request fails: a bound on every wait, not on the whole transfer.
+    pub timeout: Duration,
+    /// Push each blob in `PATCH`es of this many bytes (distribution-spec, "Pushing a blob in
+    /// chunks") instead of one `PUT`.
+    pub chunk_size: Option<u64>,
+    /// Set (by a signal handler) when the user wants us to stop: checked before each request
+    /// of a blob and at each read of its bytes, so a push or pull stops within one read.
+    pub interrupted: Option<&'static AtomicBool>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            insecure: false,
+            credentials: None,
+            timeout: DEFAULT_TIMEOUT,
+            chunk_size: None,
+            interrupted: None,
+        }
+    }
+}
+
+impl Options {
+    /// Has the user asked us to stop?
+    pub(crate) fn is_interrupted(&self) -> bool {
+        self.interrupted.is_some_and(|flag| flag.load(Ordering::SeqCst))
+    }
 }
 
 /// A body that can be sent again after an authentication challenge.
@@ -123,6 +153,8 @@ pub(crate) struct Client {
     credentials: Option<Credentials>,
     /// The `Authorization` header the last challenge called for.
     authorization: Option<String>,
+    /// [`Options::timeout`], for the error that says it ran out.
+    timeout: Duration,
 }
 
 impl Client {
@@ -140,9 +172,9 @@ impl Client {
         let scheme = if local || options.insecure { "http" } else { "https" };
         let config = Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_connect(Some(CONNECT_TIMEOUT))
-            .timeout_per_read(Some(IO_TIMEOUT))
-            .timeout_per_write(Some(IO_TIMEOUT))
+            .timeout_connect(Some(CONNECT_TIMEOUT.min(options.timeout)))
+            .timeout_per_read(Some(options.timeout))
+            .timeout_per_write(Some(options.timeout))
             .max_redirects(MAX_REDIRECTS)
             .user_agent(concat!("isolab/", env!("CARGO_PKG_VERSION")))
             .build();
@@ -152,6 +184,7 @@ impl Client {
             repository: reference.repository.clone(),
             credentials: options.credentials.clone(),
             authorization: None,
+            timeout: options.timeout,
         })
     }
 
@@ -213,7 +246,7 @@ impl Client {
                 .map_err(|error| {
                     Error::Invalid(format!("{method} {url}: cannot make the request: {error}"))
                 })?
-                .map_err(|error| transport(&method, url, error))?;
+                .map_err(|error| self.failed(&method, url, error))?;
             if response.status() != 401 || challenged {
                 return Ok(response);
             }
@@ -222,6 +255,28 @@ impl Client {
             if matches!(payload, Payload::Stream(_)) || !self.answer(&challenge, url)? {
                 return Ok(response);
             }
+        }
+    }
+
+    /// A transport failure as one line naming the URL; a timeout says how long we waited and
+    /// what to do. (Also for errors met while reading a body, which ureq hands over as
+    /// `io::Error`s wrapping its own.)
+    pub(crate) fn failed(&self, method: &Method, url: &str, error: ureq::Error) -> Error {
+        match error {
+            ureq::Error::Timeout(ureq::Timeout::Connect) => Error::Invalid(format!(
+                "{method} {url} failed: timed out connecting (after {} s): is the host up and \
+                 the port open? a firewall that drops packets looks like this",
+                CONNECT_TIMEOUT.min(self.timeout).as_secs_f64()
+            )),
+            ureq::Error::Timeout(_) => Error::Invalid(format!(
+                "{method} {url} failed: timed out (nothing moved for {} s): the registry \
+                 stalls or is unreachable; try again, or wait longer with --timeout SECONDS",
+                self.timeout.as_secs_f64()
+            )),
+            ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+                self.failed(method, url, ureq::Error::Timeout(ureq::Timeout::PerRead))
+            }
+            error => transport(method, url, error),
         }
     }
 
@@ -347,11 +402,9 @@ fn transport(method: &Method, url: &str, error: ureq::Error) -> Error {
             "cannot connect: is a registry listening there? check the host and port".into()
         }
         ureq::Error::HostNotFound => "unknown host: check the registry's name".into(),
-        ureq::Error::Timeout(_) => format!(
-            "timed out (connect {} s, each read {} s): the registry stalls or is unreachable",
-            CONNECT_TIMEOUT.as_secs(),
-            IO_TIMEOUT.as_secs()
-        ),
+        ureq::Error::Timeout(_) => "timed out: the registry stalls or is unreachable; try again, \
+                                    or wait longer with --timeout SECONDS"
+            .into(),
         ureq::Error::TooManyRedirects => {
             format!("more than {MAX_REDIRECTS} redirects (a loop?): the registry is misconfigured")
         }
@@ -451,7 +504,7 @@ mod tests {
     fn local_registries_speak_plain_http_others_https_unless_insecure() {
         let client = |text: &str, insecure| {
             let reference: Reference = text.parse().unwrap();
-            Client::new(&reference, &Options { insecure, credentials: None }).unwrap().base
+            Client::new(&reference, &Options { insecure, ..Options::default() }).unwrap().base
         };
         assert_eq!(client("127.0.0.1:5000/a:1", false), "http://127.0.0.1:5000");
         assert_eq!(client("localhost/a", false), "http://localhost");

@@ -8,6 +8,9 @@
 //! HEAD /v2/<name>/blobs/<digest>                  200: it has the blob; 404: send it
 //! POST /v2/<name>/blobs/uploads/                  202 + Location: an upload session
 //! PUT  <Location>&digest=<digest>   (the bytes)   201: the blob is there, checked
+//!   or, with --chunk-size, the bytes in pieces before that PUT (then without a body):
+//!   PATCH <Location>  Content-Range: <start>-<end>  202 + Range: 0-<end> + the next Location
+//! DELETE <Location>                               the session cancelled (a failed push)
 //! POST /v2/<name>/blobs/uploads/?mount=<d>&from=<other>   201: taken from another repository
 //! PUT  /v2/<name>/manifests/<tag>   (the JSON)    201: the tag points at it
 //! GET  /v2/<name>/manifests/<tag|digest>          the manifest (Accept: which kinds we read)
@@ -21,17 +24,24 @@
 //! enters the layout through [`Layout::put_blob`], which hashes it into a `.partial-` file
 //! and renames it only if it is what its digest says. A pull tags nothing until every blob is
 //! in; a failed pull leaves only whole, verified blobs behind.
+//!
+//! An interrupted push or pull ([`Options::interrupted`]) stops at its next read, cancels the
+//! open upload session, and leaves the same: whole blobs only. Running it again resumes at
+//! blob granularity: the blobs already across are skipped, and a blob cut mid-way travels
+//! again whole (the distribution API can resume an upload session, but a new process does
+//! not know the old one's Location, and a registry may expire sessions anyway).
 
 mod client;
 
 use std::io::{self, Read};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
 use ureq::http::Method;
 
 use client::{expect, header, Client, Payload};
-pub use client::{Credentials, Options};
+pub use client::{Credentials, Options, DEFAULT_TIMEOUT};
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -67,6 +77,15 @@ pub struct BlobEvent {
     pub moved: Moved,
 }
 
+/// What push and pull tell their caller as they go.
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    /// Bytes of a blob on their way: `done` of `size` so far (a progress bar's food).
+    Moving { digest: &'a Digest, done: u64, size: u64 },
+    /// A blob's journey is over.
+    Blob(&'a BlobEvent),
+}
+
 /// What a push did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pushed {
@@ -87,20 +106,22 @@ pub struct Pulled {
     pub blobs_fetched: usize,
     pub bytes_fetched: u64,
     pub blobs_skipped: usize,
+    pub bytes_skipped: u64,
 }
 
 // ANCHOR: push
 /// Pushes the image whose manifest `manifest` names (a blob of `layout`) to `reference`'s
 /// repository and tag: each blob the registry lacks (config and layers), then the manifest
 /// with its own media type. `mount_from` names other repositories of the same registry that
-/// may hold the blobs already (the registry then links them in, nothing travels).
+/// may hold the blobs already (the registry then links them in, nothing travels). `on_event`
+/// hears of each blob's bytes as they go and of each blob when it is done.
 pub fn push(
     layout: &Layout,
     manifest: &Descriptor,
     reference: &Reference,
     options: &Options,
     mount_from: &[String],
-    mut on_blob: impl FnMut(&BlobEvent),
+    mut on_event: impl FnMut(Event),
 ) -> Result<Pushed> {
     let mut client = Client::new(reference, options)?;
     client.ping()?;
@@ -111,13 +132,15 @@ pub fn push(
     let mut pushed = Pushed::default();
     // The config first, then the layers bottom up: the order docker pushes in.
     for blob in std::iter::once(image.config()).chain(image.layers()) {
+        stop_if_interrupted(options)?;
         let digest = digest_of(blob)?;
         let size = blob.size();
+        let mut on_bytes = |done| on_event(Event::Moving { digest: &digest, done, size });
         let moved = if blob_exists(&mut client, &digest)? {
             pushed.blobs_skipped += 1;
             pushed.bytes_skipped += size;
             Moved::Skipped
-        } else if upload(&mut client, layout, &digest, mount_from)? {
+        } else if upload(&mut client, layout, &digest, mount_from, options, &mut on_bytes)? {
             pushed.blobs_mounted += 1;
             pushed.bytes_skipped += size;
             Moved::Mounted
@@ -126,8 +149,9 @@ pub fn push(
             pushed.bytes_sent += size;
             Moved::Sent
         };
-        on_blob(&BlobEvent { digest, size, moved });
+        on_event(Event::Blob(&BlobEvent { digest, size, moved }));
     }
+    stop_if_interrupted(options)?;
 
     // The manifest, under the tag (or its digest), with its exact media type: the registry
     // keeps the Content-Type and serves the manifest back with it.
@@ -173,13 +197,17 @@ fn blob_exists(client: &mut Client, digest: &Digest) -> Result<bool> {
 // ANCHOR: upload
 /// Uploads one blob: tries a cross-repository mount from each of `mount_from` (201: done,
 /// true), else opens an upload session (202 + Location) and sends the whole blob in one
-/// `PUT <Location>&digest=<digest>`, streamed from the layout's file and verified as it is
-/// read (a blob corrupted on our disk fails the upload rather than travelling).
+/// `PUT <Location>&digest=<digest>` (or, with [`Options::chunk_size`], in [`send_chunks`]
+/// before that PUT), streamed from the layout's file and verified as it is read (a blob
+/// corrupted on our disk fails the upload rather than travelling). On any failure, an
+/// interrupt included, the session is cancelled: nothing half-sent stays on the registry.
 fn upload(
     client: &mut Client,
     layout: &Layout,
     digest: &Digest,
     mount_from: &[String],
+    options: &Options,
+    on_bytes: &mut dyn FnMut(u64),
 ) -> Result<bool> {
     let mut session = None;
     for (tried, from) in mount_from.iter().enumerate() {
@@ -216,36 +244,188 @@ fn upload(
             client.url("blobs/uploads/")
         )));
     };
-    let location = client.absolute(&location);
-    let separator = if location.contains('?') { '&' } else { '?' };
-    let url = format!("{location}{separator}digest={digest}");
-    let mut reader = layout.open_blob(digest)?;
-    let headers = [("Content-Type", "application/octet-stream")];
-    let response = client.send(Method::PUT, &url, &headers, Payload::Stream(&mut reader));
-    // Shown without the session's query: it is long and says nothing to a reader.
-    let shown = location.split('?').next().unwrap_or(&location).to_string();
-    let finished = response.and_then(|response| {
-        expect(&Method::PUT, &shown, response, &[201], "the registry refused the blob")
-    });
+    let mut location = client.absolute(&location);
+    let mut reader = Watched::new(layout.open_blob(digest)?, options.interrupted, on_bytes);
+    let finished = match options.chunk_size {
+        Some(chunk_size) => send_chunks(client, &mut location, &mut reader, chunk_size)
+            .map_err(|error| reader.error_or(error, layout, digest))
+            .and_then(|()| finish_upload(client, &location, digest, Payload::Empty)),
+        None => finish_upload(client, &location, digest, Payload::Stream(&mut reader))
+            .map_err(|error| reader.error_or(error, layout, digest)),
+    };
     if let Err(error) = finished {
-        // No session is left open on the registry: cancel it (it may be gone already).
+        // No session is left open on the registry: cancel the last Location it gave (the
+        // session may be gone already).
         let _ = client.send(Method::DELETE, &location, &[], Payload::Empty);
         return Err(error);
     }
     Ok(false)
 }
+
+/// `PUT <location>&digest=<digest>`: closes the upload session with the last bytes (the whole
+/// blob, in a monolithic upload) or none (after chunks); 201 once the registry has checked
+/// that what it holds hashes to `digest`.
+fn finish_upload(
+    client: &mut Client,
+    location: &str,
+    digest: &Digest,
+    payload: Payload<'_>,
+) -> Result<()> {
+    let separator = if location.contains('?') { '&' } else { '?' };
+    let url = format!("{location}{separator}digest={digest}");
+    let headers = [("Content-Type", "application/octet-stream")];
+    let response = client.send(Method::PUT, &url, &headers, payload)?;
+    expect(&Method::PUT, without_query(location), response, &[201], "the registry refused the blob")
+        .map(drop)
+}
 // ANCHOR_END: upload
+
+// ANCHOR: chunked
+/// Sends a blob's bytes as `PATCH`es of `chunk_size` bytes (distribution-spec, "Pushing a blob
+/// in chunks"). Each says which bytes it carries (`Content-Range: <start>-<end>`, both
+/// inclusive); the registry answers 202 with the range it now holds (`Range: 0-<end>`,
+/// checked: a registry that lost a chunk must not get a PUT that claims the blob) and the
+/// Location of the next request, which may differ from this one (`location` follows it). The
+/// caller closes the session with a PUT without a body. A chunk is read whole into memory
+/// first: a PATCH needs its Content-Length, and an authentication challenge may ask for it
+/// twice.
+fn send_chunks(
+    client: &mut Client,
+    location: &mut String,
+    reader: &mut impl Read,
+    chunk_size: u64,
+) -> Result<()> {
+    let mut chunk = Vec::with_capacity(chunk_size.min(64 << 20) as usize);
+    let mut start = 0u64;
+    loop {
+        chunk.clear();
+        // Read until the chunk is full or the blob ends; the verifying reader checks the
+        // digest at the end, so the loop reads until a read finds nothing left.
+        reader.by_ref().take(chunk_size).read_to_end(&mut chunk).map_err(|error| {
+            Error::Invalid(format!("reading the blob for {}: {error}", without_query(location)))
+        })?;
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let end = start + chunk.len() as u64 - 1;
+        let range = format!("{start}-{end}");
+        let headers =
+            [("Content-Type", "application/octet-stream"), ("Content-Range", range.as_str())];
+        let response = client.send(Method::PATCH, location, &headers, Payload::Bytes(&chunk))?;
+        let shown = without_query(location).to_string();
+        let response = expect(
+            &Method::PATCH,
+            &shown,
+            response,
+            &[202],
+            "the registry refused a chunk: push again without --chunk-size",
+        )?;
+        let held = header(&response, "range").unwrap_or_default();
+        if held != format!("0-{end}") {
+            return Err(Error::Invalid(format!(
+                "PATCH {shown}: the registry holds bytes {held:?} of the blob after bytes \
+                 {range} were sent (expected 0-{end}): it lost a chunk; push again"
+            )));
+        }
+        let Some(next) = header(&response, "location") else {
+            return Err(Error::Invalid(format!(
+                "PATCH {shown}: the registry took a chunk but gave no Location for the next: it \
+                 does not follow the distribution API; push again without --chunk-size"
+            )));
+        };
+        *location = client.absolute(&next);
+        start = end + 1;
+    }
+}
+// ANCHOR_END: chunked
+
+/// A session's URL without its query (long, and saying nothing to a reader).
+fn without_query(location: &str) -> &str {
+    location.split('?').next().unwrap_or(location)
+}
+
+/// The error an interrupt turns into; the caller knows it asked for it (its flag is set) and
+/// says so in its own words.
+fn stop_if_interrupted(options: &Options) -> Result<()> {
+    if options.is_interrupted() {
+        return Err(Error::Invalid(INTERRUPTED.into()));
+    }
+    Ok(())
+}
+
+const INTERRUPTED: &str = "interrupted";
+
+/// A reader that tells `on_bytes` how many bytes have passed so far, stops at the first read
+/// after `interrupted` is set, and keeps the error of the reader it wraps (a network error
+/// that a layout's writer would otherwise report as its own).
+struct Watched<'a, R> {
+    inner: R,
+    done: u64,
+    interrupted: Option<&'static AtomicBool>,
+    on_bytes: &'a mut dyn FnMut(u64),
+    failure: Option<io::Error>,
+}
+
+impl<'a, R: Read> Watched<'a, R> {
+    fn new(
+        inner: R,
+        interrupted: Option<&'static AtomicBool>,
+        on_bytes: &'a mut dyn FnMut(u64),
+    ) -> Self {
+        Watched { inner, done: 0, interrupted, on_bytes, failure: None }
+    }
+
+    /// The error of a read of this blob from the layout, in place of `error` (what the
+    /// reading turned it into): a corrupted blob names itself, a failed read its file.
+    fn error_or(&mut self, error: Error, layout: &Layout, digest: &Digest) -> Error {
+        match self.failure.take() {
+            Some(failure) if failure.kind() == io::ErrorKind::InvalidData => {
+                Error::Invalid(failure.to_string())
+            }
+            Some(failure) => Error::io("read", layout.blob_path(digest), &failure),
+            None => error,
+        }
+    }
+}
+
+impl<R: Read> Read for Watched<'_, R> {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        // `Other`, not `Interrupted`: readers retry on `Interrupted` (it means EINTR).
+        if self.interrupted.is_some_and(|flag| flag.load(Ordering::SeqCst)) {
+            return Err(io::Error::other(INTERRUPTED));
+        }
+        match self.inner.read(buffer) {
+            Ok(read) => {
+                self.done += read as u64;
+                if read > 0 {
+                    (self.on_bytes)(self.done);
+                }
+                Ok(read)
+            }
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => Err(error),
+            Err(error) => {
+                let said = io::Error::new(error.kind(), error.to_string());
+                self.failure = Some(error);
+                Err(said)
+            }
+        }
+    }
+}
 
 // ANCHOR: pull
 /// Pulls `reference` into `layout`: its manifest (this platform's, from an index), then each
 /// blob the layout lacks, verified; the manifest goes in last. Tags nothing: the caller does,
-/// once everything is in.
+/// once everything is in. `on_event` hears of each blob's bytes as they come and of each blob
+/// when it is done.
 pub fn pull(
     layout: &Layout,
     reference: &Reference,
     options: &Options,
-    mut on_blob: impl FnMut(&BlobEvent),
+    mut on_event: impl FnMut(Event),
 ) -> Result<Pulled> {
+    // What an earlier pull that was killed (SIGKILL, a power cut) left half-written: its
+    // writer is gone, so its lock is free (see Layout::remove_partials).
+    layout.remove_partials()?;
     let mut client = Client::new(reference, options)?;
     client.ping()?;
     let target = match &reference.digest {
@@ -281,20 +461,26 @@ pub fn pull(
         blobs_fetched: 0,
         bytes_fetched: 0,
         blobs_skipped: 0,
+        bytes_skipped: 0,
     };
     for blob in std::iter::once(image.config()).chain(image.layers()) {
+        stop_if_interrupted(options)?;
         let blob_digest = digest_of(blob)?;
+        let size = blob.size();
         let moved = if layout.has_blob(&blob_digest) {
             pulled.blobs_skipped += 1;
+            pulled.bytes_skipped += size;
             Moved::Skipped
         } else {
-            fetch_blob(&mut client, layout, &blob_digest, blob.size())?;
+            let mut on_bytes = |done| on_event(Event::Moving { digest: &blob_digest, done, size });
+            fetch_blob(&mut client, layout, &blob_digest, size, options, &mut on_bytes)?;
             pulled.blobs_fetched += 1;
-            pulled.bytes_fetched += blob.size();
+            pulled.bytes_fetched += size;
             Moved::Sent
         };
-        on_blob(&BlobEvent { digest: blob_digest, size: blob.size(), moved });
+        on_event(Event::Blob(&BlobEvent { digest: blob_digest, size, moved }));
     }
+    stop_if_interrupted(options)?;
     layout.put_blob(&bytes[..], Some(&digest))?;
     Ok(pulled)
 }
@@ -364,8 +550,16 @@ fn get_manifest(
 }
 
 /// `GET /v2/<name>/blobs/<digest>` streamed into the layout, verified against the digest and
-/// the size the manifest promised (no more is read than that, plus one byte to notice).
-fn fetch_blob(client: &mut Client, layout: &Layout, digest: &Digest, size: u64) -> Result<()> {
+/// the size the manifest promised (no more is read than that, plus one byte to notice). A
+/// failed or interrupted read leaves nothing: `put_blob` removes its `.partial-` file.
+fn fetch_blob(
+    client: &mut Client,
+    layout: &Layout,
+    digest: &Digest,
+    size: u64,
+    options: &Options,
+    on_bytes: &mut dyn FnMut(u64),
+) -> Result<()> {
     let url = client.url(&format!("blobs/{digest}"));
     let response = client.send(Method::GET, &url, &[], Payload::Empty)?;
     let mut response = expect(
@@ -375,10 +569,14 @@ fn fetch_blob(client: &mut Client, layout: &Layout, digest: &Digest, size: u64) 
         &[200],
         "the registry lost a blob its manifest names: push the image again",
     )?;
-    let reader = response.body_mut().as_reader().take(size + 1);
-    let (_, received) = layout.put_blob(reader, Some(digest)).map_err(|error| match error {
-        Error::Invalid(message) => Error::Invalid(format!("GET {url}: {message}")),
-        other => other,
+    let body = response.body_mut().as_reader().take(size + 1);
+    let mut reader = Watched::new(body, options.interrupted, on_bytes);
+    let put = layout.put_blob(&mut reader, Some(digest));
+    let (_, received) = put.map_err(|error| match (reader.failure.take(), error) {
+        // The network failed (a timeout, a reset), not the disk the layout writes to.
+        (Some(failure), _) => client.failed(&Method::GET, &url, ureq::Error::from(failure)),
+        (None, Error::Invalid(message)) => Error::Invalid(format!("GET {url}: {message}")),
+        (None, other) => other,
     })?;
     if received != size {
         // The digest matched, so this is the manifest's size that lies.
