@@ -633,3 +633,168 @@ fn choose_platform(index: &ImageIndex) -> Option<&Descriptor> {
         platform["os"] == "linux" && platform["architecture"] == architecture()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::thread;
+
+    use super::*;
+
+    /// One request as a fake registry saw it.
+    #[derive(Debug)]
+    struct Seen {
+        line: String,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    }
+
+    impl Seen {
+        fn header(&self, name: &str) -> Option<&str> {
+            let found = self.headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name));
+            found.map(|(_, value)| value.as_str())
+        }
+    }
+
+    /// A registry on 127.0.0.1 that answers `count` requests, each on its own connection
+    /// (`Connection: close`), with what `answer` makes of it; returns its address and, once it
+    /// is done, what it saw.
+    fn fake_registry(
+        count: usize,
+        answer: impl Fn(usize, &Seen) -> String + Send + 'static,
+    ) -> (String, thread::JoinHandle<Vec<Seen>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = thread::spawn(move || {
+            let mut seen = Vec::new();
+            for number in 0..count {
+                let (stream, _) = listener.accept().unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let mut headers = Vec::new();
+                loop {
+                    let mut header = String::new();
+                    reader.read_line(&mut header).unwrap();
+                    let Some((key, value)) = header.trim_end().split_once(": ") else { break };
+                    headers.push((key.to_string(), value.to_string()));
+                }
+                let mut request = Seen { line: line.trim_end().into(), headers, body: vec![] };
+                let length = request.header("content-length").map_or(0, |n| n.parse().unwrap());
+                request.body = vec![0; length];
+                reader.read_exact(&mut request.body).unwrap();
+                let head = answer(number, &request);
+                let mut stream = stream;
+                write!(stream, "{head}Content-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+                seen.push(request);
+            }
+            seen
+        });
+        (addr, server)
+    }
+
+    fn client(addr: &str) -> Client {
+        let reference: Reference = format!("{addr}/team/app:1").parse().unwrap();
+        Client::new(&reference, &Options::default()).unwrap()
+    }
+
+    #[test]
+    fn chunks_say_their_range_and_follow_each_new_location() {
+        // 10 bytes in chunks of 4: 0-3, 4-7, 8-9; the registry moves the session each time.
+        let (addr, server) = fake_registry(3, |number, seen| {
+            let (start, end) = seen.header("content-range").unwrap().split_once('-').unwrap();
+            let end: u64 = end.parse().unwrap();
+            assert_eq!(start.parse::<u64>().unwrap(), number as u64 * 4);
+            format!(
+                "HTTP/1.1 202 Accepted\r\nRange: 0-{end}\r\nLocation: /v2/team/app/blobs/uploads/s{}?_state=x\r\n",
+                number + 2
+            )
+        });
+        let mut client = client(&addr);
+        let mut location = client.absolute("/v2/team/app/blobs/uploads/s1?_state=x");
+        send_chunks(&mut client, &mut location, &mut &b"0123456789"[..], 4).unwrap();
+        assert_eq!(location, format!("http://{addr}/v2/team/app/blobs/uploads/s4?_state=x"));
+
+        let seen = server.join().unwrap();
+        let lines: Vec<_> = seen.iter().map(|seen| seen.line.as_str()).collect();
+        assert_eq!(
+            lines,
+            [
+                "PATCH /v2/team/app/blobs/uploads/s1?_state=x HTTP/1.1",
+                "PATCH /v2/team/app/blobs/uploads/s2?_state=x HTTP/1.1",
+                "PATCH /v2/team/app/blobs/uploads/s3?_state=x HTTP/1.1",
+            ]
+        );
+        let ranges: Vec<_> =
+            seen.iter().map(|seen| seen.header("content-range").unwrap()).collect();
+        assert_eq!(ranges, ["0-3", "4-7", "8-9"]);
+        let body: Vec<u8> = seen.iter().flat_map(|seen| seen.body.clone()).collect();
+        assert_eq!(body, b"0123456789");
+        for seen in &seen {
+            assert_eq!(seen.header("content-type"), Some("application/octet-stream"));
+        }
+    }
+
+    #[test]
+    fn a_registry_that_holds_other_bytes_than_were_sent_is_an_error() {
+        // It answers the first chunk (0-3) as if it held 0-1 only.
+        let (addr, server) = fake_registry(1, |_, _| {
+            "HTTP/1.1 202 Accepted\r\nRange: 0-1\r\nLocation: /v2/team/app/blobs/uploads/s2\r\n"
+                .into()
+        });
+        let mut client = client(&addr);
+        let mut location = client.absolute("/v2/team/app/blobs/uploads/s1");
+        let error = send_chunks(&mut client, &mut location, &mut &b"0123456789"[..], 4)
+            .unwrap_err()
+            .to_string();
+        server.join().unwrap();
+        assert!(error.starts_with(&format!("PATCH http://{addr}/v2/team/app/blobs/uploads/s1")));
+        assert!(error.contains("\"0-1\"") && error.contains("expected 0-3"), "{error}");
+    }
+
+    #[test]
+    fn a_blob_that_stalls_mid_way_times_out_naming_its_url_and_leaves_no_partial() {
+        // Headers and 10 of the 100 bytes promised, then nothing for longer than the timeout.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut head = String::new();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            while reader.read_line(&mut head).unwrap() > 2 {}
+            write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789").unwrap();
+            thread::sleep(std::time::Duration::from_secs(3));
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::open(dir.path()).unwrap();
+        let reference: Reference = format!("{addr}/team/app:1").parse().unwrap();
+        let options = Options { timeout: std::time::Duration::from_secs(1), ..Options::default() };
+        let mut client = Client::new(&reference, &options).unwrap();
+        let digest = Digest::of(b"what it never sends");
+        let error = fetch_blob(&mut client, &layout, &digest, 100, &options, &mut |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with(&format!("GET http://{addr}/v2/team/app/blobs/{digest} ")));
+        assert!(error.contains("timed out") && error.contains("--timeout"), "{error}");
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("blobs/sha256")).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn an_interrupt_stops_a_reader_at_its_next_read_and_progress_counts_bytes() {
+        static FLAG: AtomicBool = AtomicBool::new(false);
+        let mut seen = Vec::new();
+        let mut on_bytes = |done| seen.push(done);
+        let mut reader = Watched::new(&b"0123456789"[..], Some(&FLAG), &mut on_bytes);
+        let mut buffer = [0; 4];
+        assert_eq!(reader.read(&mut buffer).unwrap(), 4);
+        assert_eq!(reader.read(&mut buffer).unwrap(), 4);
+        FLAG.store(true, Ordering::SeqCst);
+        let error = reader.read(&mut buffer).unwrap_err();
+        // Not `Interrupted`: `read_to_end` and `io::copy` would just read again.
+        assert_ne!(error.kind(), io::ErrorKind::Interrupted);
+        assert_eq!(seen, [4, 8]);
+    }
+}
