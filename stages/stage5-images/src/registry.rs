@@ -214,9 +214,12 @@ impl Shown {
                 if let Some(bars) = &mut self.bars {
                     let word = if self.word == "sent" { "sending" } else { "fetching" };
                     let bar = bars.moving.entry(digest.to_string()).or_insert_with(|| {
-                        let bar = ProgressBar::new(size).with_style(bar_style());
-                        bar.set_prefix(word);
-                        bar.set_message(short(&digest.to_string()));
+                        // Hidden until the multi-bar takes it, so it is drawn once, complete.
+                        let bar =
+                            ProgressBar::with_draw_target(Some(size), ProgressDrawTarget::hidden())
+                                .with_style(bar_style())
+                                .with_prefix(word)
+                                .with_message(short(&digest.to_string()));
                         bars.multi.add(bar)
                     });
                     bar.set_position(done);
