@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Duration;
 
 use clap::Args;
@@ -115,11 +115,12 @@ fn parse_size(text: &str) -> Result<u64, String> {
 /// Set by [`on_interrupt`]; the library reads it at each read of a blob's bytes.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-/// The exit status of an interrupted push or pull: 128 + SIGINT, what a shell says of a
-/// command stopped by Ctrl-C (a SIGTERM ends the same way: cleanly, at the next read).
-const INTERRUPTED_STATUS: u8 = 130;
+/// Which signal it was: the exit status is 128 + its number (130 after Ctrl-C, 143 after
+/// `kill`), what a shell says of a command a signal stopped, though this one stopped cleanly.
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
 
-extern "C" fn on_interrupt(_: std::ffi::c_int) {
+extern "C" fn on_interrupt(signal: std::ffi::c_int) {
+    SIGNAL.store(signal, Ordering::SeqCst);
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
@@ -146,7 +147,8 @@ fn catch_interrupts() -> Result<(), Failure> {
 fn interrupted(shown: Shown, line: String) -> Result<u8, Failure> {
     drop(shown);
     cli::say(crate::PROGRAM, &[line]);
-    Ok(INTERRUPTED_STATUS)
+    // A signal number is below 65: the status fits a byte.
+    Ok(128 + SIGNAL.load(Ordering::SeqCst).clamp(0, 127) as u8)
 }
 // ANCHOR_END: interrupts
 

@@ -432,7 +432,7 @@ fn an_interrupted_push_or_pull_leaves_nothing_half_done_and_resumes() {
     // A pull stopped by SIGTERM after the config: no partial blob, no tag.
     let (status, stderr) = Running::start(&env, "other", &["pull", &target])
         .interrupt_after_first_line(nix::sys::signal::Signal::SIGTERM);
-    assert_eq!(status, 130, "{stderr}");
+    assert_eq!(status, 143, "128 + SIGTERM: {stderr}");
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     assert!(stderr.contains("interrupted: nothing was tagged"), "{stderr}");
     assert!(stderr.contains("the 1 blobs already here are not fetched again"), "{stderr}");
