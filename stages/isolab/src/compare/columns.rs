@@ -2,7 +2,8 @@
 //!
 //! A column says how to start the probe: directly on the host, or through a stage binary (found
 //! next to `isolab`'s own executable) with the arguments that stage needs to run a command in
-//! its sandbox, after what that stage needs first (stage 5's image, imported from the rootfs).
+//! its sandbox, after what that stage needs first (stage 5's image, imported from the rootfs,
+//! or pulled from a registry with `--image`).
 //! When a chapter adds a stage, it adds one [`Column`] here; columns whose binary has not been
 //! built yet are left out, so the matrix grows with the course.
 
@@ -16,6 +17,21 @@ pub struct Setup<'a> {
     pub rootfs: &'a Path,
     /// The run's working directory on the host, which holds the rootfs and the markers.
     pub workdir: &'a Path,
+    /// `--image`: stage 5 pulls this image instead of importing the rootfs.
+    pub image: Option<&'a PulledImage>,
+}
+
+/// An image stage 5 runs the probe from, pulled from a registry (`isolab compare --image`).
+/// It must hold the probe at [`PROBE_INSIDE`], as an image pushed from a rootfs that
+/// `rootfs-builder busybox` made does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PulledImage {
+    /// `HOST[:PORT]/REPOSITORY[:TAG]` or `…@sha256:DIGEST`, as `stage5-images pull` takes it.
+    pub reference: String,
+    /// `--insecure`: plain HTTP to a registry that is not on this machine.
+    pub insecure: bool,
+    /// `--creds USER:PASS`, passed on to the pull (and never shown: see [`redacted`]).
+    pub creds: Option<String>,
 }
 
 /// One column: a name, and how to run the probe there.
@@ -90,7 +106,7 @@ pub const COLUMNS: &[Column] = &[
         title: "stage5",
         runtime: Some(Runtime {
             binary: "stage5-images",
-            prepare: Some(stage5_import),
+            prepare: Some(stage5_prepare),
             args: stage5,
         }),
     },
@@ -159,11 +175,41 @@ fn stage5_store(setup: &Setup) -> PathBuf {
     setup.workdir.join("images")
 }
 
-fn stage5_import(setup: &Setup) -> Vec<OsString> {
-    // The rootfs becomes a one-layer image: a tar stored once by its digest, then unpacked
-    // once into the store, where the column's container stacks it as its lower.
+fn stage5_prepare(setup: &Setup) -> Vec<OsString> {
     let store = stage5_store(setup).into();
-    vec!["--root".into(), store, "import".into(), setup.rootfs.into(), STAGE5_IMAGE.into()]
+    let Some(image) = setup.image else {
+        // The rootfs becomes a one-layer image: a tar stored once by its digest, then
+        // unpacked once into the store, where the column's container stacks it as its lower.
+        return vec![
+            "--root".into(),
+            store,
+            "import".into(),
+            setup.rootfs.into(),
+            STAGE5_IMAGE.into(),
+        ];
+    };
+    // --image: the image comes from a registry instead, into the same store of this run, each
+    // blob checked against its digest on the way in (the registry chapter's `pull`).
+    let mut args: Vec<OsString> = vec!["--root".into(), store, "pull".into()];
+    if image.insecure {
+        args.push("--insecure".into());
+    }
+    if let Some(creds) = &image.creds {
+        args.extend(["--creds".into(), creds.into()]);
+    }
+    args.push(image.reference.as_str().into());
+    args
+}
+
+/// The word `run` finds the column's image by: the pulled reference as written (the store
+/// tags it under that name), or its digest when it names one (a pull by digest is that
+/// manifest, whatever a tag says); `compare:probe` when the rootfs was imported.
+fn stage5_image(setup: &Setup) -> OsString {
+    let Some(image) = setup.image else { return STAGE5_IMAGE.into() };
+    match image.reference.split_once('@') {
+        Some((_, digest)) => digest.into(),
+        None => image.reference.as_str().into(),
+    }
 }
 
 fn stage5(setup: &Setup) -> Vec<OsString> {
@@ -173,10 +219,21 @@ fn stage5(setup: &Setup) -> Vec<OsString> {
     let mut args: Vec<OsString> =
         vec!["--root".into(), stage5_store(setup).into(), "run".into(), "--rm".into()];
     args.extend(limits.iter().map(OsString::from));
-    args.extend([STAGE5_IMAGE.into(), "--".into()]);
+    args.extend([stage5_image(setup), "--".into()]);
     args
 }
 // ANCHOR_END: columns
+
+/// `args` as they may be shown (in `--json`, in an error): the value after `--creds` hidden.
+pub fn redacted(args: &[OsString]) -> Vec<OsString> {
+    let mut shown = Vec::with_capacity(args.len());
+    let mut secret = false;
+    for arg in args {
+        shown.push(if secret { "<hidden>".into() } else { arg.clone() });
+        secret = arg == "--creds";
+    }
+    shown
+}
 
 impl Column {
     /// The program and arguments of what must run before the probe in this column; `None`
@@ -231,7 +288,7 @@ mod tests {
     fn stage_columns_put_the_probe_after_the_runtime_args() {
         let bin = tempfile::tempdir().unwrap();
         std::fs::write(bin.path().join("stage1-chroot"), "").unwrap();
-        let setup = Setup { rootfs: Path::new("/w/rootfs"), workdir: Path::new("/w") };
+        let setup = Setup { rootfs: Path::new("/w/rootfs"), workdir: Path::new("/w"), image: None };
         let flags = vec![OsString::from("--token"), OsString::from("t")];
         let (program, args) = COLUMNS[2].command(bin.path(), &setup, &flags).unwrap();
         assert_eq!(program, bin.path().join("stage1-chroot"));
@@ -257,7 +314,7 @@ mod tests {
     #[test]
     fn stage5_imports_the_rootfs_then_runs_the_probe_from_the_image() {
         let bin = tempfile::tempdir().unwrap();
-        let setup = Setup { rootfs: Path::new("/w/rootfs"), workdir: Path::new("/w") };
+        let setup = Setup { rootfs: Path::new("/w/rootfs"), workdir: Path::new("/w"), image: None };
         let stage5 = COLUMNS.iter().find(|column| column.id == "stage5").unwrap();
         let strings = |args: Vec<OsString>| -> Vec<String> {
             args.into_iter().map(|arg| arg.into_string().unwrap()).collect()
@@ -275,5 +332,78 @@ mod tests {
             COLUMNS.iter().filter(|column| column.prepare(bin.path(), &setup).is_some()).count()
                 == 1
         );
+    }
+
+    #[test]
+    fn stage5_pulls_the_image_of_compare_image_and_runs_the_probe_from_it() {
+        let bin = tempfile::tempdir().unwrap();
+        std::fs::write(bin.path().join("stage5-images"), "").unwrap();
+        let stage5 = COLUMNS.iter().find(|column| column.id == "stage5").unwrap();
+        let strings = |args: Vec<OsString>| -> Vec<String> {
+            args.into_iter().map(|arg| arg.into_string().unwrap()).collect()
+        };
+        let tagged = PulledImage {
+            reference: "127.0.0.1:5000/team/probe:1".into(),
+            insecure: false,
+            creds: None,
+        };
+        let setup = Setup {
+            rootfs: Path::new("/w/rootfs"),
+            workdir: Path::new("/w"),
+            image: Some(&tagged),
+        };
+        let (_, first) = stage5.prepare(bin.path(), &setup).unwrap();
+        assert_eq!(strings(first), ["--root", "/w/images", "pull", "127.0.0.1:5000/team/probe:1"]);
+        let (_, args) = stage5.command(bin.path(), &setup, &[]).unwrap();
+        let args = strings(args);
+        assert_eq!(args[..4], ["--root", "/w/images", "run", "--rm"]);
+        assert_eq!(
+            args[args.len() - 3..],
+            ["127.0.0.1:5000/team/probe:1", "--", "/isolab/probe"],
+            "run by the name the pull tagged"
+        );
+
+        // Insecure, with credentials, by digest: the flags go to the pull, the run takes the
+        // digest.
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let pinned = PulledImage {
+            reference: format!("reg.example:5000/team/probe@{digest}"),
+            insecure: true,
+            creds: Some("ann:s3cret".into()),
+        };
+        let setup = Setup {
+            rootfs: Path::new("/w/rootfs"),
+            workdir: Path::new("/w"),
+            image: Some(&pinned),
+        };
+        let (_, first) = stage5.prepare(bin.path(), &setup).unwrap();
+        let first = strings(first);
+        assert_eq!(
+            first,
+            [
+                "--root",
+                "/w/images",
+                "pull",
+                "--insecure",
+                "--creds",
+                "ann:s3cret",
+                &format!("reg.example:5000/team/probe@{digest}"),
+            ]
+        );
+        let (_, args) = stage5.command(bin.path(), &setup, &[]).unwrap();
+        let args = strings(args);
+        assert_eq!(args[args.len() - 3..], [digest.as_str(), "--", "/isolab/probe"]);
+        // What is shown of the pull never holds the password.
+        let shown = strings(redacted(&first.iter().map(OsString::from).collect::<Vec<_>>()));
+        assert_eq!(shown[4..6], ["--creds", "<hidden>"]);
+        assert!(!shown.iter().any(|arg| arg.contains("s3cret")));
+
+        // The other columns do not change with --image.
+        let plain = Setup { rootfs: Path::new("/w/rootfs"), workdir: Path::new("/w"), image: None };
+        for column in COLUMNS.iter().filter(|column| column.id != "stage5") {
+            let with = column.command(bin.path(), &setup, &[]).map(|(_, args)| args);
+            let without = column.command(bin.path(), &plain, &[]).map(|(_, args)| args);
+            assert_eq!(with, without, "{}", column.id);
+        }
     }
 }

@@ -5,7 +5,7 @@
 //!    carries the probe at `/isolab/probe`.
 //! 2. Plant the markers on the host, all named after a fresh random token ([`markers`]).
 //! 3. For each column ([`columns`]), make what it needs first (stage 5 imports the rootfs as
-//!    an image, into a store in the working directory), run the probe there while a thread
+//!    an image, or pulls the image `--image` names, into a store in the working directory), run the probe there while a thread
 //!    watches the host ([`watch`]), and combine the probe's report with what the host saw
 //!    ([`verdict`]).
 //! 4. Remove everything, the stores of stages 4 and 5 with the working directory (guards,
@@ -34,7 +34,7 @@ use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::unistd::Pid;
 use serde::Serialize;
 
-use columns::{Setup, COLUMNS};
+use columns::{PulledImage, Setup, COLUMNS};
 use markers::{MarkerInfo, Markers};
 use verdict::Cell;
 use watch::{HostGuard, Watcher, Workdir};
@@ -56,6 +56,18 @@ pub struct Args {
     /// Keep the working directory (rootfs, marker directory) and print its path
     #[arg(long)]
     keep: bool,
+    /// Stage 5 runs the probe from this image, pulled from a registry
+    /// (HOST[:PORT]/REPOSITORY[:TAG] or …@sha256:DIGEST), instead of importing the rootfs; the
+    /// image must hold the probe at /isolab/probe (push one made from `rootfs-builder busybox`)
+    #[arg(long, value_name = "REF")]
+    image: Option<String>,
+    /// With --image: plain HTTP to a registry that is not on this machine
+    #[arg(long, requires = "image")]
+    insecure: bool,
+    /// With --image: USER:PASSWORD for the registry [default: docker's config.json, else
+    /// anonymous]; never shown in the output
+    #[arg(long, value_name = "USER:PASS", requires = "image")]
+    creds: Option<String>,
 }
 
 /// The whole comparison, as `--json` prints it.
@@ -117,7 +129,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
         );
     }
     catch_interrupts()?;
-    let comparison = compare(args.keep)?;
+    let image = args.image.map(|reference| PulledImage {
+        reference,
+        insecure: args.insecure,
+        creds: args.creds,
+    });
+    let comparison = compare(args.keep, image.as_ref())?;
     // Every guard has run by now: what is printed below describes a clean host.
     if args.json {
         println!("{}", serde_json::to_string_pretty(&comparison).context("cannot encode JSON")?);
@@ -133,7 +150,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
 // ANCHOR: compare
 /// Steps 1 to 4; the guards are locals, so they run in reverse order when this returns —
 /// markers first, then the host's hostname and mounts, then the working directory.
-fn compare(keep: bool) -> Result<Comparison> {
+fn compare(keep: bool, image: Option<&PulledImage>) -> Result<Comparison> {
     let bin_dir = bin_dir()?;
     let workdir = Workdir::create(keep)?;
     let token = markers::random_token();
@@ -148,7 +165,7 @@ fn compare(keep: bool) -> Result<Comparison> {
     let probe_flags = markers.probe_flags(HOLD_MS);
 
     // 3. Each column whose binary exists.
-    let setup = Setup { rootfs: &rootfs, workdir: workdir.path() };
+    let setup = Setup { rootfs: &rootfs, workdir: workdir.path(), image };
     let mut columns = Vec::new();
     for column in COLUMNS {
         let Some((program, args)) = column.command(&bin_dir, &setup, &probe_flags) else {
@@ -260,7 +277,8 @@ fn run_column(
 }
 // ANCHOR_END: run_column
 
-/// Runs what a column needs before its probe (stage 5 imports the rootfs as an image).
+/// Runs what a column needs before its probe (stage 5 imports the rootfs as an image, or pulls
+/// the one `--image` names).
 /// `None` when it succeeded; otherwise the column, failed, with what went wrong.
 fn prepare_column(
     column: &columns::Column,
@@ -289,8 +307,9 @@ fn prepare_column(
     }))
 }
 
-/// A command line as one list of strings, for `--json`.
+/// A command line as one list of strings, for `--json`, with a password hidden.
 fn shown(program: &Path, args: &[OsString]) -> Vec<String> {
+    let args = columns::redacted(args);
     std::iter::once(program.as_os_str())
         .chain(args.iter().map(OsString::as_os_str))
         .map(|arg| arg.to_string_lossy().into_owned())
