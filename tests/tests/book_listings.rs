@@ -168,10 +168,17 @@ fn chapter_number(name: &str) -> u32 {
 
 /// Checks the captions of one chapter (`name` is its file name); returns what is wrong.
 fn check_captions(name: &str, text: &str) -> Vec<String> {
+    check_captions_from(name, text, 1).0
+}
+
+/// The same, for a chapter's file whose first listing is number `first` (a chapter in two
+/// files, `stage5-images.md` then `stage5-registry.md`, numbers its listings across both);
+/// also returns the next listing's number.
+fn check_captions_from(name: &str, text: &str, first: u32) -> (Vec<String>, u32) {
     let chapter = chapter_number(name);
     let (blocks, mut errors) = blocks(name, text);
     let mut captioned = BTreeSet::new();
-    let mut expected = 1;
+    let mut expected = first;
     for block in blocks.iter().filter(|block| block.includes.iter().any(Include::is_code)) {
         let here = format!("{name}:{}", block.line);
         let files: BTreeSet<&str> = block.includes.iter().map(|i| i.file.as_str()).collect();
@@ -215,7 +222,7 @@ fn check_captions(name: &str, text: &str) -> Vec<String> {
             errors.push(format!("{name}:{}: a caption that follows no listing", index + 1));
         }
     }
-    errors
+    (errors, expected)
 }
 
 /// The lines `selector` takes from `text`, with their 1-based numbers, as mdBook takes them
@@ -285,8 +292,16 @@ fn chapters() -> Vec<(String, String)> {
 fn every_listing_has_a_numbered_caption_naming_its_file() {
     let mut errors = Vec::new();
     let mut listings = 0;
+    // The next listing's number in each chapter: the files of one chapter (sorted, the first
+    // part's name sorts first) continue one numbering.
+    let mut next: std::collections::BTreeMap<u32, u32> = Default::default();
     for (name, text) in chapters() {
-        errors.extend(check_captions(&name, &text));
+        let first = next.get(&chapter_number(&name)).copied().unwrap_or(1);
+        let (found, after) = check_captions_from(&name, &text, first);
+        errors.extend(found);
+        if chapter_number(&name) > 0 {
+            next.insert(chapter_number(&name), after);
+        }
         listings += blocks(&name, &text)
             .0
             .iter()

@@ -113,7 +113,9 @@ fn blob_digests(stdout: &str) -> Vec<String> {
 /// The manifest digest the summary line (the last) names.
 fn summary_digest(stdout: &str) -> String {
     let summary = stdout.lines().rfind(|line| line.starts_with("pu")).expect("a summary line");
-    let digest = summary.split_whitespace().find(|word| word.starts_with("sha256:"));
+    // `REF sha256:…:` or, pulled by digest, `REF@sha256:…:`.
+    let digest =
+        summary.split_whitespace().find_map(|word| word.find("sha256:").map(|at| &word[at..]));
     digest.expect("a digest in the summary").trim_end_matches(':').to_string()
 }
 
@@ -446,8 +448,17 @@ fn versions_travel_as_the_layers_the_other_side_lacks() {
     assert_eq!(summary_digest(&shown), summary_digest(&push10));
     let by_digest = inspect(&env, "pinned", &summary_digest(&push10));
     assert_eq!(by_digest["manifest"], app10["manifest"]);
-    shown += &ok(&env, &registry, "stage5-images --root pinned images --digests");
+    let listed = ok(&env, &registry, "stage5-images --root pinned images --digests");
+    assert!(listed.contains("<none>"), "kept untagged, no `latest` made: {listed}");
+    assert!(!listed.contains("latest"), "{listed}");
+    shown += &listed;
     snapshot("stage5_registry_pinned", &shown);
+    // Removed by its digest, blobs and all.
+    let digest = summary_digest(&push10);
+    let removed = stage5(&env, "pinned", &["rmi", &digest]);
+    assert!(removed.contains(&format!("untagged {digest}")), "{removed}");
+    let left = fs::read_dir(env.path().join("pinned/blobs/sha256")).unwrap().count();
+    assert_eq!(left, 0, "rmi of the untagged image took its blobs");
 }
 
 #[test]

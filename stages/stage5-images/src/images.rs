@@ -272,7 +272,8 @@ pub fn images(store: &Store, args: &ImagesArgs) -> Result<u8, Failure> {
     }
     let mut rows = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
     for image in images.list()? {
-        let name = image.shown();
+        // An image without a tag (pulled by digest, another tool's): `<none>`, as docker.
+        let name = image.name.clone().unwrap_or_else(|| "<none>:<none>".to_string());
         let (repository, tag) = name.rsplit_once(':').unwrap_or((&name, ""));
         let created = image.config.created().clone().unwrap_or_default();
         let mut row = vec![

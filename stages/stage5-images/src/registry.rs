@@ -367,8 +367,19 @@ pub fn pull(store: &Store, args: &PullArgs) -> Result<u8, Failure> {
         result => result?,
     };
     drop(shown);
-    let name = reference.name();
-    images.layout().set_ref(&name, pulled.descriptor.clone())?;
+    // By digest alone (`REPO@sha256:…`): the user named a manifest, not a tag, so no tag
+    // moves (docker's way): the image is kept untagged, run or tagged by its digest.
+    let name = match (&reference.tag, &reference.digest) {
+        (None, Some(_)) => {
+            images.layout().add_untagged(pulled.descriptor.clone())?;
+            reference.to_string()
+        }
+        _ => {
+            let name = reference.name();
+            images.layout().set_ref(&name, pulled.descriptor.clone())?;
+            name
+        }
+    };
     if args.registry.json {
         say(&json!({
             "event": "pulled",
@@ -382,14 +393,20 @@ pub fn pull(store: &Store, args: &PullArgs) -> Result<u8, Failure> {
         .to_string());
         return Ok(0);
     }
+    let untagged = reference.tag.is_none() && reference.digest.is_some();
+    // `REF sha256:…`; a reference by digest already shows it.
+    let shown =
+        if untagged { name.clone() } else { format!("{name} {}", pulled.descriptor.digest()) };
     say(&format!(
-        "pulled {name} {}: {} blobs fetched ({}), {} already here ({})",
-        pulled.descriptor.digest(),
+        "pulled {shown}: {} blobs fetched ({}), {} already here ({})",
         pulled.blobs_fetched,
         bytes(pulled.bytes_fetched),
         pulled.blobs_skipped,
         bytes(pulled.bytes_skipped),
     ));
+    if untagged {
+        say("kept untagged, as pulled by digest: run it, or tag it, by that digest");
+    }
     Ok(0)
 }
 // ANCHOR_END: pull

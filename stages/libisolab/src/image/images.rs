@@ -29,7 +29,7 @@ use oci_spec::image::{
 
 use super::config;
 use super::layer::{self, Compression, Packed, Shift, UnpackOptions};
-use super::layout::{digest_of, Layout, INDEX_DEPTH_MAX};
+use super::layout::{digest_of, ref_name, Layout, INDEX_DEPTH_MAX};
 use super::reference::Reference;
 use crate::cgroups::format_size;
 use crate::copy;
@@ -195,8 +195,7 @@ impl Images {
         // An id prefix, as docker takes one: hex digits only, unique among the tagged images.
         if word.len() >= 3 && word.bytes().all(|byte| byte.is_ascii_hexdigit()) {
             let mut found: BTreeMap<String, Image> = BTreeMap::new();
-            for (name, descriptor) in &refs {
-                let image = self.image(Some(name.clone()), descriptor.clone())?;
+            for image in self.list()? {
                 let manifest = image.digest()?.hex();
                 if image.id().starts_with(word) || manifest.starts_with(word) {
                     found.entry(image.digest()?.hex()).or_insert(image);
@@ -272,7 +271,25 @@ impl Images {
     /// Every tag and its image, in `index.json`'s order.
     pub fn list(&self) -> Result<Vec<Image>> {
         let refs = self.layout.refs()?;
-        refs.into_iter().map(|(name, descriptor)| self.image(Some(name), descriptor)).collect()
+        let tagged: Vec<String> =
+            refs.iter().map(|(_, descriptor)| descriptor.digest().to_string()).collect();
+        // Then the entries without a name whose image no tag shows (pulled by digest, or
+        // another tool's), as docker lists `<none>`.
+        let untagged = self.layout.entries()?.into_iter().filter(|entry| {
+            ref_name(entry).is_none() && !tagged.contains(&entry.digest().to_string())
+        });
+        let mut images: Vec<Image> = refs
+            .into_iter()
+            .map(|(name, descriptor)| self.image(Some(name), descriptor))
+            .collect::<Result<_>>()?;
+        let mut seen = Vec::new();
+        for entry in untagged {
+            if !seen.contains(&entry.digest().to_string()) {
+                seen.push(entry.digest().to_string());
+                images.push(self.image(None, entry)?);
+            }
+        }
+        Ok(images)
     }
 
     // ANCHOR: lowers
@@ -615,6 +632,12 @@ impl Images {
         }
         for name in &removing {
             self.layout.remove_ref(name)?;
+        }
+        // The last tag gone, or none there: the entries without a name go too (else an
+        // image pulled by digest could never be removed).
+        let mut removing = removing;
+        if last && self.layout.remove_untagged(&digest)? > 0 {
+            removing.push(digest);
         }
         Ok(removing)
     }

@@ -352,6 +352,43 @@ impl Layout {
     }
     // ANCHOR_END: set_ref
 
+    /// Adds `manifest` to `index.json` without a name, unless an entry (tagged or not) has its
+    /// digest already; true if added. An image pulled by its digest is kept so, as docker keeps
+    /// one: the user named a manifest, not a tag, so no tag of theirs moves; the entry keeps
+    /// its blobs from gc until `rmi` removes it.
+    pub fn add_untagged(&self, manifest: Descriptor) -> Result<bool> {
+        let mut manifest = manifest;
+        let mut annotations = manifest.annotations().clone().unwrap_or_default();
+        annotations.remove(REF_NAME);
+        manifest.set_annotations((!annotations.is_empty()).then_some(annotations));
+
+        let _lock = self.lock_index()?;
+        let mut index = self.read_index()?;
+        let mut entries = index.manifests().clone();
+        if entries.iter().any(|entry| entry.digest() == manifest.digest()) {
+            return Ok(false);
+        }
+        entries.push(manifest);
+        index.set_manifests(entries);
+        self.write_index(&index)?;
+        Ok(true)
+    }
+
+    /// Removes the entries of `index.json` without a name that point at `digest`; how many.
+    pub fn remove_untagged(&self, digest: &str) -> Result<usize> {
+        let _lock = self.lock_index()?;
+        let mut index = self.read_index()?;
+        let mut entries = index.manifests().clone();
+        let before = entries.len();
+        entries.retain(|entry| ref_name(entry).is_some() || entry.digest().to_string() != digest);
+        let removed = before - entries.len();
+        if removed > 0 {
+            index.set_manifests(entries);
+            self.write_index(&index)?;
+        }
+        Ok(removed)
+    }
+
     /// Removes tag `name` (under the same lock as [`Layout::set_ref`]); returns what it
     /// pointed at, or `None` if there was no such tag. The blobs stay until gc.
     pub fn remove_ref(&self, name: &str) -> Result<Option<Descriptor>> {
@@ -648,6 +685,27 @@ mod tests {
         layout.set_ref("app:v1", manifest).unwrap();
         let again = Layout::open(layout.root()).unwrap();
         assert_eq!(again.refs().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn an_untagged_entry_is_added_once_kept_apart_from_tags_and_removed_alone() {
+        let (_dir, layout) = layout();
+        let one = layout.put_json(MediaType::ImageManifest, &"one").unwrap();
+        let two = layout.put_json(MediaType::ImageManifest, &"two").unwrap();
+        layout.set_ref("app:v1", one.clone()).unwrap();
+        // A digest a tag already shows gets no second entry; a new one does, once.
+        assert!(!layout.add_untagged(one.clone()).unwrap());
+        assert!(layout.add_untagged(two.clone()).unwrap());
+        assert!(!layout.add_untagged(two.clone()).unwrap());
+        assert_eq!(layout.entries().unwrap().len(), 2);
+        assert_eq!(layout.refs().unwrap().len(), 1, "an untagged entry is no tag");
+        // Removing untagged entries leaves the tags, even of the same digest.
+        layout.set_ref("app:v2", two.clone()).unwrap();
+        assert_eq!(layout.remove_untagged(&two.digest().to_string()).unwrap(), 1);
+        assert_eq!(layout.remove_untagged(&one.digest().to_string()).unwrap(), 0);
+        let names: Vec<String> = layout.refs().unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["app:v1", "app:v2"]);
+        assert_eq!(layout.entries().unwrap().len(), 2);
     }
 
     #[test]
