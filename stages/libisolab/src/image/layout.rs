@@ -701,8 +701,8 @@ mod tests {
         assert_eq!(layout.refs().unwrap().len(), 1, "an untagged entry is no tag");
         // Removing untagged entries leaves the tags, even of the same digest.
         layout.set_ref("app:v2", two.clone()).unwrap();
-        assert_eq!(layout.remove_untagged(&two.digest().to_string()).unwrap(), 1);
-        assert_eq!(layout.remove_untagged(&one.digest().to_string()).unwrap(), 0);
+        assert_eq!(layout.remove_untagged(two.digest().as_ref()).unwrap(), 1);
+        assert_eq!(layout.remove_untagged(one.digest().as_ref()).unwrap(), 0);
         let names: Vec<String> = layout.refs().unwrap().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["app:v1", "app:v2"]);
         assert_eq!(layout.entries().unwrap().len(), 2);
