@@ -22,6 +22,9 @@ pub struct RegistryArgs {
     /// else anonymous]
     #[arg(long, value_name = "USER:PASS")]
     creds: Option<String>,
+    /// How long the registry may stall (connect, each read or write) before giving up
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    timeout: u64,
 }
 
 #[derive(Debug, Args)]
@@ -59,7 +62,8 @@ fn options(args: &RegistryArgs, reference: &Reference) -> Result<Options, Failur
         Some(text) => Some(Credentials::parse(text)?),
         None => docker_config_credentials(reference)?,
     };
-    Ok(Options { insecure: args.insecure, credentials })
+    let timeout = Some(std::time::Duration::from_secs(args.timeout.max(1)));
+    Ok(Options { insecure: args.insecure, credentials, timeout })
 }
 
 /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`: its `auths` entry for the

@@ -9,8 +9,9 @@
 //! stream (a layer) cannot be sent twice, so uploads start with an empty `POST`, which meets
 //! the challenge first.
 //!
-//! Timeouts are bounded (connect 5 s, each read or write 30 s): a registry that stalls is an
-//! error, not a hang. Secrets never appear in an error or a `Debug`.
+//! Timeouts are bounded (connect 5 s, each read or write 30 s unless `--timeout` says
+//! otherwise): a registry that stalls is an error, not a hang. Secrets never appear in an
+//! error or a `Debug`.
 
 use std::fmt;
 use std::io::Read;
@@ -25,7 +26,7 @@ use crate::image::reference::Reference;
 
 /// How long a TCP connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long one read or write on the connection may stall.
+/// How long one read or write on the connection may stall, unless [`Options::timeout`] says.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// Redirects followed (blobs may live behind one, on a CDN); a loop ends here.
 const MAX_REDIRECTS: u32 = 5;
@@ -103,6 +104,9 @@ pub struct Options {
     pub insecure: bool,
     /// Who to be; anonymous without.
     pub credentials: Option<Credentials>,
+    /// How long one read or write (and the connect, if shorter than 5 s) may stall; 30 s
+    /// without.
+    pub timeout: Option<Duration>,
 }
 
 /// A body that can be sent again after an authentication challenge.
@@ -123,6 +127,8 @@ pub(crate) struct Client {
     credentials: Option<Credentials>,
     /// The `Authorization` header the last challenge called for.
     authorization: Option<String>,
+    /// The longest stall allowed (connect, and each read or write), for the error that says so.
+    timeout: Duration,
 }
 
 impl Client {
@@ -138,11 +144,12 @@ impl Client {
         let host = registry.rsplit_once(':').map_or(registry, |(host, _)| host);
         let local = matches!(host, "127.0.0.1" | "localhost" | "[::1]");
         let scheme = if local || options.insecure { "http" } else { "https" };
+        let timeout = options.timeout.unwrap_or(IO_TIMEOUT);
         let config = Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_connect(Some(CONNECT_TIMEOUT))
-            .timeout_per_read(Some(IO_TIMEOUT))
-            .timeout_per_write(Some(IO_TIMEOUT))
+            .timeout_connect(Some(CONNECT_TIMEOUT.min(timeout)))
+            .timeout_per_read(Some(timeout))
+            .timeout_per_write(Some(timeout))
             .max_redirects(MAX_REDIRECTS)
             .user_agent(concat!("isolab/", env!("CARGO_PKG_VERSION")))
             .build();
@@ -152,6 +159,7 @@ impl Client {
             repository: reference.repository.clone(),
             credentials: options.credentials.clone(),
             authorization: None,
+            timeout,
         })
     }
 
@@ -213,9 +221,12 @@ impl Client {
                 .map_err(|error| {
                     Error::Invalid(format!("{method} {url}: cannot make the request: {error}"))
                 })?
-                .map_err(|error| transport(&method, url, error))?;
-            if response.status() != 401 || challenged {
+                .map_err(|error| transport(&method, url, error, self.timeout))?;
+            if response.status() != 401 {
                 return Ok(response);
+            }
+            if challenged {
+                return Err(self.refused(&method, url));
             }
             challenged = true;
             let challenge = header(&response, "www-authenticate").unwrap_or_default();
@@ -223,6 +234,19 @@ impl Client {
                 return Ok(response);
             }
         }
+    }
+
+    /// The line for a `401` that came back although the challenge was answered: the
+    /// credentials (or the token they bought) were refused. Names the user, never the password.
+    fn refused(&self, method: &Method, url: &str) -> Error {
+        let who = match &self.credentials {
+            Some(credentials) => format!("the credentials of {:?}", credentials.user),
+            None => "an anonymous token".to_string(),
+        };
+        Error::Invalid(format!(
+            "{method} {url} answered 401 Unauthorized: the registry refused {who}: check the \
+             user and password (--creds USER:PASS, or docker's config.json)"
+        ))
     }
 
     /// Sets the `Authorization` a `WWW-Authenticate` challenge asks for; false if there is
@@ -247,13 +271,17 @@ impl Client {
                  registry's auth is misconfigured"
             )));
         };
+        // One `scope` parameter per scope: a challenge lists several separated by spaces
+        // (a cross-repository mount needs the target's push and the source's pull), and the
+        // token service reads each `scope=` on its own (distribution's `docs/spec/auth/token.md`,
+        // "Requesting a Token").
         let mut token_url = realm.clone();
         let mut separator = if realm.contains('?') { '&' } else { '?' };
-        for name in ["service", "scope"] {
-            if let Some(value) = find(name) {
-                token_url.push_str(&format!("{separator}{name}={}", query_escape(value)));
-                separator = '&';
-            }
+        let service = find("service").map(|value| ("service", value.as_str()));
+        let scopes = find("scope").into_iter().flat_map(|value| value.split_whitespace());
+        for (name, value) in service.into_iter().chain(scopes.map(|scope| ("scope", scope))) {
+            token_url.push_str(&format!("{separator}{name}={}", query_escape(value)));
+            separator = '&';
         }
         let mut request = Request::builder().method(Method::GET).uri(&token_url);
         if let Some(credentials) = &self.credentials {
@@ -262,14 +290,33 @@ impl Client {
         let request = request.body(SendBody::none()).map_err(|error| {
             Error::Invalid(format!("GET {realm}: cannot make the request: {error}"))
         })?;
-        let response =
-            self.agent.run(request).map_err(|error| transport(&Method::GET, realm, error))?;
+        let response = self
+            .agent
+            .run(request)
+            .map_err(|error| transport(&Method::GET, realm, error, self.timeout))?;
+        if matches!(response.status().as_u16(), 401 | 403) {
+            let (who, what_to_do) = match &self.credentials {
+                Some(credentials) => (
+                    format!("the credentials of {:?}", credentials.user),
+                    "check the user and password (--creds USER:PASS, or docker's config.json)",
+                ),
+                None => (
+                    "an anonymous request".to_string(),
+                    "pass --creds USER:PASS or log in with docker",
+                ),
+            };
+            return Err(Error::Invalid(format!(
+                "GET {realm}, the token service {url} sent us to, answered {}: it refused \
+                 {who}: {what_to_do}",
+                status_text(response.status())
+            )));
+        }
         let mut response = expect(
             &Method::GET,
             realm,
             response,
             &[200],
-            "the token service refused: check the credentials (--creds USER:PASS)",
+            "the token service failed: try again later, or look at its log",
         )?;
         let answer: serde_json::Value = response
             .body_mut()
@@ -338,7 +385,7 @@ fn status_text(status: http::StatusCode) -> String {
 }
 
 /// A transport failure as one line naming the URL and what to check.
-fn transport(method: &Method, url: &str, error: ureq::Error) -> Error {
+fn transport(method: &Method, url: &str, error: ureq::Error, timeout: Duration) -> Error {
     let what = match &error {
         ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
             "connection refused: is a registry listening there? check the host and port".into()
@@ -348,9 +395,10 @@ fn transport(method: &Method, url: &str, error: ureq::Error) -> Error {
         }
         ureq::Error::HostNotFound => "unknown host: check the registry's name".into(),
         ureq::Error::Timeout(_) => format!(
-            "timed out (connect {} s, each read {} s): the registry stalls or is unreachable",
-            CONNECT_TIMEOUT.as_secs(),
-            IO_TIMEOUT.as_secs()
+            "timed out: nothing moved for {} s (connect at most {} s): the registry stalls or \
+             is unreachable; try again, or allow more with --timeout SECONDS",
+            timeout.as_secs(),
+            CONNECT_TIMEOUT.min(timeout).as_secs()
         ),
         ureq::Error::TooManyRedirects => {
             format!("more than {MAX_REDIRECTS} redirects (a loop?): the registry is misconfigured")
@@ -451,7 +499,7 @@ mod tests {
     fn local_registries_speak_plain_http_others_https_unless_insecure() {
         let client = |text: &str, insecure| {
             let reference: Reference = text.parse().unwrap();
-            Client::new(&reference, &Options { insecure, credentials: None }).unwrap().base
+            Client::new(&reference, &Options { insecure, ..Options::default() }).unwrap().base
         };
         assert_eq!(client("127.0.0.1:5000/a:1", false), "http://127.0.0.1:5000");
         assert_eq!(client("localhost/a", false), "http://localhost");
