@@ -394,6 +394,14 @@ fn transport(method: &Method, url: &str, error: ureq::Error, timeout: Duration) 
             "cannot connect: is a registry listening there? check the host and port".into()
         }
         ureq::Error::HostNotFound => "unknown host: check the registry's name".into(),
+        // std's resolver (getaddrinfo(3)) fails with an uncategorised io::Error that only its
+        // text tells apart.
+        ureq::Error::Io(io) if io.to_string().starts_with("failed to lookup address") => {
+            format!("unknown host ({io}): check the registry's name and this machine's DNS")
+        }
+        // Our own reader's failure (a blob of the store that is not what its digest says) is
+        // its own sentence, without ureq's `io: ` in front.
+        ureq::Error::Io(io) => io.to_string(),
         ureq::Error::Timeout(_) => format!(
             "timed out: nothing moved for {} s (connect at most {} s): the registry stalls or \
              is unreachable; try again, or allow more with --timeout SECONDS",
@@ -408,7 +416,16 @@ fn transport(method: &Method, url: &str, error: ureq::Error, timeout: Duration) 
         }
         _ => format!("{error}"),
     };
-    Error::Invalid(format!("{method} {url} failed: {what}"))
+    Error::Invalid(format!("{method} {} failed: {what}", shown(url)))
+}
+
+/// `url` as a line shows it: an upload session's URL without its query (`?_state=…&digest=…`,
+/// long, opaque, and nothing a reader can act on).
+fn shown(url: &str) -> &str {
+    match url.split_once('?') {
+        Some((path, query)) if query.contains("_state=") || query.starts_with("digest=") => path,
+        _ => url,
+    }
 }
 
 /// A response header as text.
