@@ -11,6 +11,9 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+mod registry;
+pub use registry::*;
+
 /// Where cargo put the workspace's binaries (`target/debug` or `target/release`).
 pub fn bin_dir() -> PathBuf {
     // The test executable lives in target/<profile>/deps/; the binaries one level up.
@@ -418,85 +421,4 @@ pub fn describe_tree(root: &Path) -> std::collections::BTreeMap<PathBuf, String>
         entries.insert(path.strip_prefix(root).unwrap().to_path_buf(), description);
     }
     entries
-}
-
-/// A CNCF distribution registry (Debian's `docker-registry`, 2.8) of a test's own: a minimal
-/// config in the test's directory (filesystem storage under `<dir>/registry`, deletes allowed,
-/// no auth, errors only in its log), listening on 127.0.0.1 on a port the kernel picked. Killed
-/// and reaped when dropped. (Debian also starts the package's registry as a service, with
-/// htpasswd auth and port 5000: the tests never use that one.)
-pub struct Registry {
-    child: std::process::Child,
-    port: u16,
-    /// Where it keeps its blobs and repositories (`docker/registry/v2/…` below).
-    pub storage: PathBuf,
-}
-
-impl Registry {
-    /// Starts one for `env`, waiting (at most 10 s) until `GET /v2/` answers 200.
-    pub fn start(env: &TestEnv) -> Registry {
-        use std::io::{Read as _, Write as _};
-        let storage = env.path().join("registry");
-        std::fs::create_dir_all(&storage).expect("mkdir registry");
-        // A free port: bind port 0 on 127.0.0.1, read it, close it. Another process could
-        // take it in between; the registry would then fail to listen and this waits in vain.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port on 127.0.0.1")
-            .port();
-        let config = env.path().join("registry.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: \
-                 {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                storage.display()
-            ),
-        )
-        .expect("write registry.yml");
-        let log = File::create(env.path().join("registry.log")).expect("registry.log");
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|error| panic!("cannot start docker-registry: {error}"));
-        let mut registry = Registry { child, port, storage };
-        let answers = eventually(std::time::Duration::from_secs(10), || {
-            let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-                return false;
-            };
-            let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
-            let request = format!("GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
-            let mut answer = String::new();
-            stream.write_all(request.as_bytes()).is_ok()
-                && stream.read_to_string(&mut answer).is_ok()
-                && answer.starts_with("HTTP/1.0 200")
-        });
-        if !answers {
-            let _ = registry.child.kill();
-            let log = std::fs::read_to_string(env.path().join("registry.log")).unwrap_or_default();
-            panic!("docker-registry on 127.0.0.1:{port} did not answer GET /v2/ in 10 s: {log}");
-        }
-        registry
-    }
-
-    /// `127.0.0.1:PORT`.
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Can this machine run one (is `docker-registry` installed)?
-    pub fn available() -> bool {
-        host_has("docker-registry")
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

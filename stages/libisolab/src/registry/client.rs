@@ -247,8 +247,11 @@ impl Client {
                     Error::Invalid(format!("{method} {url}: cannot make the request: {error}"))
                 })?
                 .map_err(|error| self.failed(&method, url, error))?;
-            if response.status() != 401 || challenged {
+            if response.status() != 401 {
                 return Ok(response);
+            }
+            if challenged {
+                return Err(self.refused(&method, url));
             }
             challenged = true;
             let challenge = header(&response, "www-authenticate").unwrap_or_default();
@@ -280,6 +283,19 @@ impl Client {
         }
     }
 
+    /// The line for a `401` that came back although the challenge was answered: the
+    /// credentials (or the token they bought) were refused. Names the user, never the password.
+    fn refused(&self, method: &Method, url: &str) -> Error {
+        let who = match &self.credentials {
+            Some(credentials) => format!("the credentials of {:?}", credentials.user),
+            None => "an anonymous token".to_string(),
+        };
+        Error::Invalid(format!(
+            "{method} {url} answered 401 Unauthorized: the registry refused {who}: check the \
+             user and password (--creds USER:PASS, or docker's config.json)"
+        ))
+    }
+
     /// Sets the `Authorization` a `WWW-Authenticate` challenge asks for; false if there is
     /// nothing to answer it with (no credentials for a `Basic` one, an unknown scheme).
     fn answer(&mut self, challenge: &str, url: &str) -> Result<bool> {
@@ -302,13 +318,17 @@ impl Client {
                  registry's auth is misconfigured"
             )));
         };
+        // One `scope` parameter per scope: a challenge lists several separated by spaces
+        // (a cross-repository mount needs the target's push and the source's pull), and the
+        // token service reads each `scope=` on its own (distribution's `docs/spec/auth/token.md`,
+        // "Requesting a Token").
         let mut token_url = realm.clone();
         let mut separator = if realm.contains('?') { '&' } else { '?' };
-        for name in ["service", "scope"] {
-            if let Some(value) = find(name) {
-                token_url.push_str(&format!("{separator}{name}={}", query_escape(value)));
-                separator = '&';
-            }
+        let service = find("service").map(|value| ("service", value.as_str()));
+        let scopes = find("scope").into_iter().flat_map(|value| value.split_whitespace());
+        for (name, value) in service.into_iter().chain(scopes.map(|scope| ("scope", scope))) {
+            token_url.push_str(&format!("{separator}{name}={}", query_escape(value)));
+            separator = '&';
         }
         let mut request = Request::builder().method(Method::GET).uri(&token_url);
         if let Some(credentials) = &self.credentials {
@@ -317,14 +337,33 @@ impl Client {
         let request = request.body(SendBody::none()).map_err(|error| {
             Error::Invalid(format!("GET {realm}: cannot make the request: {error}"))
         })?;
-        let response =
-            self.agent.run(request).map_err(|error| transport(&Method::GET, realm, error))?;
+        let response = self
+            .agent
+            .run(request)
+            .map_err(|error| self.failed(&Method::GET, realm, error))?;
+        if matches!(response.status().as_u16(), 401 | 403) {
+            let (who, what_to_do) = match &self.credentials {
+                Some(credentials) => (
+                    format!("the credentials of {:?}", credentials.user),
+                    "check the user and password (--creds USER:PASS, or docker's config.json)",
+                ),
+                None => (
+                    "an anonymous request".to_string(),
+                    "pass --creds USER:PASS or log in with docker",
+                ),
+            };
+            return Err(Error::Invalid(format!(
+                "GET {realm}, the token service {url} sent us to, answered {}: it refused \
+                 {who}: {what_to_do}",
+                status_text(response.status())
+            )));
+        }
         let mut response = expect(
             &Method::GET,
             realm,
             response,
             &[200],
-            "the token service refused: check the credentials (--creds USER:PASS)",
+            "the token service failed: try again later, or look at its log",
         )?;
         let answer: serde_json::Value = response
             .body_mut()
@@ -402,6 +441,14 @@ fn transport(method: &Method, url: &str, error: ureq::Error) -> Error {
             "cannot connect: is a registry listening there? check the host and port".into()
         }
         ureq::Error::HostNotFound => "unknown host: check the registry's name".into(),
+        // std's resolver (getaddrinfo(3)) fails with an uncategorised io::Error that only its
+        // text tells apart.
+        ureq::Error::Io(io) if io.to_string().starts_with("failed to lookup address") => {
+            format!("unknown host ({io}): check the registry's name and this machine's DNS")
+        }
+        // Our own reader's failure (a blob of the store that is not what its digest says) is
+        // its own sentence, without ureq's `io: ` in front.
+        ureq::Error::Io(io) => io.to_string(),
         ureq::Error::Timeout(_) => "timed out: the registry stalls or is unreachable; try again, \
                                     or wait longer with --timeout SECONDS"
             .into(),
@@ -413,7 +460,16 @@ fn transport(method: &Method, url: &str, error: ureq::Error) -> Error {
         }
         _ => format!("{error}"),
     };
-    Error::Invalid(format!("{method} {url} failed: {what}"))
+    Error::Invalid(format!("{method} {} failed: {what}", shown(url)))
+}
+
+/// `url` as a line shows it: an upload session's URL without its query (`?_state=…&digest=…`,
+/// long, opaque, and nothing a reader can act on).
+fn shown(url: &str) -> &str {
+    match url.split_once('?') {
+        Some((path, query)) if query.contains("_state=") || query.starts_with("digest=") => path,
+        _ => url,
+    }
 }
 
 /// A response header as text.
