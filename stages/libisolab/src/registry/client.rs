@@ -337,10 +337,8 @@ impl Client {
         let request = request.body(SendBody::none()).map_err(|error| {
             Error::Invalid(format!("GET {realm}: cannot make the request: {error}"))
         })?;
-        let response = self
-            .agent
-            .run(request)
-            .map_err(|error| self.failed(&Method::GET, realm, error))?;
+        let response =
+            self.agent.run(request).map_err(|error| self.failed(&Method::GET, realm, error))?;
         if matches!(response.status().as_u16(), 401 | 403) {
             let (who, what_to_do) = match &self.credentials {
                 Some(credentials) => (

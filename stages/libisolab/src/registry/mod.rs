@@ -209,6 +209,17 @@ fn upload(
     options: &Options,
     on_bytes: &mut dyn FnMut(u64),
 ) -> Result<bool> {
+    // The blob is read once, to its end, before any session opens: a blob of our store that
+    // is not what its digest says fails here, with nothing started on the registry. Found
+    // only while sending, the PUT would break off midway, and distribution 2.8 then refuses
+    // the session's DELETE (its recorded offset no longer matches what it received), so the
+    // session would stay until the registry purges old uploads.
+    io::copy(&mut layout.open_blob(digest)?, &mut io::sink()).map_err(|error| {
+        match error.kind() {
+            io::ErrorKind::InvalidData => Error::Invalid(error.to_string()),
+            _ => Error::io("read", layout.blob_path(digest), &error),
+        }
+    })?;
     let mut session = None;
     for (tried, from) in mount_from.iter().enumerate() {
         let url = client.url(&format!("blobs/uploads/?mount={digest}&from={from}"));
