@@ -35,6 +35,7 @@ Examples:
   sudo isolab compare
   sudo isolab compare --markdown
   sudo isolab compare --json | jq '.columns[] | {id, cells: [.cells[] | .status]}'
+  sudo isolab compare --image 127.0.0.1:5000/team/probe:1   # stage 5 from a pulled image
 
 Exit status: 0 when every column's probe reported, 1 when one did not (the matrix still
 shows it), 125 if compare itself failed (not root, no rootfs-builder, ...).";

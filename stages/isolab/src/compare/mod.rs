@@ -5,9 +5,9 @@
 //!    carries the probe at `/isolab/probe`.
 //! 2. Plant the markers on the host, all named after a fresh random token ([`markers`]).
 //! 3. For each column ([`columns`]), make what it needs first (stage 5 imports the rootfs as
-//!    an image, or pulls the image `--image` names, into a store in the working directory), run the probe there while a thread
-//!    watches the host ([`watch`]), and combine the probe's report with what the host saw
-//!    ([`verdict`]).
+//!    an image, or pulls the image `--image` names, into a store in the working directory),
+//!    run the probe there while a thread watches the host ([`watch`]), and combine the
+//!    probe's report with what the host saw ([`verdict`]).
 //! 4. Remove everything, the stores of stages 4 and 5 with the working directory (guards,
 //!    also on error, panic or Ctrl-C), then print the matrix
 //!    ([`render`]).
