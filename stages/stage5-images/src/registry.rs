@@ -55,7 +55,7 @@ pub struct PushArgs {
     #[arg(long, value_name = "REPOSITORY")]
     mount_from: Vec<String>,
     /// Send each blob in pieces of SIZE bytes (a suffix K, M or G counts in KiB, MiB, GiB:
-    /// 8M), one PATCH each, instead of in one PUT
+    /// 8M; at most 256M, each is held in memory), one PATCH each, instead of in one PUT
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     chunk_size: Option<u64>,
     #[command(flatten)]
@@ -93,6 +93,9 @@ fn options(args: &RegistryArgs, reference: &Reference) -> Result<Options, Failur
 
 /// `8M`, `512K`, `1G`, `1048576`: bytes, the suffixes counting in powers of 1024 (`8MiB` and
 /// `8MB` are read as `8M` too, as docker and skopeo read them).
+/// The largest `--chunk-size`.
+const CHUNK_MAX: u64 = 256 << 20;
+
 fn parse_size(text: &str) -> Result<u64, String> {
     let trimmed = text.trim();
     let unit = trimmed.trim_end_matches("iB").trim_end_matches(['B', 'b']);
@@ -107,6 +110,14 @@ fn parse_size(text: &str) -> Result<u64, String> {
     let size = number.checked_mul(1 << shift).ok_or_else(refuse)?;
     if size == 0 {
         return Err("a chunk must hold at least one byte".into());
+    }
+    // Each chunk is held in memory while it is sent (a PATCH carries its Content-Length).
+    if size > CHUNK_MAX {
+        return Err(format!(
+            "{text:?} is more than a chunk may be ({}M: each is held in \
+                            memory): give a smaller size",
+            CHUNK_MAX >> 20
+        ));
     }
     Ok(size)
 }
@@ -423,7 +434,8 @@ mod tests {
         assert_eq!(parse_size("8m"), Ok(8 << 20));
         assert_eq!(parse_size("8MiB"), Ok(8 << 20));
         assert_eq!(parse_size("8MB"), Ok(8 << 20));
-        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert!(parse_size("1G").unwrap_err().contains("held in memory"));
         for refused in ["", "M", "-1M", "1.5M", "8T", "0", "0K", "99999999999999999999G"] {
             assert!(parse_size(refused).is_err(), "{refused:?} was taken");
         }
