@@ -471,3 +471,27 @@ fn a_registry_that_stalls_is_one_line_naming_the_url_after_the_timeout() {
     assert!(waited < std::time::Duration::from_secs(10), "waited {waited:?}");
     drop(listener);
 }
+
+#[test]
+fn on_a_terminal_each_blob_has_a_progress_bar_that_ends_as_its_line() {
+    let test = "on_a_terminal_each_blob_has_a_progress_bar_that_ends_as_its_line";
+    let env = TestEnv::new();
+    let Some(registry) = registry(test, &env) else { return };
+    random_image(&env, "store", "big:1", 48);
+    let target = format!("{}/team/tty:1", registry.addr());
+    // script(1) gives the push a terminal for stdout and stderr, and copies what it wrote.
+    let push = format!("{} --root store push --chunk-size 1M big:1 {target}", bin(STAGE).display());
+    let output = run(Command::new("script")
+        .args(["-qec", &push, "/dev/null"])
+        .current_dir(env.path())
+        .env("ISOLAB_USERNS_DIR", env.path().join("userns")));
+    let shown = text(&output.stdout);
+    assert_eq!(code(&output), 0, "{shown}");
+    // The bar while the layer moves: its word, short digest, bar, bytes and rate.
+    assert!(shown.contains("sending  sha256:"), "no bar drawn: {shown:?}");
+    assert!(shown.contains(" MiB/48."), "no bytes done/total: {shown:?}");
+    assert!(shown.contains("MiB/s"), "no rate: {shown:?}");
+    // Each bar ends as the blob's line, and the summary follows.
+    assert!(shown.contains("sent     sha256:"), "{shown:?}");
+    assert!(shown.contains(&format!("pushed {target}")), "{shown:?}");
+}
