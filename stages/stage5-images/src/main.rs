@@ -266,8 +266,9 @@ const VERB_EXAMPLES: [(&str, &str); 18] = [
               stage5-images push --chunk-size 8M app:1.0 127.0.0.1:5000/team/app:1.0\n  \
               stage5-images push --json app:1.0 127.0.0.1:5000/team/app:1.0 | jq .moved\n  \
               stage5-images push --timeout 120 app:1.0 registry.lan:5000/team/app:1.0\n\n\
-         Interrupted (Ctrl-C), it cancels the upload and exits 130; run again, it sends only\n\
-         the blobs the registry still lacks (a blob cut mid-way is sent again whole).",
+         Blobs larger than --chunk-size (16M) go in pieces. Interrupted (Ctrl-C), it stops\n\
+         after the piece on its way, cancels the upload and exits 130; run again, it sends\n\
+         only the blobs the registry still lacks (a blob cut mid-way is sent again whole).",
     ),
     (
         "pull",

@@ -54,10 +54,15 @@ pub struct PushArgs {
     /// them in (a cross-repository mount) instead of receiving them
     #[arg(long, value_name = "REPOSITORY")]
     mount_from: Vec<String>,
-    /// Send each blob in pieces of SIZE bytes (a suffix K, M or G counts in KiB, MiB, GiB:
-    /// 8M; at most 256M, each is held in memory), one PATCH each, instead of in one PUT
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    chunk_size: Option<u64>,
+    /// Send each blob larger than SIZE in pieces of SIZE bytes, one PATCH each (a suffix K, M
+    /// or G counts in KiB, MiB, GiB; at most 256M, each is held in memory); smaller blobs go
+    /// in one PUT. Between two pieces a push stops cleanly on Ctrl-C, cancelling its upload
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "16M")]
+    chunk_size: u64,
+    /// Every blob in one PUT, however large (for a registry that refuses PATCH). Ctrl-C in
+    /// the middle of one leaves an upload the registry keeps until it purges old ones
+    #[arg(long, conflicts_with = "chunk_size")]
+    monolithic: bool,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -172,7 +177,8 @@ fn docker_config_credentials(reference: &Reference) -> Result<Option<Credentials
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".docker")));
     let Some(path) = dir.map(|dir| dir.join("config.json")) else { return Ok(None) };
     match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(Credentials::from_docker_config(&text, host)?),
+        Ok(text) => Ok(Credentials::from_docker_config(&text, host)
+            .map_err(|error| Error::Invalid(format!("{}: {error}", path.display())))?),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(error) => Err(Error::io("read", &path, &error).into()),
     }
@@ -283,6 +289,25 @@ fn bar_style() -> ProgressStyle {
     .progress_chars("=> ")
 }
 
+/// A registry reference as push and pull take it: no scheme (`http://` is a mistake worth its
+/// own sentence), and a registry host (checked by the client).
+fn parse_reference(text: &str) -> Result<Reference, Failure> {
+    let scheme = ["http://", "https://"].into_iter().find(|scheme| text.starts_with(scheme));
+    if let Some(scheme) = scheme {
+        return Err(Error::Invalid(format!(
+            "{text}: leave out {scheme}: write HOST[:PORT]/REPOSITORY[:TAG] (127.0.0.1 and \
+             localhost speak plain HTTP; another host does with --insecure)"
+        ))
+        .into());
+    }
+    Ok(text.parse()?)
+}
+
+/// `1 blob`, `2 blobs`.
+fn count(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
 /// `sha256:0123456789ab`: a digest as docker shortens it.
 fn short(digest: &str) -> String {
     digest.chars().take("sha256:".len() + 12).collect()
@@ -291,8 +316,9 @@ fn short(digest: &str) -> String {
 // ANCHOR: push
 /// `push IMAGE REF`
 pub fn push(store: &Store, args: &PushArgs) -> Result<u8, Failure> {
-    let reference: Reference = args.reference.parse()?;
-    let options = Options { chunk_size: args.chunk_size, ..options(&args.registry, &reference)? };
+    let reference = parse_reference(&args.reference)?;
+    let chunk_size = (!args.monolithic).then_some(args.chunk_size);
+    let options = Options { chunk_size, ..options(&args.registry, &reference)? };
     let images = Images::open(store)?;
     let image = images.find(&args.image)?;
     catch_interrupts()?;
@@ -314,8 +340,10 @@ pub fn push(store: &Store, args: &PushArgs) -> Result<u8, Failure> {
             return interrupted(
                 shown,
                 format!(
-                    "interrupted: {reference} is not tagged; run the same command again: the \
-                     {there} blobs already there are not sent again"
+                    "interrupted: {reference} is not tagged; run the same command again: {} \
+                     already there {} not sent again",
+                    count(there, "blob"),
+                    if there == 1 { "is" } else { "are" }
                 ),
             )
         }
@@ -333,17 +361,20 @@ pub fn push(store: &Store, args: &PushArgs) -> Result<u8, Failure> {
             "blobs_skipped": pushed.blobs_skipped,
             "bytes_skipped": pushed.bytes_skipped,
             "blobs_mounted": pushed.blobs_mounted,
+            "bytes_mounted": pushed.bytes_mounted,
         })
         .to_string());
         return Ok(0);
     }
+    // With its tag, `latest` when none was given, as the registry now has it.
+    let target = if reference.digest.is_some() { reference.to_string() } else { reference.name() };
     say(&format!(
-        "pushed {reference} {digest}: {} blobs sent ({}), {} skipped and {} mounted ({} not sent)",
-        pushed.blobs_sent,
+        "pushed {target} {digest}: {} sent ({}), {} skipped and {} mounted ({} not sent)",
+        count(pushed.blobs_sent, "blob"),
         bytes(pushed.bytes_sent),
         pushed.blobs_skipped,
         pushed.blobs_mounted,
-        bytes(pushed.bytes_skipped),
+        bytes(pushed.bytes_skipped + pushed.bytes_mounted),
     ));
     Ok(0)
 }
@@ -352,7 +383,7 @@ pub fn push(store: &Store, args: &PushArgs) -> Result<u8, Failure> {
 // ANCHOR: pull
 /// `pull REF`: the blobs the store lacks, then the tag (the reference's name).
 pub fn pull(store: &Store, args: &PullArgs) -> Result<u8, Failure> {
-    let reference: Reference = args.reference.parse()?;
+    let reference = parse_reference(&args.reference)?;
     let options = options(&args.registry, &reference)?;
     let images = Images::open(store)?;
     // Held shared until tagged: gc (exclusive) cannot take the new blobs before a tag
@@ -370,8 +401,10 @@ pub fn pull(store: &Store, args: &PullArgs) -> Result<u8, Failure> {
             return interrupted(
                 shown,
                 format!(
-                    "interrupted: nothing was tagged; run the same command again: the {here} \
-                     blobs already here are not fetched again"
+                    "interrupted: nothing was tagged; run the same command again: {} \
+                     already here {} not fetched again",
+                    count(here, "blob"),
+                    if here == 1 { "is" } else { "are" }
                 ),
             )
         }
@@ -380,8 +413,10 @@ pub fn pull(store: &Store, args: &PullArgs) -> Result<u8, Failure> {
     drop(shown);
     // By digest alone (`REPO@sha256:…`): the user named a manifest, not a tag, so no tag
     // moves (docker's way): the image is kept untagged, run or tagged by its digest.
+    // A tag beside the digest (`REPO:TAG@sha256:…`) is ignored, as docker ignores it: the
+    // digest says which image, and the registry's tag may name another one by now.
     let name = match (&reference.tag, &reference.digest) {
-        (None, Some(_)) => {
+        (_, Some(_)) => {
             images.layout().add_untagged(pulled.descriptor.clone())?;
             reference.to_string()
         }
@@ -404,13 +439,13 @@ pub fn pull(store: &Store, args: &PullArgs) -> Result<u8, Failure> {
         .to_string());
         return Ok(0);
     }
-    let untagged = reference.tag.is_none() && reference.digest.is_some();
+    let untagged = reference.digest.is_some();
     // `REF sha256:…`; a reference by digest already shows it.
     let shown =
         if untagged { name.clone() } else { format!("{name} {}", pulled.descriptor.digest()) };
     say(&format!(
-        "pulled {shown}: {} blobs fetched ({}), {} already here ({})",
-        pulled.blobs_fetched,
+        "pulled {shown}: {} fetched ({}), {} already here ({})",
+        count(pulled.blobs_fetched, "blob"),
         bytes(pulled.bytes_fetched),
         pulled.blobs_skipped,
         bytes(pulled.bytes_skipped),
@@ -425,6 +460,13 @@ pub fn pull(store: &Store, args: &PullArgs) -> Result<u8, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reference_with_a_scheme_is_told_to_leave_it_out() {
+        let error = parse_reference("http://127.0.0.1:5000/team/app:1").unwrap_err();
+        assert!(format!("{error:?}").contains("leave out http://"), "{error:?}");
+        assert!(parse_reference("127.0.0.1:5000/team/app:1").is_ok());
+    }
 
     #[test]
     fn sizes_are_bytes_or_a_number_with_k_m_or_g() {

@@ -128,6 +128,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
              with sudo)"
         );
     }
+    // A reference the pull would refuse is refused now, before the matrix's minute of work:
+    // it must parse and name its registry.
+    if let Some(text) = &args.image {
+        let reference: libisolab::image::reference::Reference =
+            text.parse().with_context(|| format!("--image {text}"))?;
+        if reference.registry.is_none() {
+            bail!(
+                "--image {text} names no registry: write HOST[:PORT]/REPOSITORY[:TAG] (an image \
+                 pushed from a rootfs that rootfs-builder made carries the probe)"
+            );
+        }
+    }
     catch_interrupts()?;
     let image = args.image.map(|reference| PulledImage {
         reference,

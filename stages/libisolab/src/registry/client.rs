@@ -25,6 +25,11 @@ use ureq::{Agent, Body, SendBody};
 use crate::error::{Error, Result};
 use crate::image::reference::Reference;
 
+/// The chunk a push sends blobs larger than it in: small enough that stopping between two
+/// chunks is quick (a fraction of a second on a LAN), large enough that the extra requests
+/// cost nothing measurable.
+pub const DEFAULT_CHUNK: u64 = 16 << 20;
+
 /// How long a TCP connection may take at most (less if [`Options::timeout`] is shorter).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one read or write on the connection may stall, unless [`Options::timeout`] says.
@@ -54,9 +59,15 @@ impl Credentials {
             Some((user, password)) if !user.is_empty() => {
                 Ok(Credentials { user: user.into(), password: password.into() })
             }
-            _ => {
-                Err(Error::Invalid("credentials must be USER:PASSWORD (the user not empty)".into()))
-            }
+            Some(_) => Err(Error::Invalid(
+                "credentials must be USER:PASSWORD, and the user is empty: give it before the \
+                 colon"
+                    .into(),
+            )),
+            None => Err(Error::Invalid(
+                "credentials must be USER:PASSWORD, with a colon between: --creds ann:secret"
+                    .into(),
+            )),
         }
     }
 
@@ -108,8 +119,11 @@ pub struct Options {
     /// How long one read or write may stall (and connecting, up to 5 s of it) before the
     /// request fails: a bound on every wait, not on the whole transfer.
     pub timeout: Duration,
-    /// Push each blob in `PATCH`es of this many bytes (distribution-spec, "Pushing a blob in
-    /// chunks") instead of one `PUT`.
+    /// Push each blob larger than this in `PATCH`es of this many bytes (distribution-spec,
+    /// "Pushing a blob in chunks"); smaller ones, and every blob with `None`, in one `PUT`.
+    /// Chunks are also what make a push stoppable cleanly: a `PUT` cut off midway leaves a
+    /// session that distribution 2.8 refuses to cancel, while between two chunks the session
+    /// is whole and its `DELETE` works.
     pub chunk_size: Option<u64>,
     /// Set (by a signal handler) when the user wants us to stop: checked before each request
     /// of a blob and at each read of its bytes, so a push or pull stops within one read.
@@ -122,7 +136,7 @@ impl Default for Options {
             insecure: false,
             credentials: None,
             timeout: DEFAULT_TIMEOUT,
-            chunk_size: None,
+            chunk_size: Some(DEFAULT_CHUNK),
             interrupted: None,
         }
     }
@@ -162,9 +176,23 @@ impl Client {
     /// isolab does not guess Docker Hub.
     pub(crate) fn new(reference: &Reference, options: &Options) -> Result<Client> {
         let Some(registry) = reference.registry.as_deref() else {
+            // `127.0.0.1:5000` alone reads as repository `127.0.0.1`, tag `5000`.
+            let host_like =
+                reference.repository.contains('.') || reference.repository == "localhost";
+            if host_like && !reference.repository.contains('/') {
+                let port =
+                    reference.tag.as_deref().map(|tag| format!(":{tag}")).unwrap_or_default();
+                return Err(Error::Invalid(format!(
+                    "{reference} names a registry but no repository: write {}{port}/REPOSITORY[:TAG], \
+                     e.g. {}{port}/team/app:1.0",
+                    reference.repository, reference.repository
+                )));
+            }
+            let tag = reference.tag.as_deref().map(|tag| format!(":{tag}")).unwrap_or_default();
             return Err(Error::Invalid(format!(
-                "{reference} names no registry: write it as HOST[:PORT]/{}",
-                reference.repository
+                "{reference} names no registry: write it as HOST[:PORT]/{}{tag}, e.g. \
+                 127.0.0.1:5000/{}{tag}",
+                reference.repository, reference.repository
             )));
         };
         let host = registry.rsplit_once(':').map_or(registry, |(host, _)| host);
@@ -429,6 +457,12 @@ fn status_text(status: http::StatusCode) -> String {
         .to_string()
 }
 
+/// The errnos of "no route" (errno(3)), as `io::Error::raw_os_error` gives them.
+mod libc_errno {
+    pub const ENETUNREACH: i32 = nix::errno::Errno::ENETUNREACH as i32;
+    pub const EHOSTUNREACH: i32 = nix::errno::Errno::EHOSTUNREACH as i32;
+}
+
 /// A transport failure as one line naming the URL and what to check.
 fn transport(method: &Method, url: &str, error: ureq::Error) -> Error {
     let what = match &error {
@@ -443,6 +477,22 @@ fn transport(method: &Method, url: &str, error: ureq::Error) -> Error {
         // text tells apart.
         ureq::Error::Io(io) if io.to_string().starts_with("failed to lookup address") => {
             format!("unknown host ({io}): check the registry's name and this machine's DNS")
+        }
+        // TLS spoken to a server that answers in plain HTTP: rustls reads the HTTP status line
+        // as a TLS record of a type that does not exist.
+        ureq::Error::Io(io) if io.to_string().contains("InvalidContentType") => {
+            "the registry answered in plain HTTP, not TLS: if you trust the network between, \
+             pass --insecure"
+                .into()
+        }
+        ureq::Error::Io(io)
+            if [Some(libc_errno::ENETUNREACH), Some(libc_errno::EHOSTUNREACH)]
+                .contains(&io.raw_os_error()) =>
+        {
+            format!(
+                "{io}: no route to the registry's address; check the address and this \
+                     machine's network"
+            )
         }
         // Our own reader's failure (a blob of the store that is not what its digest says) is
         // its own sentence, without ureq's `io: ` in front.
@@ -566,5 +616,26 @@ mod tests {
         assert_eq!(client("reg.example:5000/a", true), "http://reg.example:5000");
         let error = Client::new(&"app:1".parse().unwrap(), &Options::default()).err().unwrap();
         assert!(error.to_string().contains("names no registry"), "{error}");
+        // The tag is kept in the suggestion.
+        assert!(error.to_string().contains("write it as HOST[:PORT]/app:1"), "{error}");
+        // A host and port alone read as a repository and a tag: said as what they are.
+        let error =
+            Client::new(&"127.0.0.1:5000".parse().unwrap(), &Options::default()).err().unwrap();
+        assert!(
+            error.to_string().contains(
+                "names a registry but no repository: write \
+                                        127.0.0.1:5000/REPOSITORY[:TAG]"
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn malformed_credentials_say_what_is_missing() {
+        let error = Credentials::parse("ann").unwrap_err().to_string();
+        assert!(error.contains("with a colon between"), "{error}");
+        let error = Credentials::parse(":secret").unwrap_err().to_string();
+        assert!(error.contains("the user is empty"), "{error}");
+        assert!(!error.contains("secret"), "{error}");
     }
 }

@@ -94,6 +94,7 @@ pub struct Pushed {
     pub blobs_skipped: usize,
     pub bytes_skipped: u64,
     pub blobs_mounted: usize,
+    pub bytes_mounted: u64,
     /// The manifest's digest, as the registry acknowledged it.
     pub digest: Option<Digest>,
 }
@@ -140,9 +141,10 @@ pub fn push(
             pushed.blobs_skipped += 1;
             pushed.bytes_skipped += size;
             Moved::Skipped
-        } else if upload(&mut client, layout, &digest, mount_from, options, &mut on_bytes)? {
+        } else if upload(&mut client, layout, (&digest, size), mount_from, options, &mut on_bytes)?
+        {
             pushed.blobs_mounted += 1;
-            pushed.bytes_skipped += size;
+            pushed.bytes_mounted += size;
             Moved::Mounted
         } else {
             pushed.blobs_sent += 1;
@@ -197,14 +199,15 @@ fn blob_exists(client: &mut Client, digest: &Digest) -> Result<bool> {
 // ANCHOR: upload
 /// Uploads one blob: tries a cross-repository mount from each of `mount_from` (201: done,
 /// true), else opens an upload session (202 + Location) and sends the whole blob in one
-/// `PUT <Location>&digest=<digest>` (or, with [`Options::chunk_size`], in [`send_chunks`]
-/// before that PUT), streamed from the layout's file and verified as it is read (a blob
-/// corrupted on our disk fails the upload rather than travelling). On any failure, an
-/// interrupt included, the session is cancelled: nothing half-sent stays on the registry.
+/// `PUT <Location>&digest=<digest>` (or, larger than [`Options::chunk_size`], in
+/// [`send_chunks`] before that PUT), streamed from the layout's file and verified as it is
+/// read. On any failure, an interrupt included, the session is cancelled (`DELETE`), which
+/// distribution 2.8 honours unless a `PUT` broke off midway: that is why big blobs go in
+/// chunks, and why a blob is checked whole before anything is sent.
 fn upload(
     client: &mut Client,
     layout: &Layout,
-    digest: &Digest,
+    (digest, size): (&Digest, u64),
     mount_from: &[String],
     options: &Options,
     on_bytes: &mut dyn FnMut(u64),
@@ -257,7 +260,7 @@ fn upload(
     };
     let mut location = client.absolute(&location);
     let mut reader = Watched::new(layout.open_blob(digest)?, options.interrupted, on_bytes);
-    let finished = match options.chunk_size {
+    let finished = match options.chunk_size.filter(|&chunk| size > chunk) {
         Some(chunk_size) => send_chunks(client, &mut location, &mut reader, chunk_size)
             .map_err(|error| reader.error_or(error, layout, digest))
             .and_then(|()| finish_upload(client, &location, digest, Payload::Empty)),
