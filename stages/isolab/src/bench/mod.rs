@@ -302,7 +302,7 @@ impl Bench {
             Stage::Five => {
                 fs::write(rootfs.join(BIG_FILE), &big)
                     .with_context(|| format!("cannot write {}/{BIG_FILE}", rootfs.display()))?;
-                import_image(&bin_dir, &store, &rootfs)?;
+                import_image(&bin_dir, &store, &workdir.join("userns"), &rootfs)?;
                 // Every later use of the rootfs (other stages, crun, storage) goes without it.
                 fs::remove_file(rootfs.join(BIG_FILE))
                     .with_context(|| format!("cannot remove {}/{BIG_FILE}", rootfs.display()))?;
@@ -382,16 +382,15 @@ impl Bench {
 }
 
 /// `stage5-images import`, then one run, which unpacks the layer: later runs only mount it.
-pub fn import_image(bin_dir: &Path, store: &Path, rootfs: &Path) -> Result<()> {
+pub fn import_image(bin_dir: &Path, store: &Path, claims: &Path, rootfs: &Path) -> Result<()> {
     let stage5 = bin_dir.join(Stage::Five.binary());
-    let claims = store.with_file_name("userns");
     let mut import = Command::new(&stage5);
     import.arg("--root").arg(store).arg("import").arg(rootfs).arg(IMAGE);
-    import.env(libisolab::idrange::CLAIMS_DIR_VAR, &claims);
+    import.env(libisolab::idrange::CLAIMS_DIR_VAR, claims);
     checked(&mut import, "stage5-images import")?;
     let mut first = Command::new(&stage5);
     first.arg("--root").arg(store).args(["run", "--rm", IMAGE, "--", "/bin/true"]);
-    first.env(libisolab::idrange::CLAIMS_DIR_VAR, &claims);
+    first.env(libisolab::idrange::CLAIMS_DIR_VAR, claims);
     checked(&mut first, "stage5-images run (the first, which unpacks the image)")
 }
 
