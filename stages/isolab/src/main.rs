@@ -1,12 +1,15 @@
 //! `isolab`: the classroom tool.
 //!
-//! Three verbs, one small module each:
+//! Four verbs, one small module each:
 //! - `isolab compare` ([`compare`]) runs the isolation probe on the host and under every stage
 //!   built so far, and prints the matrix of what each stage isolates and what still leaks.
 //! - `isolab doctor` ([`doctor`]) checks that this machine has what the course needs, and
 //!   says how to fix what it lacks.
+//! - `isolab bench` ([`bench`]) runs the same workloads on the host and in a container, and
+//!   prints how close to the host the container runs, and what each stage costs to start.
 //! - `isolab gc` ([`gc`]) removes what killed runtimes left behind: cgroups and store state.
 
+mod bench;
 mod compare;
 mod doctor;
 mod gc;
@@ -23,7 +26,23 @@ Examples:
   sudo isolab compare                # the isolation matrix, with evidence
   sudo isolab compare --markdown     # the matrix alone, as a markdown table
   sudo isolab compare --json --keep  # everything, and keep the rootfs and markers
+  sudo isolab bench --quick          # how close to the host? (seconds, not a measurement)
   sudo isolab gc                     # remove the cgroups of killed runtimes";
+
+const BENCH_EXAMPLES: &str = "\
+Each workload runs on the host and inside the highest stage built (stage 5's image, else
+stage 4's overlay), and in crun when installed, the same binaries on the same data, the sides
+taking turns for --runs rounds. Needs sysbench and iperf3 (scripts/setup installs them).
+
+Examples:
+  sudo isolab bench                               # everything (a few minutes)
+  sudo isolab bench --quick                       # small sizes, 3 runs: does it all work?
+  sudo isolab bench --only cpu,mem --runs 10      # the seed's first rows, 10 rounds
+  sudo isolab bench --only start                  # start latency of every stage and sandbox
+  sudo isolab bench --json | jq '.rows[] | {id, ratio: .ratio.median}'
+  sudo isolab bench --svg chart.svg --markdown table.md
+
+Exit status: 0 when every part ran, 125 if one failed (not root, a tool missing, ...).";
 
 const COMPARE_EXAMPLES: &str = "\
 Every run plants fresh markers on the host (a directory, a process, a TCP listener on
@@ -87,6 +106,9 @@ enum Verb {
     /// Check that this machine has what the course needs, and what each stage can do for you
     #[command(after_help = DOCTOR_EXAMPLES)]
     Doctor(doctor::Args),
+    /// How close to the host does a container run? Throughput ratios and start latency
+    #[command(after_help = BENCH_EXAMPLES)]
+    Bench(bench::Args),
     /// Clean up after killed runtimes (stale cgroups, stale containers), saying what was removed
     #[command(after_help = GC_EXAMPLES)]
     Gc(gc::Args),
@@ -108,6 +130,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.verb {
+        Verb::Bench(args) => bench::run(args),
         Verb::Compare(args) => compare::run(args),
         Verb::Doctor(args) => doctor::run(args),
         Verb::Gc(args) => gc::run(args),

@@ -18,6 +18,7 @@
 //! The library holds the report types (so `isolab` can read the JSON) and one module per kind
 //! of isolation, named after the kernel concept it probes.
 
+pub mod bench;
 pub mod filesystem;
 pub mod hostname;
 pub mod ipc;

@@ -24,14 +24,19 @@ Examples:
       --host-path /root/secret --port 8080             # from inside a chroot jail
   stage3-cgroups run --rootfs rootfs --pids 16 -- /isolab/probe --human --check fork-bomb
   isolab compare                                       # everything, for every stage
+  isolab-probe bench disk --dir /var/tmp --mib 256     # a workload of `isolab bench`
 
 Exit status: 0 when the report was printed (whatever it says), 125 if the probe failed,
 128+N when signal N interrupted it (every change it made is undone first).";
 
 /// Report, as JSON, what this process can see of the host and what it can change there.
 #[derive(Debug, Parser)]
-#[command(name = "isolab-probe", version, after_help = EXAMPLES)]
+#[command(name = "isolab-probe", version, after_help = EXAMPLES, args_conflicts_with_subcommands = true)]
 struct Args {
+    /// Run one of `isolab bench`'s workloads instead of the checks, and print its result as
+    /// JSON
+    #[command(subcommand)]
+    bench: Option<Bench>,
     /// Print the report as JSON (the default)
     #[arg(long, conflicts_with = "human")]
     json: bool,
@@ -70,6 +75,34 @@ struct Args {
     checks: Vec<CheckId>,
 }
 
+/// The workloads `isolab bench` runs through the probe, the same binary on the host and
+/// inside a container.
+#[derive(Debug, clap::Subcommand)]
+enum Bench {
+    /// Benchmark workloads: the same binary inside and out (`isolab bench`)
+    #[command(subcommand)]
+    Bench(Workload),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Workload {
+    /// Sequential write then read of a new file with O_DIRECT, in 1 MiB blocks
+    Disk {
+        /// The directory the file is made in (and removed from)
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// How many MiB to write and read
+        #[arg(long, value_name = "N", default_value_t = 256)]
+        mib: u64,
+    },
+    /// The first 4 KiB write to an existing file, fsync included (a copy-up in a container)
+    FirstWrite {
+        /// The file to write to
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+    },
+}
+
 fn parse_check(text: &str) -> Result<CheckId, String> {
     CheckId::from_name(text).ok_or_else(|| {
         let names: Vec<&str> = CheckId::ALL.iter().map(|id| id.name()).collect();
@@ -96,6 +129,9 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<ExitCode> {
+    if let Some(Bench::Bench(workload)) = args.bench {
+        return bench(workload);
+    }
     let inputs = Inputs {
         token: args.token,
         host_path: args.host_path,
@@ -120,5 +156,22 @@ fn run(args: Args) -> Result<ExitCode> {
         let json = serde_json::to_string_pretty(&report).context("cannot encode the report")?;
         println!("{json}");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench(workload: Workload) -> Result<ExitCode> {
+    let json = match workload {
+        Workload::Disk { dir, mib } => {
+            let speed = isolab_probe::bench::disk(&dir, mib << 20)
+                .with_context(|| format!("O_DIRECT write and read in {} failed", dir.display()))?;
+            serde_json::to_string(&speed)
+        }
+        Workload::FirstWrite { file } => {
+            let measured = isolab_probe::bench::first_write(&file)
+                .with_context(|| format!("the first write to {} failed", file.display()))?;
+            serde_json::to_string(&measured)
+        }
+    };
+    println!("{}", json.context("cannot encode the result")?);
     Ok(ExitCode::SUCCESS)
 }

@@ -16,7 +16,7 @@ mod columns;
 mod markers;
 mod render;
 mod verdict;
-mod watch;
+pub(crate) mod watch;
 
 use std::ffi::OsString;
 use std::fs;
@@ -164,7 +164,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
 /// markers first, then the host's hostname and mounts, then the working directory.
 fn compare(keep: bool, image: Option<&PulledImage>) -> Result<Comparison> {
     let bin_dir = bin_dir()?;
-    let workdir = Workdir::create(keep)?;
+    let workdir = Workdir::create("compare", keep)?;
     let token = markers::random_token();
     let host_guard = HostGuard::new(&token)?;
 
@@ -214,12 +214,12 @@ fn compare(keep: bool, image: Option<&PulledImage>) -> Result<Comparison> {
 // ANCHOR_END: compare
 
 /// Where the workspace's binaries are: next to our own executable.
-fn bin_dir() -> Result<PathBuf> {
+pub(crate) fn bin_dir() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot find isolab's own executable")?;
     Ok(exe.parent().context("isolab's executable has no directory")?.to_path_buf())
 }
 
-fn build_rootfs(bin_dir: &Path, rootfs: &Path) -> Result<()> {
+pub(crate) fn build_rootfs(bin_dir: &Path, rootfs: &Path) -> Result<()> {
     let builder = bin_dir.join("rootfs-builder");
     if !builder.is_file() {
         bail!(
@@ -329,16 +329,16 @@ fn shown(program: &Path, args: &[OsString]) -> Vec<String> {
 }
 
 /// What a bounded command printed and how it ended.
-struct Output {
-    status: ExitStatus,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
+pub(crate) struct Output {
+    pub(crate) status: ExitStatus,
+    pub(crate) stdout: Vec<u8>,
+    pub(crate) stderr: Vec<u8>,
 }
 
 /// Runs `command` in a process group of its own, so that Ctrl-C on the terminal reaches only
 /// isolab, which then stops the group and cleans up; stops it as well after
 /// [`COLUMN_TIMEOUT`].
-fn run_bounded(command: &mut Command) -> Result<Output> {
+pub(crate) fn run_bounded(command: &mut Command) -> Result<Output> {
     if interrupted() {
         bail!("interrupted: cleaned up before starting {:?}", command.get_program());
     }
@@ -392,14 +392,14 @@ fn exit_code(status: ExitStatus) -> Option<i32> {
     status.code().or_else(|| status.signal().map(|signal| 128 + signal))
 }
 
-fn describe(status: ExitStatus) -> String {
+pub(crate) fn describe(status: ExitStatus) -> String {
     match exit_code(status) {
         Some(code) => libisolab::exit::describe(u8::try_from(code).unwrap_or(255)),
         None => "ended".to_string(),
     }
 }
 
-fn last_line(bytes: &[u8]) -> String {
+pub(crate) fn last_line(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     text.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or("(no output)").trim().into()
 }
@@ -410,13 +410,13 @@ extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-fn interrupted() -> bool {
+pub(crate) fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
 /// Ctrl-C, `kill` and a closed terminal must not leave the host renamed or a tmpfs mounted:
 /// they only set a flag, and the run stops at the next step with every guard running.
-fn catch_interrupts() -> Result<()> {
+pub(crate) fn catch_interrupts() -> Result<()> {
     let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::empty(), SigSet::empty());
     for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.

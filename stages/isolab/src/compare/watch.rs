@@ -180,12 +180,12 @@ pub struct Workdir {
 }
 
 impl Workdir {
-    /// A fresh directory `isolab-compare-XXXX` in the system's temp dir.
-    pub fn create(keep: bool) -> anyhow::Result<Workdir> {
+    /// A fresh directory `isolab-<verb>-XXXX` in the system's temp dir.
+    pub fn create(verb: &str, keep: bool) -> anyhow::Result<Workdir> {
         use anyhow::Context;
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::Builder::new()
-            .prefix("isolab-compare-")
+            .prefix(&format!("isolab-{verb}-"))
             .tempdir()
             .context("cannot create a temporary directory for the comparison")?;
         // tempfile makes it 0700. The markers in it must be visible to whoever can see the

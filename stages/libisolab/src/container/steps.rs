@@ -71,7 +71,9 @@ impl fmt::Display for Outside {
                 let host = veth.host_link(CHILD);
                 let subnet = veth.subnet;
                 lines.push(format!(
-                    "RTM_NEWLINK {host} type veth peer eth0 (IFLA_NET_NS_PID {CHILD})"
+                    "RTM_NEWLINK {host} mtu {mtu} type veth peer eth0 mtu {mtu} (IFLA_NET_NS_PID \
+                     {CHILD})",
+                    mtu = network::VETH_MTU
                 ));
                 lines.push(format!(
                     "RTM_NEWADDR {}/{} dev {host}",
@@ -203,7 +205,8 @@ mod tests {
         assert_eq!(veth.host_link(Pid::from_raw(4242)), "isolab4242h");
         assert_eq!(
             Outside::Veth(veth).to_string(),
-            "RTM_NEWLINK isolab<pid>h type veth peer eth0 (IFLA_NET_NS_PID <pid>)\n\
+            "RTM_NEWLINK isolab<pid>h mtu 65535 type veth peer eth0 mtu 65535 (IFLA_NET_NS_PID \
+             <pid>)\n\
              RTM_NEWADDR 10.200.0.5/30 dev isolab<pid>h\n\
              RTM_SETLINK isolab<pid>h up"
         );

@@ -1,0 +1,475 @@
+//! `isolab bench`: how close to the host does a container run, and what does it cost to start?
+//!
+//! The steps, in order (each a section of the book's "How close to the host?" chapter):
+//! 1. Make a working directory with a busybox rootfs that also carries the workloads' own
+//!    binaries — Debian's `sysbench` and `iperf3`, copied with their libraries by
+//!    `rootfs-builder copy` — and the probe (whose `bench` modes are the disk kernels): the
+//!    host and the container run the *same files* on the same data ([`Bench::setup`]).
+//! 2. Throughput ([`workloads`]): CPU, memory, disk and network, each run on the host, in the
+//!    highest stage built (and in crun when installed), the sides taking turns round after
+//!    round, so that both see the same moments of a busy machine; a ratio per round.
+//! 3. Start ([`start`]): `/bin/true` under every stage and the other sandboxes on this machine,
+//!    back to back and spaced apart; the store's cost with many containers in it ([`storage`]).
+//! 4. The report ([`report`]): the seed's table (host = 1) beside the 2014 figures, `--json`,
+//!    `--markdown`, and the chart ([`svg`]). The working directory goes with every container,
+//!    veth and file in it (a guard, also on error or Ctrl-C).
+
+mod progress;
+mod report;
+mod start;
+mod stats;
+mod storage;
+mod svg;
+mod workloads;
+
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context, Result};
+use clap::ValueEnum;
+use serde::Serialize;
+
+use crate::compare::watch::Workdir;
+use crate::compare::{self, last_line, run_bounded};
+use progress::Progress;
+pub use report::Report;
+
+/// Arguments of `isolab bench`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// How many runs of each workload and side [default: 5, or 3 with --quick]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    runs: Option<u32>,
+    /// Print the whole report as JSON (every sample of every run) instead of the tables
+    #[arg(long)]
+    json: bool,
+    /// Also write the chart of the ratios to FILE, as SVG
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
+    /// Also write the tables to FILE, as markdown (what the book includes)
+    #[arg(long, value_name = "FILE")]
+    markdown: Option<PathBuf>,
+    /// Run only these parts, comma-separated [default: all]
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    only: Vec<Section>,
+    /// Small sizes and few runs: a check that everything works, not a measurement
+    #[arg(long)]
+    quick: bool,
+    /// Keep the working directory (rootfs, stores) and print its path
+    #[arg(long)]
+    keep: bool,
+}
+
+/// The parts of the benchmark (`--only`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Section {
+    /// sysbench cpu: events per second
+    Cpu,
+    /// sysbench memory: write and read bandwidth
+    Mem,
+    /// O_DIRECT write and read, and a copy-up
+    Disk,
+    /// iperf3 over the veth and over loopback
+    Net,
+    /// The start latency of /bin/true
+    Start,
+    /// Storage drivers, and the start with many containers in the store
+    Storage,
+}
+
+/// How much of everything: the defaults, or `--quick`'s small sizes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// Runs of each throughput workload on each side.
+    pub runs: u32,
+    /// `sysbench cpu --events`: a fixed amount of work (primes up to 10,000).
+    pub cpu_events: u32,
+    /// `sysbench memory --memory-total-size`, in MiB, over a 64 MiB block (far beyond caches).
+    pub memory_mib: u64,
+    /// MiB written then read with O_DIRECT.
+    pub disk_mib: u64,
+    /// The image's large file that a container's first write copies up, in MiB.
+    pub copy_up_mib: u64,
+    /// `iperf3 -t`, in seconds.
+    pub net_seconds: u32,
+    /// Runs of each start, back to back and spaced.
+    pub start_runs: u32,
+    /// The pause before each spaced start.
+    pub spacing_ms: u64,
+    /// Containers per storage driver.
+    pub storage_count: u32,
+    /// The stores a start is timed in: this many containers in each.
+    pub store_sizes: Vec<u32>,
+}
+
+impl Plan {
+    fn new(args: &Args) -> Plan {
+        let quick = args.quick;
+        Plan {
+            runs: args.runs.unwrap_or(if quick { 3 } else { 5 }),
+            cpu_events: if quick { 300 } else { 2000 },
+            memory_mib: if quick { 1024 } else { 4096 },
+            disk_mib: if quick { 32 } else { 256 },
+            copy_up_mib: if quick { 16 } else { 64 },
+            net_seconds: if quick { 1 } else { 2 },
+            start_runs: if quick { 5 } else { 20 },
+            spacing_ms: 50,
+            storage_count: if quick { 5 } else { 20 },
+            store_sizes: if quick { vec![0, 10, 50] } else { vec![0, 100, 1000] },
+        }
+    }
+}
+
+/// Runs the benchmark and prints the report.
+pub fn run(args: Args) -> Result<ExitCode> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "isolab bench needs root: the stages mount, make cgroups and veths (run it with \
+             sudo)"
+        );
+    }
+    compare::catch_interrupts()?;
+    let sections = if args.only.is_empty() {
+        vec![
+            Section::Cpu,
+            Section::Mem,
+            Section::Disk,
+            Section::Net,
+            Section::Start,
+            Section::Storage,
+        ]
+    } else {
+        args.only.clone()
+    };
+    let plan = Plan::new(&args);
+    let report = bench(&plan, &sections, args.keep)?;
+    if let Some(path) = &args.svg {
+        fs::write(path, svg::chart(&report)?)
+            .with_context(|| format!("cannot write the chart to {}", path.display()))?;
+    }
+    if let Some(path) = &args.markdown {
+        fs::write(path, report::markdown(&report))
+            .with_context(|| format!("cannot write the tables to {}", path.display()))?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).context("cannot encode JSON")?);
+    } else {
+        print!("{}", report::text(&report));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+// ANCHOR: bench
+/// Steps 1 to 4; the working directory's guard removes everything as this returns.
+fn bench(plan: &Plan, sections: &[Section], keep: bool) -> Result<Report> {
+    let load_before = load_average();
+    let workdir = Workdir::create("bench", keep)?;
+    let mut progress = Progress::new(1 + plan_steps(plan, sections));
+
+    // 1. The rootfs with the workloads' binaries, the image, crun's bundle.
+    progress.step("building the rootfs and the image");
+    let bench = Bench::setup(workdir.path(), plan)?;
+
+    // 2. Throughput: the same binaries on the host and inside.
+    let mut rows = Vec::new();
+    for workload in workloads::WORKLOADS.iter().filter(|w| sections.contains(&w.section)) {
+        rows.extend(workloads::measure(&bench, workload, plan, &mut progress)?);
+    }
+
+    // 3. Start latency and the store.
+    let starts = match sections.contains(&Section::Start) {
+        true => Some(start::measure(&bench, plan, &mut progress)?),
+        false => None,
+    };
+    let storage = match sections.contains(&Section::Storage) {
+        true => Some(storage::measure(&bench, plan, &mut progress)?),
+        false => None,
+    };
+    progress.finish();
+
+    // 4. The report; the guard removes the working directory after it.
+    if workdir.keep {
+        eprintln!("isolab: kept the working directory {}", workdir.path().display());
+    }
+    Ok(Report::new(plan, &bench, rows, starts, storage, load_before, load_average()))
+}
+// ANCHOR_END: bench
+
+/// How many progress steps the plan has.
+fn plan_steps(plan: &Plan, sections: &[Section]) -> u64 {
+    let mut steps = 0;
+    for workload in workloads::WORKLOADS.iter().filter(|w| sections.contains(&w.section)) {
+        // At most three sides: the host, the container, crun.
+        steps += u64::from(plan.runs) * workload.sides.len() as u64;
+    }
+    if sections.contains(&Section::Start) {
+        steps += start::steps(plan);
+    }
+    if sections.contains(&Section::Storage) {
+        steps += storage::steps(plan);
+    }
+    steps
+}
+
+/// The stage the containers of the benchmark run in: the highest one built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage {
+    /// `stage5-images run --rm IMAGE`: every namespace, a cgroup, an overlay over the image.
+    Five,
+    /// `stage4-overlay run --rm --rootfs DIR`: every namespace, a cgroup, an overlay.
+    Four,
+}
+
+impl Stage {
+    fn binary(self) -> &'static str {
+        match self {
+            Stage::Five => "stage5-images",
+            Stage::Four => "stage4-overlay",
+        }
+    }
+}
+
+/// The image stage 5 runs, imported from the rootfs.
+const IMAGE: &str = "bench:1";
+/// Where the copy-up file is, inside the image.
+const BIG_FILE: &str = "isolab/big";
+
+/// Everything the workloads run with: binaries, rootfs, the store, crun's bundle.
+#[derive(Debug)]
+pub struct Bench {
+    /// Where `isolab` and the stage binaries are.
+    pub bin_dir: PathBuf,
+    /// The run's working directory.
+    pub workdir: PathBuf,
+    /// The rootfs (busybox, the probe, sysbench, iperf3), without the copy-up file.
+    pub rootfs: PathBuf,
+    /// The stage the containers run in.
+    pub stage: Stage,
+    /// The stage's store.
+    pub store: PathBuf,
+    /// The lower of a stage 4 container (the rootfs with the copy-up file); stage 5's is the
+    /// image.
+    pub stage4_lower: PathBuf,
+    /// crun's bundle, when crun is installed.
+    pub crun: Option<PathBuf>,
+    /// The host's copy of the copy-up file: the same size, on the same filesystem.
+    pub host_big_file: PathBuf,
+    /// A directory on the same filesystem as the store, for the host's disk runs.
+    pub host_disk_dir: PathBuf,
+}
+
+impl Bench {
+    fn setup(workdir: &Path, plan: &Plan) -> Result<Bench> {
+        let bin_dir = compare::bin_dir()?;
+        let stage = if bin_dir.join(Stage::Five.binary()).is_file() {
+            Stage::Five
+        } else if bin_dir.join(Stage::Four.binary()).is_file() {
+            Stage::Four
+        } else {
+            bail!(
+                "neither stage5-images nor stage4-overlay is in {}: build them first (`cargo \
+                 build --workspace`)",
+                bin_dir.display()
+            );
+        };
+        for tool in ["sysbench", "iperf3"] {
+            if which(tool).is_none() {
+                bail!("{tool} is not installed: `apt-get install {tool}` (or scripts/setup)");
+            }
+        }
+        let rootfs = workdir.join("rootfs");
+        compare::build_rootfs(&bin_dir, &rootfs)?;
+        // The workloads' binaries, at the same paths inside as on the host.
+        let mut copy = Command::new(bin_dir.join("rootfs-builder"));
+        copy.arg("copy").arg(&rootfs).args(["/usr/bin/sysbench", "/usr/bin/iperf3"]);
+        checked(&mut copy, "rootfs-builder copy")?;
+
+        // The copy-up file: random bytes, so that nothing along the way can compress them.
+        let big = random_file(plan.copy_up_mib << 20)?;
+        let host_big_file = workdir.join("host-big");
+        fs::write(&host_big_file, &big)
+            .with_context(|| format!("cannot write {}", host_big_file.display()))?;
+        let host_disk_dir = workdir.join("host-disk");
+        fs::create_dir(&host_disk_dir)
+            .with_context(|| format!("cannot create {}", host_disk_dir.display()))?;
+        let stage4_lower = workdir.join("lower");
+        let store = workdir.join("store");
+        match stage {
+            Stage::Five => {
+                fs::write(rootfs.join(BIG_FILE), &big)
+                    .with_context(|| format!("cannot write {}/{BIG_FILE}", rootfs.display()))?;
+                import_image(&bin_dir, &store, &workdir.join("userns"), &rootfs)?;
+                // Every later use of the rootfs (other stages, crun, storage) goes without it.
+                fs::remove_file(rootfs.join(BIG_FILE))
+                    .with_context(|| format!("cannot remove {}/{BIG_FILE}", rootfs.display()))?;
+            }
+            Stage::Four => {
+                let mut copy = Command::new("cp");
+                copy.arg("-a").arg(&rootfs).arg(&stage4_lower);
+                checked(&mut copy, "cp -a rootfs")?;
+                fs::write(stage4_lower.join(BIG_FILE), &big).with_context(|| {
+                    format!("cannot write {}/{BIG_FILE}", stage4_lower.display())
+                })?;
+            }
+        }
+        let crun = match which("crun") {
+            Some(_) => Some(crun_bundle(workdir, &rootfs)?),
+            None => None,
+        };
+        Ok(Bench {
+            bin_dir,
+            workdir: workdir.to_path_buf(),
+            rootfs,
+            stage,
+            store,
+            stage4_lower,
+            crun,
+            host_big_file,
+            host_disk_dir,
+        })
+    }
+
+    /// A command that runs `argv` (paths as inside the rootfs) in a throw-away container of
+    /// the benchmark's stage, in `store`, with the stage's network option `net`.
+    pub fn in_container(&self, store: &Path, net: &[&str], argv: &[&str]) -> Command {
+        let options: Vec<&str> = ["--rm"].iter().chain(net).copied().collect();
+        self.container(store, &options, argv)
+    }
+
+    /// A command that runs `argv` in a new container of the benchmark's stage, in `store`,
+    /// with `run`'s `options`.
+    pub fn container(&self, store: &Path, options: &[&str], argv: &[&str]) -> Command {
+        let mut command = Command::new(self.bin_dir.join(self.stage.binary()));
+        command.arg("--root").arg(store).arg("run").args(options);
+        match self.stage {
+            Stage::Five => command.arg(IMAGE),
+            Stage::Four => command.arg("--rootfs").arg(&self.stage4_lower),
+        };
+        command.arg("--").args(argv);
+        self.isolab_env(&mut command);
+        command
+    }
+
+    /// Where the stages keep their id-range claims: in the working directory, gone with it.
+    fn isolab_env(&self, command: &mut Command) {
+        command.env(libisolab::idrange::CLAIMS_DIR_VAR, self.workdir.join("userns"));
+    }
+
+    /// A command that runs `argv` in crun, in a private mount namespace (see [`crun_bundle`]).
+    pub fn in_crun(&self, bundle: &Path, argv: &[&str], id: &str) -> Result<Command> {
+        write_crun_config(bundle, argv)?;
+        let script = format!(
+            "umount /sys/fs/cgroup/unified 2>/dev/null; cd '{}' && exec crun --root '{}' run {id}",
+            bundle.display(),
+            self.workdir.join("crun-state").display()
+        );
+        let mut command = Command::new("unshare");
+        command.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+        Ok(command)
+    }
+
+    /// The host's own path of a program the workloads name by its path inside.
+    pub fn on_host(&self, inside: &str) -> PathBuf {
+        match inside {
+            "/isolab/probe" => self.bin_dir.join("isolab-probe"),
+            other => PathBuf::from(other),
+        }
+    }
+}
+
+/// `stage5-images import`, then one run, which unpacks the layer: later runs only mount it.
+pub fn import_image(bin_dir: &Path, store: &Path, claims: &Path, rootfs: &Path) -> Result<()> {
+    let stage5 = bin_dir.join(Stage::Five.binary());
+    let mut import = Command::new(&stage5);
+    import.arg("--root").arg(store).arg("import").arg(rootfs).arg(IMAGE);
+    import.env(libisolab::idrange::CLAIMS_DIR_VAR, claims);
+    checked(&mut import, "stage5-images import")?;
+    let mut first = Command::new(&stage5);
+    first.arg("--root").arg(store).args(["run", "--rm", IMAGE, "--", "/bin/true"]);
+    first.env(libisolab::idrange::CLAIMS_DIR_VAR, claims);
+    checked(&mut first, "stage5-images run (the first, which unpacks the image)")
+}
+
+/// crun's bundle: a copy of the rootfs and a `config.json` from `crun spec`, made writable.
+///
+/// On a hybrid cgroup host (v1 controllers, and cgroup2 at `/sys/fs/cgroup/unified`) crun
+/// takes the v2 mount for the cgroup it must use and fails there; every run therefore starts
+/// in a private mount namespace (`unshare --mount`) where that mount is removed first.
+fn crun_bundle(workdir: &Path, rootfs: &Path) -> Result<PathBuf> {
+    let bundle = workdir.join("bundle");
+    fs::create_dir(&bundle).with_context(|| format!("cannot create {}", bundle.display()))?;
+    let mut copy = Command::new("cp");
+    copy.arg("-a").arg(rootfs).arg(bundle.join("rootfs"));
+    checked(&mut copy, "cp -a rootfs bundle/rootfs")?;
+    let mut spec = Command::new("crun");
+    spec.arg("spec").current_dir(&bundle);
+    checked(&mut spec, "crun spec")?;
+    write_crun_config(&bundle, &["/bin/true"])?;
+    Ok(bundle)
+}
+
+/// Sets the bundle's command, without a terminal, on a writable root (the disk workload
+/// writes there, as it does in the stage's overlay).
+fn write_crun_config(bundle: &Path, argv: &[&str]) -> Result<()> {
+    let path = bundle.join("config.json");
+    let text =
+        fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut config: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    config["process"]["args"] = argv.iter().map(|&arg| serde_json::Value::from(arg)).collect();
+    config["process"]["terminal"] = false.into();
+    config["root"]["readonly"] = false.into();
+    fs::write(&path, serde_json::to_vec_pretty(&config)?)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Runs `command` to the end; an error with its last line of stderr unless it succeeded.
+pub fn checked(command: &mut Command, what: &str) -> Result<()> {
+    output(command, what).map(drop)
+}
+
+/// Runs `command` to the end and returns its stdout; an error unless it succeeded.
+pub fn output(command: &mut Command, what: &str) -> Result<String> {
+    let output = run_bounded(command)?;
+    if !output.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            compare::describe(output.status),
+            last_line(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// `bytes` random bytes.
+fn random_file(bytes: u64) -> Result<Vec<u8>> {
+    use rand::RngCore;
+    let mut data = vec![0u8; usize::try_from(bytes).context("the copy-up file is too large")?];
+    rand::thread_rng().fill_bytes(&mut data);
+    Ok(data)
+}
+
+/// The program's path in `$PATH`, if it is installed.
+pub fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/sbin:/usr/bin"));
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|path| path.is_file())
+}
+
+/// `/proc/loadavg`'s three averages: how busy the machine was.
+fn load_average() -> [f64; 3] {
+    let text = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut values = text.split_whitespace().map(|v| v.parse().unwrap_or(f64::NAN));
+    [(); 3].map(|()| values.next().unwrap_or(f64::NAN))
+}
+
+/// Stops early, with every guard running, after Ctrl-C.
+pub fn check_interrupted() -> Result<()> {
+    if compare::interrupted() {
+        bail!("interrupted: stopped and cleaned up");
+    }
+    Ok(())
+}

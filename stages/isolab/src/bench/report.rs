@@ -1,0 +1,349 @@
+//! The report: the seed's table (host = 1) with the 2014 column beside it, the starts, the
+//! store; as text for people, markdown for the book, JSON for everything.
+//!
+//! Every figure carries what it measured, with what, and how many runs; a ratio whose rounds
+//! spread wider than its distance from 1 is flagged `~` (within noise).
+
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use super::start::Starts;
+use super::stats::Summary;
+use super::storage::Storage;
+use super::workloads::RowInfo;
+use super::{Bench, Plan, Stage};
+
+/// One throughput row.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// What it measures.
+    #[serde(flatten)]
+    pub info: RowInfo,
+    /// Rounds (each side once per round).
+    pub runs: u32,
+    /// The host's samples, in `info.unit`.
+    pub host: Summary,
+    /// The container's samples.
+    pub container: Summary,
+    /// Container against host, round by round (1 = the host's speed; below 1 is slower).
+    pub ratio: Summary,
+    /// Is the ratio's spread wider than its distance from 1?
+    pub within_noise: bool,
+    /// Does the median ratio reach the goal, if the row has one?
+    pub meets_goal: Option<bool>,
+    /// crun's samples, when crun ran this workload.
+    pub crun: Option<Summary>,
+    /// crun against the host.
+    pub crun_ratio: Option<Summary>,
+}
+
+/// The machine while the benchmark ran.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// Online CPUs.
+    pub cpus: usize,
+    /// The kernel's release (`uname -r`).
+    pub kernel: String,
+    /// `/proc/loadavg` before the run.
+    pub load_before: [f64; 3],
+    /// `/proc/loadavg` after it.
+    pub load_after: [f64; 3],
+}
+
+/// Everything `isolab bench` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// A random id of this run: the book's table and chart carry it, to show they are one run.
+    pub run_id: String,
+    /// The sizes and counts used.
+    pub plan: Plan,
+    /// The stage the containers ran in.
+    pub stage: Stage,
+    /// The machine.
+    pub machine: Machine,
+    /// Throughput, host = 1.
+    pub rows: Vec<Row>,
+    /// Start latency, when measured.
+    pub starts: Option<Starts>,
+    /// The store, when measured.
+    pub storage: Option<Storage>,
+}
+
+impl Report {
+    pub(super) fn new(
+        plan: &Plan,
+        bench: &Bench,
+        rows: Vec<Row>,
+        starts: Option<Starts>,
+        storage: Option<Storage>,
+        load_before: [f64; 3],
+        load_after: [f64; 3],
+    ) -> Report {
+        let kernel = nix::sys::utsname::uname()
+            .map(|name| name.release().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let cpus = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+        Report {
+            run_id: format!("{:08x}", rand::random::<u32>()),
+            plan: plan.clone(),
+            stage: bench.stage,
+            machine: Machine { cpus, kernel, load_before, load_after },
+            rows,
+            starts,
+            storage,
+        }
+    }
+
+    fn stage_name(&self) -> &'static str {
+        match self.stage {
+            Stage::Five => "stage5-images (every namespace, a cgroup, an overlay over an image)",
+            Stage::Four => "stage4-overlay (every namespace, a cgroup, an overlay)",
+        }
+    }
+}
+
+/// `0.9945`, and `~` when within noise.
+fn ratio_cell(ratio: &Summary, noisy: bool) -> String {
+    format!("{:.3}{}", ratio.median, if noisy { " ~" } else { "" })
+}
+
+fn quartiles(ratio: &Summary) -> String {
+    format!("{:.3}–{:.3}", ratio.q1, ratio.q3)
+}
+
+fn value(summary: &Summary) -> String {
+    if summary.median >= 100.0 {
+        format!("{:.0}", summary.median)
+    } else {
+        format!("{:.2}", summary.median)
+    }
+}
+
+fn goal_cell(row: &Row) -> String {
+    match (row.info.goal, row.meets_goal) {
+        (Some(goal), Some(true)) => format!("≥ {goal} yes"),
+        (Some(goal), _) => format!("≥ {goal} NO"),
+        _ => "-".into(),
+    }
+}
+
+fn load(values: [f64; 3]) -> String {
+    format!("{:.2} {:.2} {:.2}", values[0], values[1], values[2])
+}
+
+fn header(report: &Report) -> String {
+    let machine = &report.machine;
+    format!(
+        "run {}: the host against {}; {} CPUs, kernel {}, load average {} before, {} after",
+        report.run_id,
+        report.stage_name(),
+        machine.cpus,
+        machine.kernel,
+        load(machine.load_before),
+        load(machine.load_after)
+    )
+}
+
+/// The report for people.
+pub fn text(report: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{}\n", header(report));
+    if !report.rows.is_empty() {
+        let _ = writeln!(
+            out,
+            "{:<48} {:<16} {:>10} {:>10} {:<9} {:>8} {:<13} {:>7} {:>7} {:<11}",
+            "what is measured (host = 1)",
+            "tool",
+            "host",
+            "container",
+            "unit",
+            "ratio",
+            "quartiles",
+            "crun",
+            "2014",
+            "goal"
+        );
+        for row in &report.rows {
+            let _ = writeln!(
+                out,
+                "{:<48} {:<16} {:>10} {:>10} {:<9} {:>8} {:<13} {:>7} {:>7} {:<11}",
+                row.info.what,
+                row.info.tool,
+                value(&row.host),
+                value(&row.container),
+                row.info.unit,
+                ratio_cell(&row.ratio, row.within_noise),
+                quartiles(&row.ratio),
+                row.crun_ratio.as_ref().map_or("-".into(), |r| format!("{:.3}", r.median)),
+                row.info.seed_2014.map_or("-".into(), |seed| format!("{seed:.4}")),
+                goal_cell(row),
+            );
+        }
+        let runs = report.rows[0].runs;
+        let _ = writeln!(
+            out,
+            "\nmedians of {runs} runs per side, the sides taking turns; ratio = container / host \
+             per round (for ms: host / container), its quartiles beside it; ~ = the rounds' \
+             ratios spread wider than the ratio's distance from 1 (within noise)"
+        );
+    }
+    if let Some(starts) = &report.starts {
+        let _ = writeln!(
+            out,
+            "\nstart of /bin/true, ms (median and quartiles of {} runs; spaced = {} ms pause \
+             before each)",
+            starts.runs, starts.spacing_ms
+        );
+        let _ = writeln!(
+            out,
+            "{:<44} {:>8} {:<15} {:>8} {:<15} {:>8} {:>8}",
+            "how", "b2b", "quartiles", "spaced", "quartiles", "b2b/crun", "sp/crun"
+        );
+        for row in &starts.rows {
+            let ratio = |r: Option<f64>| r.map_or("-".into(), |r| format!("{r:.2}"));
+            let _ = writeln!(
+                out,
+                "{:<44} {:>8.1} {:<15} {:>8.1} {:<15} {:>8} {:>8}",
+                row.what,
+                row.back_to_back_ms.median,
+                format!("{:.1}–{:.1}", row.back_to_back_ms.q1, row.back_to_back_ms.q3),
+                row.spaced_ms.median,
+                format!("{:.1}–{:.1}", row.spaced_ms.q1, row.spaced_ms.q3),
+                ratio(row.to_crun_back_to_back),
+                ratio(row.to_crun_spaced),
+            );
+        }
+        for (id, why) in &starts.skipped {
+            let _ = writeln!(out, "skipped {id}: {why}");
+        }
+    }
+    if let Some(storage) = &report.storage {
+        storage_text(&mut out, storage);
+    }
+    out
+}
+
+fn storage_text(out: &mut String, storage: &Storage) {
+    if !storage.drivers.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{} containers per storage driver (stage4-overlay bench-storage, 1 run), base {:.1} MiB",
+            storage.count,
+            storage.base_bytes as f64 / 1048576.0
+        );
+        for driver in &storage.drivers {
+            let _ = writeln!(
+                out,
+                "  {:<8} {:>8.2} ms and {:>10.1} KiB per container",
+                driver.storage,
+                driver.create_ms_per_container,
+                driver.disk_bytes_per_container / 1024.0
+            );
+        }
+    }
+    if let Some(first) = storage.stores.first() {
+        let _ = writeln!(
+            out,
+            "\nrun --rm /bin/true with N stopped containers in the store, ms ({} runs, the stores \
+             taking turns)",
+            first.start_ms.runs
+        );
+        for store in &storage.stores {
+            let _ = writeln!(
+                out,
+                "  {:>5} containers {:>8.1} (quartiles {:.1}–{:.1})  empty/this {:.3}",
+                store.containers,
+                store.start_ms.median,
+                store.start_ms.q1,
+                store.start_ms.q3,
+                store.to_empty
+            );
+        }
+    }
+}
+
+/// The tables as markdown, for the book: the seed's shape, host = 1.
+pub fn markdown(report: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "<!-- isolab bench run {} -->", report.run_id);
+    let _ = writeln!(out, "*{}.*\n", header(report));
+    if !report.rows.is_empty() {
+        let _ = writeln!(
+            out,
+            "| what is measured | tool | host | container | quartiles | crun | 2014 (Docker 1.1.2) | runs |"
+        );
+        let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|");
+        for row in &report.rows {
+            let _ = writeln!(
+                out,
+                "| {} | {} | 1 ({} {}) | {} | {} | {} | {} | {} |",
+                row.info.what,
+                row.info.tool,
+                value(&row.host),
+                row.info.unit,
+                ratio_cell(&row.ratio, row.within_noise),
+                quartiles(&row.ratio),
+                row.crun_ratio.as_ref().map_or("–".into(), |r| format!("{:.3}", r.median)),
+                row.info.seed_2014.map_or("–".into(), |seed| format!("{seed:.4}")),
+                row.runs
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\n`~`: the rounds' ratios spread wider than the ratio's distance from 1 — this run \
+             cannot tell the container from the host.\n"
+        );
+    }
+    if let Some(starts) = &report.starts {
+        let _ = writeln!(
+            out,
+            "| start of `/bin/true` | back to back, ms | spaced {} ms apart, ms | ÷ crun, back to back | ÷ crun, spaced |",
+            starts.spacing_ms
+        );
+        let _ = writeln!(out, "|---|--:|--:|--:|--:|");
+        for row in &starts.rows {
+            let ratio = |r: Option<f64>| r.map_or("–".into(), |r| format!("{r:.2}"));
+            let _ = writeln!(
+                out,
+                "| {} | {:.1} | {:.1} | {} | {} |",
+                row.what.trim(),
+                row.back_to_back_ms.median,
+                row.spaced_ms.median,
+                ratio(row.to_crun_back_to_back),
+                ratio(row.to_crun_spaced)
+            );
+        }
+        let _ = writeln!(out, "\nMedians of {} starts each way.\n", starts.runs);
+    }
+    if let Some(storage) = &report.storage {
+        if !storage.drivers.is_empty() {
+            let _ = writeln!(out, "| storage driver | ms per container | KiB per container |");
+            let _ = writeln!(out, "|---|--:|--:|");
+            for driver in &storage.drivers {
+                let _ = writeln!(
+                    out,
+                    "| {} | {:.2} | {:.1} |",
+                    driver.storage,
+                    driver.create_ms_per_container,
+                    driver.disk_bytes_per_container / 1024.0
+                );
+            }
+            let _ = writeln!(out, "\n{} containers per driver, one run.\n", storage.count);
+        }
+        if !storage.stores.is_empty() {
+            let _ = writeln!(out, "| containers in the store | start, ms | empty ÷ this |");
+            let _ = writeln!(out, "|--:|--:|--:|");
+            for store in &storage.stores {
+                let _ = writeln!(
+                    out,
+                    "| {} | {:.1} | {:.3} |",
+                    store.containers, store.start_ms.median, store.to_empty
+                );
+            }
+            let runs = storage.stores[0].start_ms.runs;
+            let _ = writeln!(out, "\nMedians of {runs} starts per store, the stores taking turns.");
+        }
+    }
+    out
+}

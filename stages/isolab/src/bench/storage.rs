@@ -1,0 +1,165 @@
+//! What the store costs: N containers with each storage driver (stage 4's `bench-storage`:
+//! the time to create them, the disk they take), and the start of a container in a store that
+//! already holds 0, 100 or 1,000 of them — a store whose start reads every container would
+//! slow down as it fills.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::start::timed;
+use super::stats::Summary;
+use super::{check_interrupted, output, Bench, Plan, Progress, Stage};
+
+/// One storage driver's cost per container.
+#[derive(Debug, Clone, Serialize)]
+pub struct Driver {
+    /// `overlay` or `copy`.
+    pub storage: String,
+    /// Milliseconds to create one container (its directories, config, and for copy the copy).
+    pub create_ms_per_container: f64,
+    /// Bytes on disk per container.
+    pub disk_bytes_per_container: f64,
+}
+
+/// The start in a store that holds `containers` stopped containers.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreRow {
+    /// Stopped containers already in the store.
+    pub containers: u32,
+    /// Milliseconds of `run --rm /bin/true` there.
+    pub start_ms: Summary,
+    /// The empty store's median over this one's: 1 is as fast, 0.9 is 10% slower.
+    pub to_empty: f64,
+}
+
+/// The store's costs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Storage {
+    /// Containers per driver (stage 4's `bench-storage --count`).
+    pub count: u32,
+    /// The base each driver's containers are made from, bytes.
+    pub base_bytes: u64,
+    /// Each driver, when stage 4 is built.
+    pub drivers: Vec<Driver>,
+    /// The start in each store, the stores taking turns.
+    pub stores: Vec<StoreRow>,
+}
+
+/// The progress bar's steps for this part.
+pub fn steps(plan: &Plan) -> u64 {
+    let sizes = &plan.store_sizes;
+    1 + sizes.iter().map(|&n| u64::from(n)).sum::<u64>()
+        + sizes.len() as u64 * (1 + u64::from(plan.start_runs))
+}
+
+// ANCHOR: storage
+/// Both measurements; every store is in the working directory and goes with it.
+pub fn measure(bench: &Bench, plan: &Plan, progress: &mut Progress) -> Result<Storage> {
+    progress.step(&format!("{} containers with each storage driver", plan.storage_count));
+    let (base_bytes, drivers) = drivers(bench, plan)?;
+
+    // The stores: stopped containers made the way a user makes them (`run --name`), so every
+    // one has what a real one has (its directory, its name in the index, its id claims). Each
+    // store has its own directory of id claims, as a machine with only that store would: a
+    // stopped container keeps its claim, and a start steps over the claims (`idrange`), so
+    // with one directory for all of them even the empty store's starts would pay for the
+    // others' 1,100 claims.
+    let mut stores = Vec::new();
+    for &size in &plan.store_sizes {
+        let store = bench.workdir.join(format!("store-{size}"));
+        let claims = bench.workdir.join(format!("userns-{size}"));
+        progress.step(&format!("a store for {size} containers"));
+        if bench.stage == Stage::Five {
+            super::import_image(&bench.bin_dir, &store, &claims, &bench.rootfs)?;
+        }
+        for number in 0..size {
+            progress.step(&format!("filling the store: container {}/{size}", number + 1));
+            check_interrupted()?;
+            let name = format!("box-{number}");
+            let mut command = bench.container(&store, &["--name", &name], &["/bin/true"]);
+            command.env(libisolab::idrange::CLAIMS_DIR_VAR, &claims);
+            output(&mut command, "a container for the store")?;
+        }
+        stores.push((size, store, claims));
+    }
+    let mut samples = vec![Vec::new(); stores.len()];
+    for round in 0..plan.start_runs {
+        for (index, (size, store, claims)) in stores.iter().enumerate() {
+            progress.step(&format!(
+                "start with {size} in the store ({}/{})",
+                round + 1,
+                plan.start_runs
+            ));
+            check_interrupted()?;
+            let mut command = bench.in_container(store, &[], &["/bin/true"]);
+            command.env(libisolab::idrange::CLAIMS_DIR_VAR, claims);
+            samples[index].push(timed(command, "run --rm /bin/true")?.as_secs_f64() * 1000.0);
+        }
+    }
+    let summaries: Vec<Summary> = samples.iter().filter_map(|s| Summary::of(s)).collect();
+    let empty = summaries.first().context("no store was timed")?.median;
+    let stores = stores
+        .iter()
+        .zip(summaries)
+        .map(|((size, _, _), start_ms)| StoreRow {
+            containers: *size,
+            to_empty: empty / start_ms.median,
+            start_ms,
+        })
+        .collect();
+    Ok(Storage { count: plan.storage_count, base_bytes, drivers, stores })
+}
+// ANCHOR_END: storage
+
+/// Stage 4's `bench-storage`, which creates the containers with the library's own store
+/// calls (what `run` does before the clone) and removes its scratch store.
+fn drivers(bench: &Bench, plan: &Plan) -> Result<(u64, Vec<Driver>)> {
+    let stage4 = bench.bin_dir.join("stage4-overlay");
+    if !stage4.is_file() {
+        return Ok((0, Vec::new()));
+    }
+    let root = bench.workdir.join("bench-storage");
+    fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    let mut command = Command::new(&stage4);
+    command.arg("--root").arg(&root).arg("bench-storage").arg("--rootfs").arg(&bench.rootfs);
+    command.args(["--count", &plan.storage_count.to_string(), "--json"]);
+    let text = output(&mut command, "stage4-overlay bench-storage")?;
+    parse_bench_storage(&text, plan.storage_count, &root)
+}
+
+fn parse_bench_storage(text: &str, count: u32, root: &Path) -> Result<(u64, Vec<Driver>)> {
+    let json: serde_json::Value = serde_json::from_str(text)
+        .with_context(|| format!("bench-storage's output in {} is not JSON", root.display()))?;
+    let base = json["base_bytes"].as_u64().context("no base_bytes in bench-storage's output")?;
+    let mut drivers = Vec::new();
+    for driver in json["drivers"].as_array().context("no drivers in bench-storage's output")? {
+        let number = |key: &str| driver[key].as_f64().with_context(|| format!("no {key}"));
+        drivers.push(Driver {
+            storage: driver["storage"].as_str().context("no storage")?.to_string(),
+            create_ms_per_container: number("create_ns")? / 1e6 / f64::from(count),
+            disk_bytes_per_container: number("disk_bytes")? / f64::from(count),
+        });
+    }
+    Ok((base, drivers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_bench_storage_per_container() {
+        let text = r#"{"base":"/r","base_bytes":1000,"count":5,"drivers":[
+            {"create_ns":10000000,"disk_bytes":5000,"remove_ns":1,"storage":"overlay"},
+            {"create_ns":500000000,"disk_bytes":5000000,"remove_ns":1,"storage":"copy"}]}"#;
+        let (base, drivers) = parse_bench_storage(text, 5, Path::new("/s")).unwrap();
+        assert_eq!(base, 1000);
+        assert_eq!(drivers[0].storage, "overlay");
+        assert_eq!(drivers[0].create_ms_per_container, 2.0);
+        assert_eq!(drivers[1].disk_bytes_per_container, 1_000_000.0);
+    }
+}
