@@ -158,8 +158,12 @@ fn parse_caption(line: &str) -> Option<(u32, u32, &str, &str)> {
 
 const CAPTION_START: &str = "<span class=\"caption\">";
 
-/// The chapter's number: N for `stageN-….md`, 0 for the introduction and setup.
+/// The chapter's number: N for `stageN-….md`, 6 for `bench.md` (the chapter after stage 5's),
+/// 0 for the introduction and setup.
 fn chapter_number(name: &str) -> u32 {
+    if name == "bench.md" {
+        return 6;
+    }
     name.strip_prefix("stage")
         .and_then(|rest| rest.split('-').next())
         .and_then(|n| n.parse().ok())

@@ -633,10 +633,11 @@ impl Images {
         for name in &removing {
             self.layout.remove_ref(name)?;
         }
-        // The last tag gone, or none there: the entries without a name go too (else an
-        // image pulled by digest could never be removed).
+        // Named by its digest or id, every tag gone (or none there): its entries without a
+        // name go too, else an image pulled by digest could never be removed. Removing a tag
+        // leaves them (another tool's untagged entry keeps its image).
         let mut removing = removing;
-        if last && self.layout.remove_untagged(&digest)? > 0 {
+        if last && !by_tag && self.layout.remove_untagged(&digest)? > 0 {
             removing.push(digest);
         }
         Ok(removing)
