@@ -246,3 +246,62 @@ fn a_refused_token_request_is_one_line_and_125() {
     assert!(tokens.requests().iter().all(|request| !request.granted), "{:#?}", tokens.requests());
     assert!(registry.upload_sessions("team/bb").is_empty());
 }
+
+/// The registry's answers for a push that wants Basic credentials on every request and hands
+/// out an upload session at `location` (another server, or a trick on its own address).
+fn basic_registry_sending_uploads_to(location: String) -> FakeRegistry {
+    FakeRegistry::start(move |request| {
+        if request.header("authorization").is_none() {
+            return Answer::status(401).header("WWW-Authenticate", "Basic realm=\"fake\"");
+        }
+        match (request.method.as_str(), request.path()) {
+            (_, "/v2/") => Answer::json(200, serde_json::json!({})),
+            ("HEAD", _) => Answer::status(404),
+            ("POST", "/v2/team/app/blobs/uploads/") => {
+                Answer::status(202).header("Location", &location)
+            }
+            _ => Answer::error(404, "NAME_UNKNOWN", "no"),
+        }
+    })
+}
+
+#[test]
+fn credentials_go_to_the_registry_only_never_to_a_location_elsewhere() {
+    let test = "credentials_go_to_the_registry_only_never_to_a_location_elsewhere";
+    let env = TestEnv::new();
+    if !prepare(test, &env) {
+        return;
+    }
+    let creds = format!("{USER}:{PASSWORD}");
+    // Another server, named by a full URL in the upload's Location: it gets the bytes (a CDN
+    // could be that), never the Authorization.
+    let elsewhere = FakeRegistry::start(|_| Answer::error(500, "UNKNOWN", "not a registry"));
+    let registry = basic_registry_sending_uploads_to(format!(
+        "http://{}/upload/s1?_state=x",
+        elsewhere.addr()
+    ));
+    let target = format!("{}/team/app:1", registry.addr());
+    let output = stage5(&env, "store", &["push", "--creds", &creds, "bb:1", &target]);
+    assert_eq!(code(&output), 125, "{}", text(&output.stderr));
+    let seen = elsewhere.requests();
+    assert!(!seen.is_empty(), "the upload went to the other server");
+    for request in &seen {
+        assert_eq!(request.header("authorization"), None, "{}", request.line());
+    }
+    // The registry itself had them on every request after its challenge.
+    assert!(registry.requests().iter().any(|r| r.header("authorization").is_some()));
+
+    // `@host:port/…` (no leading slash) glued to the base would be a URL to that host with
+    // the base as its user: refused, and nothing sent there.
+    let trap = FakeRegistry::start(|_| Answer::status(201));
+    let registry = basic_registry_sending_uploads_to(format!("@{}/v2/x", trap.addr()));
+    let target = format!("{}/team/app:1", registry.addr());
+    let output = stage5(&env, "store", &["push", "--creds", &creds, "bb:1", &target]);
+    assert_eq!(code(&output), 125);
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("is neither an absolute path nor an http(s) URL"), "{stderr}");
+    assert!(trap.requests().is_empty(), "{:?}", trap.requests());
+    for shown in [text(&output.stdout), stderr] {
+        assert!(!shown.contains(PASSWORD), "{shown}");
+    }
+}

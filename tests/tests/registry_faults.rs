@@ -336,8 +336,8 @@ fn a_push_whose_blob_upload_fails_cancels_its_session() {
     assert!(fake.all_closed());
 }
 
-// Fails on this branch (reported, not ours to fix here): `registry::upload` opens the session
-// before it knows the blob is sound, and its DELETE after the broken PUT cannot cancel it:
+// Were `registry::upload` to open the session before it knew the blob sound, its DELETE
+// after the broken PUT could not cancel it:
 // distribution 2.8 checks the session's `_state` (offset 0) against the bytes it received and
 // answers `404 BLOB_UPLOAD_INVALID` ("upload resumed at wrong offest"), and its own cancel on
 // that path runs on a writer it has already closed, so the session stays in `_uploads/` until

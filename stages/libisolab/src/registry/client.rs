@@ -221,13 +221,38 @@ impl Client {
         format!("{}/v2/{}/{rest}", self.base, self.repository)
     }
 
-    /// A `Location` header as an absolute URL (registries may send a path only).
-    pub(crate) fn absolute(&self, location: &str) -> String {
-        if location.starts_with("http://") || location.starts_with("https://") {
-            location.to_string()
-        } else {
-            format!("{}{location}", self.base)
+    /// A `Location` header as an absolute URL: an absolute path is on the registry itself
+    /// (registries often send only that), a full `http(s)://` URL is taken as it is (blobs may
+    /// live elsewhere, on a CDN); anything else, and a URL with a `user@` in it, is refused
+    /// rather than guessed at (`@host:port/…` glued to the base would make a URL to `host`).
+    pub(crate) fn absolute(&self, location: &str) -> Result<String> {
+        let refuse = |why: &str| {
+            Error::Invalid(format!(
+                "the registry {} answered with a Location {location:?}, which {why}: it does \
+                 not follow the distribution API",
+                self.base
+            ))
+        };
+        if location.starts_with('/') && !location.starts_with("//") {
+            return Ok(format!("{}{location}", self.base));
         }
+        if !(location.starts_with("http://") || location.starts_with("https://")) {
+            return Err(refuse("is neither an absolute path nor an http(s) URL"));
+        }
+        let uri: http::Uri = location.parse().map_err(|_| refuse("is not a URL"))?;
+        if uri.authority().is_some_and(|authority| authority.as_str().contains('@')) {
+            return Err(refuse("names a user"));
+        }
+        Ok(location.to_string())
+    }
+
+    /// Does `url` go to the registry itself (same scheme, host and port as the base)? Only
+    /// such requests carry the `Authorization` the registry asked for: a `Location` or a
+    /// redirect may point at another server, which must not receive the user's password or
+    /// token (docker's client keeps credentials per host too).
+    fn same_origin(&self, url: &str) -> bool {
+        let base = origin(&self.base);
+        origin(url).is_some_and(|theirs| Some(theirs) == base)
     }
 
     /// `GET /v2/`: is this a registry that speaks the API (and who may use it)?
@@ -254,7 +279,9 @@ impl Client {
                 request = request.header(*name, *value);
             }
             if let Some(authorization) = &self.authorization {
-                request = request.header("Authorization", authorization);
+                if self.same_origin(url) {
+                    request = request.header("Authorization", authorization);
+                }
             }
             // Each kind of body its own call: ureq sends a slice with its Content-Length, a
             // reader chunked (HTTP/1.1 `Transfer-Encoding: chunked`).
@@ -455,6 +482,15 @@ fn status_text(status: http::StatusCode) -> String {
     format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or(""))
         .trim_end()
         .to_string()
+}
+
+/// `scheme://host:port` of a URL, the port written out (80 or 443 when it is the default).
+fn origin(url: &str) -> Option<String> {
+    let uri: http::Uri = url.parse().ok()?;
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    let authority = uri.authority()?;
+    let port = authority.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
+    Some(format!("{scheme}://{}:{port}", authority.host().to_ascii_lowercase()))
 }
 
 /// The errnos of "no route" (errno(3)), as `io::Error::raw_os_error` gives them.

@@ -236,7 +236,7 @@ fn upload(
         // that no session is left open on the registry.
         if tried + 1 < mount_from.len() {
             if let Some(location) = header(&response, "location") {
-                let location = client.absolute(&location);
+                let location = client.absolute(&location)?;
                 let _ = client.send(Method::DELETE, &location, &[], Payload::Empty);
             }
         } else {
@@ -258,7 +258,7 @@ fn upload(
             client.url("blobs/uploads/")
         )));
     };
-    let mut location = client.absolute(&location);
+    let mut location = client.absolute(&location)?;
     let mut reader = Watched::new(layout.open_blob(digest)?, options.interrupted, on_bytes);
     let finished = match options.chunk_size.filter(|&chunk| size > chunk) {
         Some(chunk_size) => send_chunks(client, &mut location, &mut reader, chunk_size)
@@ -347,7 +347,7 @@ fn send_chunks(
                  does not follow the distribution API; push again without --chunk-size"
             )));
         };
-        *location = client.absolute(&next);
+        *location = client.absolute(&next)?;
         start = end + 1;
     }
 }
@@ -726,7 +726,7 @@ mod tests {
             )
         });
         let mut client = client(&addr);
-        let mut location = client.absolute("/v2/team/app/blobs/uploads/s1?_state=x");
+        let mut location = client.absolute("/v2/team/app/blobs/uploads/s1?_state=x").unwrap();
         send_chunks(&mut client, &mut location, &mut &b"0123456789"[..], 4).unwrap();
         assert_eq!(location, format!("http://{addr}/v2/team/app/blobs/uploads/s4?_state=x"));
 
@@ -758,7 +758,7 @@ mod tests {
                 .into()
         });
         let mut client = client(&addr);
-        let mut location = client.absolute("/v2/team/app/blobs/uploads/s1");
+        let mut location = client.absolute("/v2/team/app/blobs/uploads/s1").unwrap();
         let error = send_chunks(&mut client, &mut location, &mut &b"0123456789"[..], 4)
             .unwrap_err()
             .to_string();
