@@ -454,10 +454,9 @@ fn unknown_hosts_closed_ports_and_unknown_names_are_one_line_and_125() {
     assert_eq!(images.lines().count(), 1, "the header only: {images}");
 }
 
-// Fails on this branch (reported, not ours to fix here): `registry::fetch_blob` streams the
-// body into `Layout::put_blob`, which reports a failed *read* of its source as a failed write
-// of its `.partial-` file ("write …/.partial-… failed: EIO"), naming our disk instead of the
-// URL whose body was cut short.
+// `registry::fetch_blob` streams the body into `Layout::put_blob` through a reader that keeps
+// its own error: a body cut short is named by its URL, not as a failed write of the
+// `.partial-` file ("write …/.partial-… failed: EIO") that would blame our disk.
 #[test]
 fn a_layer_cut_short_is_named_by_its_url_and_never_stored() {
     let test = "a_layer_cut_short_is_named_by_its_url_and_never_stored";
