@@ -91,9 +91,12 @@ fn fails_keeping(
         assert!(line.contains(word), "{what}: {word:?} is not in: {line}");
     }
     let mut after = store_state(&env.path().join(root));
+    let mut before = before;
     for digest in kept {
         let hex = digest.trim_start_matches("sha256:");
         after.remove(&Path::new("blobs/sha256").join(hex));
+        // (Already there from an earlier pull, it may stay as it was, too.)
+        before.remove(&Path::new("blobs/sha256").join(hex));
     }
     assert!(before == after, "{what} changed the store: {:#?}", state_changes(&before, &after));
     let partials: Vec<String> = names_in(&env.path().join(root).join("blobs/sha256"))
@@ -486,4 +489,99 @@ fn a_layer_cut_short_is_named_by_its_url_and_never_stored() {
         names.iter().all(|name| name == config_hex),
         "only the whole, verified config may stay: {names:?}"
     );
+}
+
+/// [`fake_image`] with another config and another media type for its layer.
+fn odd_image(config: &[u8], layer_type: &str) -> FakeImage {
+    let mut image = fake_image();
+    let config_digest = Digest::of(config).to_string();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": layer_type, "digest": image.layer_digest,
+                    "size": image.layer.len()}],
+    })
+    .to_string()
+    .into_bytes();
+    image.manifest_digest = Digest::of(&manifest).to_string();
+    image.manifest = manifest;
+    image.blobs = vec![
+        (config_digest.clone(), config.to_vec()),
+        (image.layer_digest.clone(), image.layer.clone()),
+    ];
+    image.config_digest = config_digest;
+    image
+}
+
+#[test]
+fn a_pulled_image_isolab_cannot_run_is_not_tagged_and_a_broken_tag_stops_nothing() {
+    let test = "a_pulled_image_isolab_cannot_run_is_not_tagged_and_a_broken_tag_stops_nothing";
+    let env = TestEnv::new();
+    if !prepare(test, &env, true) {
+        return;
+    }
+    let gzip = "application/vnd.oci.image.layer.v1.tar+gzip";
+    // A config that is JSON but no image config; one that lists no diff_id for the layer;
+    // a layer compressed with zstd. Each: whole, verified blobs, but no tag.
+    let cases: [(&[u8], &str, &str); 3] = [
+        (b"{}", gzip, "not the JSON document expected"),
+        (br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#, gzip, "0 diff_ids"),
+        (
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["sha256:0000000000000000000000000000000000000000000000000000000000000000"]}}"#,
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+            "zstd",
+        ),
+    ];
+    for (config, layer_type, said) in cases {
+        let image = odd_image(config, layer_type);
+        let kept = [
+            image.manifest_digest.clone(),
+            image.config_digest.clone(),
+            image.layer_digest.clone(),
+        ];
+        let fake = FakeRegistry::start(move |request| image.answer(request));
+        let kept: Vec<&str> = kept.iter().map(String::as_str).collect();
+        let line = pull_fails_keeping(
+            &env,
+            &format!("{}/x/y:1", fake.addr()),
+            &[],
+            &[said, "nothing was tagged"],
+            &kept,
+        );
+        assert!(line.contains("/x/y:1"), "{line}");
+    }
+
+    // A store with such a tag anyway (another tool, an older isolab): `images` lists the
+    // others and names the broken one, `rmi` removes it.
+    let image = odd_image(b"{}", gzip);
+    let manifest = image.manifest.clone();
+    let blobs = env.path().join("store/blobs/sha256");
+    for (digest, bytes) in
+        image.blobs.iter().chain([(image.manifest_digest.clone(), manifest.clone())].iter())
+    {
+        std::fs::write(blobs.join(digest.trim_start_matches("sha256:")), bytes).unwrap();
+    }
+    let index_path = env.path().join("store/index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    index["manifests"].as_array_mut().unwrap().push(serde_json::json!({
+        "mediaType": OCI_MANIFEST, "digest": image.manifest_digest, "size": manifest.len(),
+        "annotations": {"org.opencontainers.image.ref.name": "broken:1"},
+    }));
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+    let listed = run(env.cmd(STAGE).args(["--root", "store", "images"]));
+    assert_eq!(code(&listed), 0, "{}", text(&listed.stderr));
+    assert!(text(&listed.stdout).contains("bb"), "{}", text(&listed.stdout));
+    assert!(
+        text(&listed.stderr).contains("image broken:1 cannot be read"),
+        "{}",
+        text(&listed.stderr)
+    );
+    assert!(text(&listed.stderr).contains("`rmi broken:1` removes it"), "{}", text(&listed.stderr));
+    let removed = ok(&env, "store", &["rmi", "broken:1"]);
+    assert!(removed.contains("untagged broken:1"), "{removed}");
+    let listed = run(env.cmd(STAGE).args(["--root", "store", "images"]));
+    assert_eq!(text(&listed.stderr), "", "nothing broken is left");
 }

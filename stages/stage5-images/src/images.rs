@@ -290,6 +290,12 @@ pub fn images(store: &Store, args: &ImagesArgs) -> Result<u8, Failure> {
         rows.push(row);
     }
     print_table(&rows);
+    for (word, why) in images.broken()? {
+        eprintln!(
+            "{}: image {word} cannot be read ({why}): `rmi {word}` removes it",
+            crate::PROGRAM
+        );
+    }
     Ok(0)
 }
 

@@ -413,6 +413,16 @@ pub fn pull(store: &Store, args: &PullArgs) -> Result<u8, Failure> {
     drop(shown);
     // By digest alone (`REPO@sha256:…`): the user named a manifest, not a tag, so no tag
     // moves (docker's way): the image is kept untagged, run or tagged by its digest.
+    // Every blob is whole and verified; is it an image isolab can run? (A config that is no
+    // image config, one diff_id per layer, layers that unpack.) Else nothing is tagged: a
+    // broken tag would only fail later, in `run`.
+    let digest = pulled.descriptor.digest().to_string();
+    if let Err(error) = images.find(&digest).and_then(|image| image.check()) {
+        return Err(Error::Invalid(format!(
+            "{reference}: {error}; nothing was tagged (gc removes what was fetched)"
+        ))
+        .into());
+    }
     // A tag beside the digest (`REPO:TAG@sha256:…`) is ignored, as docker ignores it: the
     // digest says which image, and the registry's tag may name another one by now.
     let name = match (&reference.tag, &reference.digest) {

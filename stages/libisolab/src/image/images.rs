@@ -268,28 +268,45 @@ impl Images {
         Ok(Image { name, manifest: descriptor, body, config })
     }
 
-    /// Every tag and its image, in `index.json`'s order.
+    /// Every tag and its image, in `index.json`'s order, then the untagged ones; an entry
+    /// whose image cannot be read is left out ([`Images::broken`] says which).
     pub fn list(&self) -> Result<Vec<Image>> {
+        Ok(self.read_all()?.into_iter().filter_map(|(_, read)| read.ok()).collect())
+    }
+
+    /// The entries of `index.json` whose image cannot be read (a config that is no image
+    /// config, a blob gone): each as the word `rmi` takes to remove it, and why. One broken
+    /// image does not stop `images`, `df` or `rmi` from working on the others.
+    pub fn broken(&self) -> Result<Vec<(String, String)>> {
+        Ok(self
+            .read_all()?
+            .into_iter()
+            .filter_map(|(word, read)| read.err().map(|error| (word, error.to_string())))
+            .collect())
+    }
+
+    /// Each entry (tags first, then the untagged ones no tag shows, as docker lists `<none>`):
+    /// the word that names it (its tag or its digest) and its image, or why it cannot be read.
+    fn read_all(&self) -> Result<Vec<(String, Result<Image>)>> {
         let refs = self.layout.refs()?;
         let tagged: Vec<String> =
             refs.iter().map(|(_, descriptor)| descriptor.digest().to_string()).collect();
-        // Then the entries without a name whose image no tag shows (pulled by digest, or
-        // another tool's), as docker lists `<none>`.
         let untagged = self.layout.entries()?.into_iter().filter(|entry| {
             ref_name(entry).is_none() && !tagged.contains(&entry.digest().to_string())
         });
-        let mut images: Vec<Image> = refs
+        let mut all: Vec<(String, Result<Image>)> = refs
             .into_iter()
-            .map(|(name, descriptor)| self.image(Some(name), descriptor))
-            .collect::<Result<_>>()?;
+            .map(|(name, descriptor)| (name.clone(), self.image(Some(name), descriptor)))
+            .collect();
         let mut seen = Vec::new();
         for entry in untagged {
-            if !seen.contains(&entry.digest().to_string()) {
-                seen.push(entry.digest().to_string());
-                images.push(self.image(None, entry)?);
+            let digest = entry.digest().to_string();
+            if !seen.contains(&digest) {
+                seen.push(digest.clone());
+                all.push((digest, self.image(None, entry)));
             }
         }
-        Ok(images)
+        Ok(all)
     }
 
     // ANCHOR: lowers
@@ -590,7 +607,21 @@ impl Images {
     /// (refused without `force`, as docker refuses); what nothing reaches any more goes with
     /// [`Images::gc`]. Returns the tags removed.
     pub fn remove(&self, word: &str, force: bool, containers: &[Container]) -> Result<Vec<String>> {
-        let image = self.find(word)?;
+        let image = match self.find(word) {
+            Ok(image) => image,
+            // A tag whose image cannot be read (see [`Images::broken`]) still goes.
+            Err(error) => {
+                let normalised = word.parse::<Reference>().map(|reference| reference.name()).ok();
+                let refs = self.layout.refs()?;
+                let Some((name, _)) =
+                    refs.iter().find(|(tag, _)| tag == word || Some(tag) == normalised.as_ref())
+                else {
+                    return Err(error);
+                };
+                self.layout.remove_ref(name)?;
+                return Ok(vec![name.clone()]);
+            }
+        };
         let digest = image.manifest.digest().to_string();
         let refs = self.layout.refs()?;
         let tags: Vec<String> = refs
@@ -892,6 +923,16 @@ pub fn created() -> Result<String> {
                     ))
                 })
         }
+    }
+}
+
+impl Image {
+    /// Can isolab run it? Its config lists one diff_id per layer, and every layer is a tar or
+    /// a gzip tar. A pull checks this before it tags anything: an image that fails here would
+    /// be tagged only to fail at `run`.
+    pub fn check(&self) -> Result<()> {
+        self.diff_ids()?;
+        self.body.layers().iter().try_for_each(check_layer_type)
     }
 }
 
