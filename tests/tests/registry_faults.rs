@@ -585,3 +585,49 @@ fn a_pulled_image_isolab_cannot_run_is_not_tagged_and_a_broken_tag_stops_nothing
     let listed = run(env.cmd(STAGE).args(["--root", "store", "images"]));
     assert_eq!(text(&listed.stderr), "", "nothing broken is left");
 }
+
+#[test]
+fn a_manifest_that_is_too_big_for_the_disk_old_or_mislabelled_is_refused_before_any_blob() {
+    let test =
+        "a_manifest_that_is_too_big_for_the_disk_old_or_mislabelled_is_refused_before_any_blob";
+    let env = TestEnv::new();
+    if !prepare(test, &env, false) {
+        return;
+    }
+    // A layer declared a terabyte long: refused from the manifest, before a byte arrives.
+    let mut image = fake_image();
+    let manifest = String::from_utf8(image.manifest.clone())
+        .unwrap()
+        .replace(&format!("\"size\":{}", image.layer.len()), &format!("\"size\":{}", 1u64 << 40));
+    image.manifest_digest = Digest::of(manifest.as_bytes()).to_string();
+    image.manifest = manifest.into_bytes();
+    let fake = FakeRegistry::start(move |request| image.answer(request));
+    pull_fails(&env, &format!("{}/x/y:1", fake.addr()), &[], &["1.0 TiB by its manifest", "free"]);
+    assert!(!fake.requests().iter().any(|request| request.path().contains("/blobs/")));
+
+    // Docker's schema 1, and a manifest served under a type nobody asked for, or under one
+    // its body contradicts.
+    let schema1 = br#"{"schemaVersion":1,"name":"x/y","tag":"1","fsLayers":[]}"#.to_vec();
+    let image = fake_image();
+    let answers: [(Vec<u8>, &str, &str); 3] = [
+        (schema1, "application/vnd.docker.distribution.manifest.v1+prettyjws", "schema 1"),
+        (image.manifest.clone(), "application/vnd.evil+json", "no image manifest or index"),
+        (
+            image.manifest.clone(),
+            "application/vnd.docker.distribution.manifest.v2+json",
+            "the document says",
+        ),
+    ];
+    for (body, content_type, said) in answers {
+        let digest = Digest::of(&body).to_string();
+        let fake = FakeRegistry::start(move |request| match request.path() {
+            "/v2/" => Answer::json(200, serde_json::json!({})),
+            path if path.contains("/manifests/") => Answer::status(200)
+                .header("Content-Type", content_type)
+                .header("Docker-Content-Digest", &digest)
+                .body(body.clone()),
+            _ => Answer::error(404, "BLOB_UNKNOWN", "no"),
+        });
+        pull_fails(&env, &format!("{}/x/y:1", fake.addr()), &[], &[said, "/v2/x/y/manifests/1"]);
+    }
+}

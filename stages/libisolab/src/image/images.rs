@@ -701,13 +701,14 @@ impl Images {
     /// Removes what no tag, no container and no build-cache entry reaches: blobs, unpacked
     /// layers, half-written blobs and half-unpacked layers. Says what it removed.
     pub fn gc(&self, containers: &[Container], keep_cache: bool) -> Result<Collected> {
-        let _exclusive = lock(
-            &self.layout.root().join(IMAGES_LOCK),
-            FlockArg::LockExclusiveNonblock,
-        )
-        .map_err(|_| {
-            Error::Invalid("an import, build, commit or load is writing images: gc later".into())
-        })?;
+        let _exclusive =
+            lock(&self.layout.root().join(IMAGES_LOCK), FlockArg::LockExclusiveNonblock).map_err(
+                |_| {
+                    Error::Invalid(
+                        "an import, build, commit, load or pull is writing images: gc later".into(),
+                    )
+                },
+            )?;
         let _unpacking = lock(&self.layers.join(".lock"), FlockArg::LockExclusive)?;
         // Every entry of index.json, tagged or not: another tool's untagged ones are kept.
         let mut roots: Vec<Descriptor> = self.layout.entries()?;

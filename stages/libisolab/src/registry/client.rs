@@ -320,6 +320,7 @@ impl Client {
     /// what to do. (Also for errors met while reading a body, which ureq hands over as
     /// `io::Error`s wrapping its own.)
     pub(crate) fn failed(&self, method: &Method, url: &str, error: ureq::Error) -> Error {
+        let url = shown(url);
         match error {
             ureq::Error::Timeout(ureq::Timeout::Connect) => Error::Invalid(format!(
                 "{method} {url} failed: timed out connecting (after {} s): is the host up and \

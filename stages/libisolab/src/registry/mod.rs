@@ -52,6 +52,9 @@ use crate::image::reference::Reference;
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
+/// Docker's schema 1 manifests (`…manifest.v1+json`, `…v1+prettyjws`), refused by name.
+const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1";
+
 /// What a pull accepts, in order of preference.
 const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
                       application/vnd.oci.image.index.v1+json, \
@@ -469,6 +472,7 @@ pub fn pull(
             get_manifest(&mut client, &expected.to_string(), Some(&expected), Some(chosen.size()))?;
     }
     let image: ImageManifest = parse_json(&bytes, &digest, "image manifest")?;
+    check_room(layout, &image, reference)?;
 
     let mut pulled = Pulled {
         descriptor: descriptor(MediaType::from(media_type.as_str()), &digest, bytes.len() as u64),
@@ -499,6 +503,35 @@ pub fn pull(
     Ok(pulled)
 }
 // ANCHOR_END: pull
+
+/// Refuses a pull whose missing blobs, at the sizes the manifest declares, do not fit in the
+/// store's filesystem (with 1% of it, at least 64 MiB, left over). Each blob is read up to its
+/// declared size and no further, so this bounds what a registry can make us write: one that
+/// declares a layer of a terabyte is refused here, before a byte of it arrives, instead of
+/// filling the disk (statvfs(3)).
+fn check_room(layout: &Layout, image: &ImageManifest, reference: &Reference) -> Result<()> {
+    let missing: u64 = std::iter::once(image.config())
+        .chain(image.layers())
+        .filter(|blob| digest_of(blob).is_ok_and(|digest| !layout.has_blob(&digest)))
+        .map(|blob| blob.size())
+        .fold(0u64, u64::saturating_add);
+    let stat = nix::sys::statvfs::statvfs(layout.root())
+        .map_err(|errno| Error::sys("statvfs", layout.root().display(), errno))?;
+    let block = stat.fragment_size().max(1);
+    let free = (stat.blocks_available() as u64).saturating_mul(block);
+    let total = (stat.blocks() as u64).saturating_mul(block);
+    let spare = (total / 100).max(64 << 20);
+    if missing.saturating_add(spare) > free {
+        return Err(Error::Invalid(format!(
+            "{reference}: its missing blobs are {} by its manifest, and {} has {} free: make \
+             room (gc, rmi) or pull into a store on a larger filesystem (--root)",
+            crate::cgroups::format_size(missing),
+            layout.root().display(),
+            crate::cgroups::format_size(free),
+        )));
+    }
+    Ok(())
+}
 
 /// `GET /v2/<name>/manifests/<target>` with our Accept list: the bytes, their media type and
 /// digest, checked against `expected` (a digest that named it), `Docker-Content-Digest`, and
@@ -552,14 +585,37 @@ fn get_manifest(
         }
     }
     // Some registries say `application/json`: the document's own mediaType is then the word.
+    let body: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
+    let own = body.as_ref().and_then(|value| value.get("mediaType")?.as_str().map(str::to_string));
     let media_type = if media_type.starts_with("application/vnd.") {
         media_type.split(';').next().unwrap_or_default().trim().to_string()
     } else {
-        serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .and_then(|value| value.get("mediaType")?.as_str().map(str::to_string))
-            .unwrap_or_else(|| MediaType::ImageManifest.to_string())
+        own.clone().unwrap_or_else(|| MediaType::ImageManifest.to_string())
     };
+    // Docker's schema 1 (before 2016): signed JSON without a config blob, which isolab does
+    // not read; said as such rather than as a missing field.
+    let schema = body.as_ref().and_then(|value| value.get("schemaVersion")?.as_u64());
+    if schema == Some(1) || media_type.starts_with(DOCKER_SCHEMA1) {
+        return Err(Error::Invalid(format!(
+            "GET {url}: a docker schema 1 manifest, which isolab does not read: push the image \
+             again with a current docker or skopeo (they write schema 2 or OCI)"
+        )));
+    }
+    // Only the four kinds we asked for are stored, under the type the body itself claims
+    // when it claims one: a manifest served as something else is refused, not recorded
+    // under a made-up type.
+    if !ACCEPT.split(", ").any(|accepted| accepted.trim() == media_type) {
+        return Err(Error::Invalid(format!(
+            "GET {url}: served as {media_type:?}, which is no image manifest or index isolab \
+             asked for: the registry is misconfigured"
+        )));
+    }
+    if let Some(own) = own.filter(|own| *own != media_type) {
+        return Err(Error::Invalid(format!(
+            "GET {url}: served as {media_type}, but the document says it is {own}: the \
+             registry or something between is corrupt; nothing was stored"
+        )));
+    }
     Ok((bytes, media_type, digest))
 }
 
