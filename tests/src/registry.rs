@@ -96,7 +96,7 @@ impl Registry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: \
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: \
                  {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
                 storage.display()
             ),
@@ -148,11 +148,22 @@ impl Registry {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// The upload sessions `repository` has open: the entries of its `_uploads/` (distribution
-    /// keeps each session there until it is finished or cancelled).
+    /// The upload sessions `repository` has open. Distribution keeps each under
+    /// `_uploads/<uuid>`, with a `startedat` file (a session without it is unknown to the
+    /// registry) and the bytes so far in `data`. A cancelled session (`DELETE`, answered 204)
+    /// loses both, but docker-registry 2.8 writes its hash state again after deleting it (its
+    /// log says "error closing blobwriter … file already closed"), so an empty
+    /// `<uuid>/hashstates` tree may stay: the registry's leftover, not an open session.
     pub fn upload_sessions(&self, repository: &str) -> Vec<String> {
         let dir = self.storage.join("docker/registry/v2/repositories").join(repository);
-        names_in(&dir.join("_uploads"))
+        let uploads = dir.join("_uploads");
+        names_in(&uploads)
+            .into_iter()
+            .filter(|uuid| {
+                uploads.join(uuid).join("startedat").exists()
+                    || uploads.join(uuid).join("data").exists()
+            })
+            .collect()
     }
 }
 

@@ -393,6 +393,18 @@ fn a_push_that_fails_on_the_real_registry_leaves_no_session_open() {
     // And no tag on the registry: the manifest was never sent.
     let tags = registry.storage.join("docker/registry/v2/repositories/team/bb/_manifests/tags");
     assert!(names_in(&tags).is_empty(), "{:?}", names_in(&tags));
+
+    // In chunks (no reading ahead then): the reader fails on the last chunk, before it is
+    // sent, and the session, whole, is cancelled.
+    let mut command = env.cmd(STAGE);
+    command.args(["--root", "store", "push", "--chunk-size", "1M", "bb:1"]);
+    command.arg(format!("{}/team/chunks:1", registry.addr()));
+    fails(&env, "store", &mut command, &[&layer_digest, "is corrupt"]);
+    assert!(
+        eventually(Duration::from_secs(5), || registry.upload_sessions("team/chunks").is_empty()),
+        "sessions left open: {:?}",
+        registry.upload_sessions("team/chunks")
+    );
 }
 
 #[test]

@@ -257,28 +257,6 @@ fn random_image(env: &TestEnv, root: &str, name: &str, mib: usize) {
     ok(env, root, &["import", &dir, name]);
 }
 
-/// The upload sessions the registry keeps open for `repository`: none once a push has ended,
-/// however it ended. Distribution keeps each under `repositories/<name>/_uploads/<uuid>`, with
-/// a `startedat` file (a session without it is unknown to the registry) and the bytes so far
-/// in `data`. A cancelled session (`DELETE`) loses both, but docker-registry 2.8 writes its
-/// hash state again after deleting it (its log says "error closing blobwriter"), so an empty
-/// `<uuid>/hashstates` tree may stay: the registry's leftover, not an open session.
-fn open_uploads(registry: &Registry, repository: &str) -> Vec<String> {
-    let dir = registry.storage.join("docker/registry/v2/repositories").join(repository);
-    fs::read_dir(dir.join("_uploads"))
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter(|entry| {
-                    let session = entry.path();
-                    session.join("startedat").exists() || session.join("data").exists()
-                })
-                .map(|entry| entry.file_name().to_string_lossy().into())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The registry's copy of a blob, by digest.
 fn registry_blob(registry: &Registry, digest: &str) -> std::path::PathBuf {
     let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
@@ -325,7 +303,7 @@ fn a_chunked_push_reaches_the_registry_whole_and_json_counts_what_moved() {
     assert_eq!(summary["blobs_skipped"], 0);
     assert_eq!(summary["blobs_mounted"], 0);
     assert_eq!(summary["reference"], target);
-    assert!(open_uploads(&registry, "team/rnd").is_empty());
+    assert!(registry.upload_sessions("team/rnd").is_empty());
 
     // Pulled back into another store: the same manifest, and every blob the same bytes.
     let pulled = json_lines(&ok(&env, "other", &["pull", "--json", &target]));
@@ -366,7 +344,7 @@ fn a_chunked_push_reaches_the_registry_whole_and_json_counts_what_moved() {
         json_lines(&ok(&env, "store", &["push", "--monolithic", "--json", "rnd:1", &mono]));
     assert_eq!(pushed.last().unwrap()["digest"], summary["digest"]);
     assert_eq!(pushed.last().unwrap()["bytes_sent"], sent_bytes);
-    assert!(open_uploads(&registry, "team/mono").is_empty());
+    assert!(registry.upload_sessions("team/mono").is_empty());
 }
 
 /// `format_size`'s spelling, as the summary lines use it.
@@ -435,7 +413,7 @@ fn an_interrupted_push_or_pull_leaves_nothing_half_done_and_resumes() {
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     assert!(stderr.contains("interrupted: "), "{stderr}");
     assert!(stderr.contains("1 blob already there is not sent again"), "{stderr}");
-    assert_eq!(open_uploads(&registry, "team/big"), Vec::<String>::new(), "session cancelled");
+    assert_eq!(registry.upload_sessions("team/big"), Vec::<String>::new(), "session cancelled");
     let tags = registry.storage.join("docker/registry/v2/repositories/team/big/_manifests/tags");
     assert!(!tags.join("1").exists(), "nothing tagged on the registry");
 
@@ -444,7 +422,7 @@ fn an_interrupted_push_or_pull_leaves_nothing_half_done_and_resumes() {
     assert_eq!(lines_of(&again, "skipped").len(), 1, "{again}");
     assert_eq!(lines_of(&again, "sent").len(), 1, "{again}");
     assert!(again.contains("1 blob sent") && again.contains("1 skipped"), "{again}");
-    assert!(open_uploads(&registry, "team/big").is_empty());
+    assert!(registry.upload_sessions("team/big").is_empty());
 
     // A pull stopped by SIGTERM after the config: no partial blob, no tag.
     let (status, stderr) = Running::start(&env, "other", &["pull", &target])

@@ -215,17 +215,22 @@ fn upload(
     options: &Options,
     on_bytes: &mut dyn FnMut(u64),
 ) -> Result<bool> {
-    // The blob is read once, to its end, before any session opens: a blob of our store that
-    // is not what its digest says fails here, with nothing started on the registry. Found
-    // only while sending, the PUT would break off midway, and distribution 2.8 then refuses
-    // the session's DELETE (its recorded offset no longer matches what it received), so the
-    // session would stay until the registry purges old uploads.
-    io::copy(&mut layout.open_blob(digest)?, &mut io::sink()).map_err(|error| {
-        match error.kind() {
-            io::ErrorKind::InvalidData => Error::Invalid(error.to_string()),
-            _ => Error::io("read", layout.blob_path(digest), &error),
-        }
-    })?;
+    // Sent in one PUT, a blob is first read once, to its end, before any session opens: a
+    // blob of our store that is not what its digest says fails here, with nothing started on
+    // the registry. Found only while sending, the PUT would break off midway, and
+    // distribution 2.8 then refuses the session's DELETE (its recorded offset no longer
+    // matches what it received), so the session would stay until the registry purges old
+    // uploads. Sent in chunks, no such pass is needed: the verifying reader fails as it reads
+    // the last chunk, before that chunk is sent, while the session is still whole.
+    let chunk_size = options.chunk_size.filter(|&chunk| size > chunk);
+    if chunk_size.is_none() {
+        io::copy(&mut layout.open_blob(digest)?, &mut io::sink()).map_err(|error| {
+            match error.kind() {
+                io::ErrorKind::InvalidData => Error::Invalid(error.to_string()),
+                _ => Error::io("read", layout.blob_path(digest), &error),
+            }
+        })?;
+    }
     let mut session = None;
     for (tried, from) in mount_from.iter().enumerate() {
         let url = client.url(&format!("blobs/uploads/?mount={digest}&from={from}"));
@@ -263,7 +268,7 @@ fn upload(
     };
     let mut location = client.absolute(&location)?;
     let mut reader = Watched::new(layout.open_blob(digest)?, options.interrupted, on_bytes);
-    let finished = match options.chunk_size.filter(|&chunk| size > chunk) {
+    let finished = match chunk_size {
         Some(chunk_size) => send_chunks(client, &mut location, &mut reader, chunk_size)
             .map_err(|error| reader.error_or(error, layout, digest))
             .and_then(|()| finish_upload(client, &location, digest, Payload::Empty)),
