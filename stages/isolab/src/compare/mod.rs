@@ -13,10 +13,10 @@
 //!    ([`render`]).
 
 mod columns;
-mod markers;
+pub(crate) mod markers;
 mod render;
 mod verdict;
-mod watch;
+pub(crate) mod watch;
 
 use std::ffi::OsString;
 use std::fs;
@@ -202,12 +202,12 @@ fn compare(keep: bool, image: Option<&PulledImage>) -> Result<Comparison> {
 // ANCHOR_END: compare
 
 /// Where the workspace's binaries are: next to our own executable.
-fn bin_dir() -> Result<PathBuf> {
+pub(crate) fn bin_dir() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot find isolab's own executable")?;
     Ok(exe.parent().context("isolab's executable has no directory")?.to_path_buf())
 }
 
-fn build_rootfs(bin_dir: &Path, rootfs: &Path) -> Result<()> {
+pub(crate) fn build_rootfs(bin_dir: &Path, rootfs: &Path) -> Result<()> {
     let builder = bin_dir.join("rootfs-builder");
     if !builder.is_file() {
         bail!(
