@@ -251,8 +251,8 @@ pub fn report_and_exit(error_write: OwnedFd, failure: &Failure) -> ! {
 
 /// In the parent: reads the error pipe to its end. `None` means the exec succeeded.
 pub fn read_failure(error_read: OwnedFd) -> Option<Failure> {
-    let mut bytes = Vec::new();
     // LAB stage1/error-pipe BEGIN: the parent reads what failed, or end-of-file
+    let mut bytes = Vec::new();
     let _ = File::from(error_read).read_to_end(&mut bytes);
     let (&code, message) = bytes.split_first()?;
     Some(Failure { code, message: String::from_utf8_lossy(message).into_owned() })
