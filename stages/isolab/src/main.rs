@@ -13,6 +13,7 @@ mod bench;
 mod compare;
 mod doctor;
 mod gc;
+mod lab;
 
 use std::process::ExitCode;
 
@@ -90,6 +91,34 @@ Examples:
 Exit status: 0 when everything stale it may remove was removed (or there was none), 125
 otherwise (and when --root is not a directory).";
 
+const LAB_EXAMPLES: &str = "\
+The code a student writes is marked in the reference (`// LAB stageN/task BEGIN` ... `// LAB
+END`); a starter is the reference with those regions replaced by todo!(), so the two cannot
+drift. The hints are labs/hints.toml: the man page, the shape of the call, the pitfall.
+
+Examples:
+  isolab lab list
+  isolab lab new 1 ~/lab1 && cd ~/lab1 && cargo build
+  isolab lab hint 1 chroot                 # again for the next rung; --level N for one
+  isolab lab new 2 ~/lab2 --from ~/lab1    # your stage 1 answers carried over
+  sudo isolab lab check                    # maintainers: starters fail, the reference passes
+
+Exit status: 0 on success; check: 1 when a starter passes a task or the reference fails one;
+125 on an error.";
+
+const GRADE_EXAMPLES: &str = "\
+Each task runs the binary as a user would, on a fresh busybox rootfs, with markers named after
+a random token; after each task the host is searched for what it left (mounts, cgroups,
+processes), which fails the task. A failure says what was expected, what happened, and the
+hint to read.
+
+Examples:
+  sudo isolab grade 1 --bin ~/lab1/target/debug/stage1-chroot
+  sudo isolab grade 2 --bin ~/lab2/target/debug/stage2-namespaces --junit grade.xml
+  sudo isolab grade 2 --bin target/debug/stage2-namespaces --task pivot-root --json
+
+Exit status: 0 when every task passed, 1 when one failed, 125 if grading itself failed.";
+
 /// The isolab classroom tool: compare the stages' isolation, check this machine
 #[derive(Debug, Parser)]
 #[command(name = "isolab", version, after_help = EXAMPLES)]
@@ -112,6 +141,13 @@ enum Verb {
     /// Clean up after killed runtimes (stale cgroups, stale containers), saying what was removed
     #[command(after_help = GC_EXAMPLES)]
     Gc(gc::Args),
+    /// Classroom labs from the reference: list, new STAGE DIR, hint STAGE TASK, check
+    #[command(after_help = LAB_EXAMPLES)]
+    Lab(lab::Args),
+    /// Grade a student's stage binary, black-box, on this stage's tasks and the earlier ones'
+    /// (needs root)
+    #[command(after_help = GRADE_EXAMPLES)]
+    Grade(lab::grade::Args),
 }
 
 fn main() -> ExitCode {
@@ -134,5 +170,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Verb::Compare(args) => compare::run(args),
         Verb::Doctor(args) => doctor::run(args),
         Verb::Gc(args) => gc::run(args),
+        Verb::Lab(args) => lab::run(args),
+        Verb::Grade(args) => lab::grade::run(args),
     }
 }

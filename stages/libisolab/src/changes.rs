@@ -234,6 +234,7 @@ pub fn overlay_changes(upper: &Path, lowers: &[PathBuf]) -> Result<Vec<Change>> 
             opaque_dir(walk.stack())?
         };
         let kind = upper_kind(&metadata, opaque);
+        // LAB stage4/diff-whiteouts BEGIN: an upper entry is A, C or D: whiteouts are deletions
         match (kind, &before) {
             // A whiteout over nothing hides nothing.
             (UpperKind::Whiteout, None) => {}
@@ -241,6 +242,7 @@ pub fn overlay_changes(upper: &Path, lowers: &[PathBuf]) -> Result<Vec<Change>> 
             (_, None) => changes.push(change(Kind::Added, &path)),
             (_, Some(_)) => changes.push(change(Kind::Changed, &path)),
         }
+        // LAB END
         if !is_dir(&metadata) {
             continue;
         }

@@ -22,6 +22,7 @@ use crate::error::{Error, Result, SysResultExt};
 /// The `chdir("/")` is not optional: chroot leaves the working directory where it was, outside
 /// the new root, and a process whose cwd is outside its root can reach everything through `..`.
 pub fn enter(rootfs: &Path) -> Result<()> {
+    // LAB stage1/chroot BEGIN: chroot into the rootfs, then stand in it
     unistd::chroot(rootfs).sys("chroot", rootfs.display()).map_err(|error| {
         match error.errno() {
             Some(nix::errno::Errno::EPERM) => {
@@ -32,6 +33,7 @@ pub fn enter(rootfs: &Path) -> Result<()> {
     })?;
     unistd::chdir("/").sys("chdir", "/")?;
     Ok(())
+    // LAB END
 }
 // ANCHOR_END: enter
 

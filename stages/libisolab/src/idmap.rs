@@ -98,6 +98,7 @@ impl IdMap {
 
     /// The writes, in order: `(file, content)` with `file` relative to `/proc/<pid>/`.
     pub fn writes(&self) -> Vec<(&'static str, String)> {
+        // LAB stage2/id-maps BEGIN: the map files, in the order the kernel accepts them
         let mut writes = Vec::new();
         if self.deny_setgroups {
             writes.push(("setgroups", "deny".to_string()));
@@ -105,6 +106,7 @@ impl IdMap {
         writes.push(("uid_map", self.uid.to_string()));
         writes.push(("gid_map", self.gid.to_string()));
         writes
+        // LAB END
     }
 
     // ANCHOR: write

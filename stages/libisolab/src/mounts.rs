@@ -124,6 +124,7 @@ pub fn container_steps(rootfs: &Path, options: Options) -> Vec<Step> {
             why,
         };
     let mut steps = vec![
+        // LAB stage2/private-mounts BEGIN: no mount event travels between us and the host
         // 1. Before anything: our copy of the mount table must not share events with the
         //    host's. On systemd hosts `/` is MS_SHARED, and every mount below would appear on
         //    the host too (and the detach of the old root would unmount the host's!).
@@ -135,6 +136,7 @@ pub fn container_steps(rootfs: &Path, options: Options) -> Vec<Step> {
             data: None,
             why: "make every mount private: nothing propagates to or from the host",
         },
+        // LAB END
         // 2. pivot_root needs the new root to be a mount point: bind it onto itself.
         mount(
             &rootfs.display().to_string(),
@@ -148,6 +150,7 @@ pub fn container_steps(rootfs: &Path, options: Options) -> Vec<Step> {
 
     // 3. /proc for the new pid namespace. A user namespace may mount proc only for a pid
     //    namespace it owns; without one, bind the host's.
+    // LAB stage2/proc BEGIN: a /proc for the new pid namespace
     if options.pid_ns || !options.user_ns {
         steps.push(mount(
             "proc",
@@ -167,6 +170,7 @@ pub fn container_steps(rootfs: &Path, options: Options) -> Vec<Step> {
             "the host's /proc (no pid namespace of our own to mount one for)",
         ));
     }
+    // LAB END
     // 4. /sys, read-only. sysfs shows the network devices of the mounter's net namespace, and
     //    a user namespace may mount it only for a net namespace it owns.
     if options.net_ns || !options.user_ns {
@@ -257,6 +261,7 @@ pub fn container_steps(rootfs: &Path, options: Options) -> Vec<Step> {
         "a /tmp of our own",
     ));
     // 7. Swap the roots: the rootfs becomes /, the old / is stacked on top of it …
+    // LAB stage2/pivot-root BEGIN: swap the roots, then detach the old one
     steps.push(Step::PivotRoot { new_root: rootfs.to_path_buf() });
     // … and is detached: nothing is left above the new / to climb to.
     steps.push(Step::Umount {
@@ -264,6 +269,7 @@ pub fn container_steps(rootfs: &Path, options: Options) -> Vec<Step> {
         flags: MntFlags::MNT_DETACH,
         why: "detach the old root: the host's tree is gone from this namespace",
     });
+    // LAB END
     steps.push(Step::Chdir { path: PathBuf::from("/") });
     steps
 }
@@ -303,6 +309,7 @@ fn apply_one(step: &Step) -> Result<()> {
             std::os::unix::fs::symlink(target, link).map_err(|e| Error::io("symlink", link, &e))
         }
         Step::PivotRoot { new_root } => {
+            // LAB stage2/pivot-root BEGIN: pivot_root(".", ".") from inside the rootfs
             nix::unistd::chdir(new_root).sys("chdir", new_root.display())?;
             // pivot_root(".", "."): the new root is the working directory, and the old root
             // is stacked on top of it, at "." too (man 2 pivot_root, NOTES): no directory for
@@ -316,6 +323,7 @@ fn apply_one(step: &Step) -> Result<()> {
                     _ => error,
                 },
             )
+            // LAB END
         }
         Step::Umount { target, flags, .. } => {
             nix::mount::umount2(target, *flags).sys("umount2", target.display())

@@ -68,6 +68,7 @@ impl Layers {
     /// `:` separates lower layers and `,` separates options, so both are escaped in paths
     /// with a backslash (as is the backslash itself), as overlayfs reads them.
     pub fn options(&self) -> String {
+        // LAB stage4/overlay-options BEGIN: the overlay mount's options string
         let lowers: Vec<String> = self.lowers.iter().map(|lower| escape(lower)).collect();
         let mut options = format!(
             "lowerdir={},upperdir={},workdir={}",
@@ -79,6 +80,7 @@ impl Layers {
             options.push_str(",userxattr");
         }
         options
+        // LAB END
     }
 
     /// The mount, as a step of the container plan: `mount("overlay", merged, "overlay", 0,

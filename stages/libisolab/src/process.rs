@@ -229,11 +229,14 @@ impl Child {
 
 /// Creates the error pipe: both ends close on exec (`man 2 pipe2`).
 pub fn error_pipe() -> Result<(OwnedFd, OwnedFd)> {
+    // LAB stage1/error-pipe BEGIN: a pipe that execve closes
     unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).sys("pipe2", "")
+    // LAB END
 }
 
 /// In the child: writes `failure` to the error pipe and exits with its code.
 pub fn report_and_exit(error_write: OwnedFd, failure: &Failure) -> ! {
+    // LAB stage1/error-pipe BEGIN: the child reports its failure
     let mut pipe = File::from(error_write);
     let mut message = vec![failure.code];
     message.extend_from_slice(failure.message.as_bytes());
@@ -243,14 +246,17 @@ pub fn report_and_exit(error_write: OwnedFd, failure: &Failure) -> ! {
     // parent's stdio buffers a second time (man 2 _exit).
     // SAFETY: _exit never returns and is async-signal-safe.
     unsafe { libc::_exit(i32::from(failure.code)) }
+    // LAB END
 }
 
 /// In the parent: reads the error pipe to its end. `None` means the exec succeeded.
 pub fn read_failure(error_read: OwnedFd) -> Option<Failure> {
+    // LAB stage1/error-pipe BEGIN: the parent reads what failed, or end-of-file
     let mut bytes = Vec::new();
     let _ = File::from(error_read).read_to_end(&mut bytes);
     let (&code, message) = bytes.split_first()?;
     Some(Failure { code, message: String::from_utf8_lossy(message).into_owned() })
+    // LAB END
 }
 
 fn block(set: &SigSet) -> Result<SigSet> {
@@ -271,6 +277,7 @@ pub(crate) fn restore(saved: &SigSet) {
 /// are the jail's. Failures carry the shell's codes: 127 when nothing is found, 126 when a file
 /// is found but cannot be executed.
 pub fn exec(command: &Command) -> Result<Infallible, Failure> {
+    // LAB stage1/exec BEGIN: exec the command: 127 when not found, 126 when not executable
     check_program(&command.argv)?;
     let program = &command.argv[0];
     let argv = to_cstrings(command.argv.iter().map(|arg| arg.as_bytes().to_vec()))?;
@@ -327,6 +334,7 @@ pub fn exec(command: &Command) -> Result<Infallible, Failure> {
         },
         None => not_found(program, &candidates),
     })
+    // LAB END
 }
 // ANCHOR_END: exec
 

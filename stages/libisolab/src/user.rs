@@ -67,6 +67,7 @@ impl fmt::Display for User {
 // ANCHOR: drop_privileges
 /// Becomes `user` for good: supplementary groups, then the group, then the user.
 pub fn drop_privileges(user: User) -> Result<()> {
+    // LAB stage1/drop-privileges BEGIN: become the user for good, in the one order that works
     let gid = Gid::from_raw(user.gid);
     // 1. Forget root's supplementary groups (root is often in groups like `disk`).
     unistd::setgroups(&[gid])
@@ -77,6 +78,7 @@ pub fn drop_privileges(user: User) -> Result<()> {
     // 3. Last, the user id: from here on we are no longer root.
     unistd::setuid(Uid::from_raw(user.uid)).sys("setuid", user.uid)?;
     Ok(())
+    // LAB END
 }
 // ANCHOR_END: drop_privileges
 

@@ -13,7 +13,7 @@
 //!    ([`render`]).
 
 mod columns;
-mod markers;
+pub(crate) mod markers;
 mod render;
 mod verdict;
 pub(crate) mod watch;

@@ -118,7 +118,7 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Unmounts lazily (`MNT_DETACH`, `man 2 umount`): gone from the table now, even if busy.
-fn detach(points: &[PathBuf]) {
+pub fn detach(points: &[PathBuf]) {
     for point in points {
         let _ = umount2(point, MntFlags::MNT_DETACH);
     }

@@ -177,10 +177,12 @@ impl Plan {
     /// written to each `cgroup.procs` of [`Plan::join`], as [`Backend::join`] does. The
     /// container's plan calls this from the parent, before it releases the child.
     pub fn join(&self, fs: &dyn Cgroupfs, pid: Pid) -> Result<()> {
+        // LAB stage3/join BEGIN: the child moves in before it may exec
         for procs in &self.join {
             write_file(fs, procs, &pid.to_string())?;
         }
         Ok(())
+        // LAB END
     }
 }
 // ANCHOR_END: plan_join
@@ -269,11 +271,13 @@ pub trait Backend {
     /// Runs the plan's steps in order. If one fails, what was made is removed again, so that
     /// a failed start leaves nothing behind, and the first error is returned.
     fn create(&self, plan: &Plan) -> Result<()> {
+        // LAB stage3/create BEGIN: make the cgroup; undo it if a step fails
         if let Err(error) = apply(self.fs(), &plan.steps) {
             let _ = self.destroy(&plan.id);
             return Err(error);
         }
         Ok(())
+        // LAB END
     }
 
     // ANCHOR: join
@@ -347,6 +351,7 @@ pub fn backends(hierarchy: &Hierarchy, fs: Rc<dyn Cgroupfs>) -> Vec<Box<dyn Back
 // ANCHOR: apply
 /// Runs `steps` in order (see [`Backend::create`]).
 pub fn apply(fs: &dyn Cgroupfs, steps: &[Step]) -> Result<()> {
+    // LAB stage3/limit BEGIN: each limit is one write to a controller file
     for step in steps {
         match step {
             Step::MakeDir { path, shared, .. } => match fs.mkdir(path) {
@@ -363,6 +368,7 @@ pub fn apply(fs: &dyn Cgroupfs, steps: &[Step]) -> Result<()> {
         }
     }
     Ok(())
+    // LAB END
 }
 // ANCHOR_END: apply
 
@@ -461,6 +467,7 @@ fn write_hint(path: &Path, errno: Errno) -> Option<String> {
 /// Removes `dir` and every cgroup below it, deepest first: `rmdir(2)` refuses a cgroup that
 /// still has children (EBUSY). A cgroup's files are not removed one by one: they go with it.
 fn remove_tree(fs: &dyn Cgroupfs, dir: &Path, removed: &mut Vec<PathBuf>) -> Result<()> {
+    // LAB stage3/remove BEGIN: remove the cgroup, deepest first
     let children = match fs.children(dir) {
         Ok(children) => children,
         Err(Errno::ENOENT) => return Ok(()), // already gone
@@ -478,6 +485,7 @@ fn remove_tree(fs: &dyn Cgroupfs, dir: &Path, removed: &mut Vec<PathBuf>) -> Res
         }
     }
     Ok(())
+    // LAB END
 }
 
 /// Removes the shared `isolab/` parent, unless another container still has a cgroup in it.

@@ -570,6 +570,7 @@ impl Images {
                 container.config.name
             )));
         };
+        // LAB stage5/commit BEGIN: the container's upper becomes a layer over its image's
         let _writing = self.writing()?;
         let parent = self.find(&parent.manifest)?;
         let shift = shift_for(container.config.owner, container.config.userxattr);
@@ -581,6 +582,7 @@ impl Images {
         let mut all = parent.body.layers().clone();
         all.push(descriptor);
         self.write(all, &config, name)
+        // LAB END
     }
 
     /// `tag`: `target` names the image `source` names. Returns the image, and the manifest

@@ -205,6 +205,7 @@ impl Layout {
         let size = writer.bytes_written();
         let (_, digest) = writer.finish();
         file.sync_all().map_err(|e| Error::io("fsync", partial, &e))?;
+        // LAB stage5/verify-digest BEGIN: a blob is what its digest says, or it is refused
         if let Some(expected) = expected {
             if *expected != digest {
                 return Err(Error::Invalid(format!(
@@ -214,6 +215,7 @@ impl Layout {
                 )));
             }
         }
+        // LAB END
         Ok((digest, size))
     }
 

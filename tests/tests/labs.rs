@@ -1,0 +1,206 @@
+//! The labs prove themselves (issue 13): every starter builds and fails its tasks while the
+//! reference passes them (`isolab lab check`), and the grader catches real mistakes: broken
+//! variants of the reference, each one mistake a student makes, fail the grader naming the
+//! task the mistake belongs to, and only that task.
+//!
+//! Builds are slow: every starter and variant shares one target directory
+//! (`target/labs`, as `lab check` uses), so that the dependencies build once.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use isolab_tests::*;
+
+/// Held while a test builds in [`shared_target`] and takes the binary out: two builds of the
+/// same binary name would replace each other's (`lab check` builds the stubbed starters).
+static SHARED_TARGET: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The target directory every starter and variant builds in.
+fn shared_target() -> PathBuf {
+    workspace_root().join("target/labs")
+}
+
+/// A starter of `stage` with the reference's answers put back (the marked files copied over
+/// the stubs), then `patch` applied to it: a student's attempt with one mistake.
+fn variant(env: &TestEnv, name: &str, stage: u8, patch: &dyn Fn(&Path)) -> PathBuf {
+    let dir = env.path().join(name);
+    let output = run(env.cmd("isolab").args(["lab", "new", &stage.to_string()]).arg(&dir));
+    assert!(output.status.success(), "lab new: {}", text(&output.stderr));
+    let src = "stages/libisolab/src";
+    for file in ["chroot.rs", "user.rs", "process.rs", "idmap.rs", "mounts.rs"] {
+        fs::copy(workspace_root().join(src).join(file), dir.join(src).join(file)).unwrap();
+    }
+    patch(&dir.join(src));
+    dir
+}
+
+/// Replaces the body of the `index`th region of `task` in `file` with `body`.
+fn replace_region(file: &Path, task: &str, index: usize, body: &str) {
+    let text = fs::read_to_string(file).unwrap();
+    let begin = format!("// LAB {task} BEGIN:");
+    let start = text.match_indices(&begin).nth(index).expect("the region is marked").0;
+    let body_start = start + text[start..].find('\n').unwrap() + 1;
+    let end = body_start + text[body_start..].find("// LAB END").unwrap();
+    let end = text[..end].rfind('\n').unwrap() + 1;
+    let patched = format!("{}{body}\n{}", &text[..body_start], &text[end..]);
+    fs::write(file, patched).unwrap();
+}
+
+/// Replaces `from` (which must be there once) with `to` in `file`.
+fn replace(file: &Path, from: &str, to: &str) {
+    let text = fs::read_to_string(file).unwrap();
+    assert_eq!(text.matches(from).count(), 1, "{from} in {}", file.display());
+    fs::write(file, text.replace(from, to)).unwrap();
+}
+
+/// Builds the starter in `dir` and copies its stage binary to `to`.
+fn build(dir: &Path, binary: &str, to: &Path) {
+    let _building = SHARED_TARGET.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let output = run(Command::new("cargo")
+        .args(["build", "--offline", "--quiet", "--bin", binary])
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", shared_target()));
+    assert!(output.status.success(), "cargo build in {}: {}", dir.display(), text(&output.stderr));
+    fs::copy(shared_target().join("debug").join(binary), to).unwrap();
+}
+
+/// The tasks `isolab grade --json` failed, and the whole output.
+fn failed_tasks(env: &TestEnv, stage: u8, binary: &Path) -> (Vec<String>, String) {
+    let output =
+        run(env.cmd("isolab").args(["grade", &stage.to_string(), "--json", "--bin"]).arg(binary));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|_| panic!("grade printed no JSON: {}", text(&output.stderr)));
+    let failed: Vec<String> = json["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|outcome| outcome["passed"] == false)
+        .map(|outcome| outcome["task"].as_str().unwrap().to_string())
+        .collect();
+    let expected_code = if failed.is_empty() { 0 } else { 1 };
+    assert_eq!(code(&output), expected_code, "{}", text(&output.stdout));
+    (failed, text(&output.stdout))
+}
+
+#[test]
+fn lab_check_every_starter_fails_its_tasks_and_the_reference_passes() {
+    if !require_root("lab_check_every_starter_fails_its_tasks_and_the_reference_passes") {
+        return;
+    }
+    let env = TestEnv::new();
+    let output = run(env.cmd("isolab").args(["lab", "check", "--target-dir"]).arg(shared_target()));
+    let said = text(&output.stdout);
+    assert!(output.status.success(), "{said}\n{}", text(&output.stderr));
+    for task in ["stage1/chroot", "stage1/error-pipe", "stage2/id-maps", "stage2/pivot-root"] {
+        assert!(said.contains(&format!("starter:   {task:<26} fails")), "{task}: {said}");
+        assert!(said.contains(&format!("reference: {task:<26} passes")), "{task}: {said}");
+    }
+    assert!(said.ends_with("lab check: ok\n"), "{said}");
+}
+
+#[test]
+fn the_grader_fails_each_broken_variant_naming_its_task_and_only_it() {
+    if !require_root("the_grader_fails_each_broken_variant_naming_its_task_and_only_it") {
+        return;
+    }
+    let env = TestEnv::new();
+    type Patch = fn(&Path);
+    let variants: [(&str, u8, &str, Patch); 5] = [
+        ("pivot-root-by-chroot", 2, "stage2/pivot-root", |src| {
+            // The old root stays in the mount namespace (nothing to detach after a chroot):
+            // root climbs out as in stage 1.
+            replace_region(
+                &src.join("mounts.rs"),
+                "stage2/pivot-root",
+                0,
+                "    steps.push(Step::PivotRoot { new_root: rootfs.to_path_buf() });",
+            );
+            replace(
+                &src.join("mounts.rs"),
+                "nix::unistd::pivot_root(\".\", \".\").sys(\"pivot_root\", new_root.display())",
+                "nix::unistd::chroot(\".\").sys(\"chroot\", new_root.display())",
+            );
+        }),
+        ("no-ms-private", 2, "stage2/private-mounts", |src| {
+            replace_region(&src.join("mounts.rs"), "stage2/private-mounts", 0, "");
+        }),
+        ("gid-map-before-setgroups-deny", 2, "stage2/id-maps", |src| {
+            replace_region(
+                &src.join("idmap.rs"),
+                "stage2/id-maps",
+                0,
+                "        let mut writes = vec![(\"uid_map\", self.uid.to_string())];\n        \
+                 writes.push((\"gid_map\", self.gid.to_string()));\n        \
+                 if self.deny_setgroups {\n            \
+                 writes.push((\"setgroups\", \"deny\".to_string()));\n        }\n        writes",
+            );
+        }),
+        ("host-proc-bound", 2, "stage2/proc", |src| {
+            replace(
+                &src.join("mounts.rs"),
+                "if options.pid_ns || !options.user_ns {",
+                "if false {",
+            );
+        }),
+        ("setgroups-forgotten", 1, "stage1/drop-privileges", |src| {
+            replace_region(
+                &src.join("user.rs"),
+                "stage1/drop-privileges",
+                0,
+                "    let gid = Gid::from_raw(user.gid);\n    \
+                 unistd::setgid(gid).sys(\"setgid\", user.gid)?;\n    \
+                 unistd::setuid(Uid::from_raw(user.uid)).sys(\"setuid\", user.uid)?;\n    Ok(())",
+            );
+        }),
+    ];
+    let mut wrong = Vec::new();
+    for (name, stage, task, patch) in variants {
+        let dir = variant(&env, name, stage, &patch);
+        let binary = if stage == 1 { "stage1-chroot" } else { "stage2-namespaces" };
+        let kept = env.path().join(format!("{name}.bin"));
+        build(&dir, binary, &kept);
+        let (failed, said) = failed_tasks(&env, stage, &kept);
+        if failed != [task] {
+            wrong.push(format!("{name}: expected only {task} to fail, failed: {failed:?}\n{said}"));
+        }
+    }
+    // And the reference, through the same path: a starter with every answer put back.
+    let dir = variant(&env, "reference", 2, &|_| {});
+    let kept = env.path().join("reference.bin");
+    build(&dir, "stage2-namespaces", &kept);
+    let (failed, said) = failed_tasks(&env, 2, &kept);
+    assert!(failed.is_empty(), "the reference failed {failed:?}\n{said}");
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn a_starter_never_holds_the_reference_s_answers() {
+    let env = TestEnv::new();
+    let dir = env.path().join("lab2");
+    let output = run(env.cmd("isolab").args(["lab", "new", "2"]).arg(&dir));
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let src = dir.join("stages/libisolab/src");
+    for (file, answer) in [
+        ("chroot.rs", "unistd::chroot(rootfs)"),
+        ("user.rs", "unistd::setgroups(&[gid])"),
+        ("idmap.rs", "writes.push((\"uid_map\""),
+        ("mounts.rs", "nix::unistd::pivot_root(\".\", \".\")"),
+        ("mounts.rs", "MsFlags::MS_REC | MsFlags::MS_PRIVATE"),
+    ] {
+        let text = fs::read_to_string(src.join(file)).unwrap();
+        assert!(!text.contains(answer), "{file} still holds {answer}");
+    }
+    let mounts = fs::read_to_string(src.join("mounts.rs")).unwrap();
+    assert!(mounts.contains("todo!(\"stage2/pivot-root: swap the roots"), "{mounts}");
+    // Later stages' regions are the reference's, untouched.
+    let overlay = fs::read_to_string(src.join("overlay.rs")).unwrap();
+    assert!(overlay.contains("lowerdir={},upperdir={},workdir={}"));
+    // The hint ladder climbs, remembered in the starter.
+    for rung in 1..=3 {
+        let output =
+            run(env.cmd("isolab").args(["lab", "hint", "2", "pivot-root", "--dir"]).arg(&dir));
+        let said = text(&output.stdout);
+        assert!(said.starts_with(&format!("stage2/pivot-root hint {rung} of 3: ")), "{said}");
+    }
+}
