@@ -89,6 +89,9 @@ fn lab_check_every_starter_fails_its_tasks_and_the_reference_passes() {
         return;
     }
     let env = TestEnv::new();
+    // `lab check` builds starters (stubbed) and references in the shared target directory:
+    // a variant built meanwhile would take a stubbed binary out of it.
+    let _building = SHARED_TARGET.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let output = run(env.cmd("isolab").args(["lab", "check", "--target-dir"]).arg(shared_target()));
     let said = text(&output.stdout);
     assert!(output.status.success(), "{said}\n{}", text(&output.stderr));
