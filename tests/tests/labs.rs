@@ -12,8 +12,9 @@ use std::process::Command;
 
 use isolab_tests::*;
 
-/// Held while a test builds in [`shared_target`] and takes the binary out: two builds of the
-/// same binary name would replace each other's (`lab check` builds the stubbed starters).
+/// Held while a test writes starters and builds them in [`shared_target`], and takes the
+/// binaries out: two builds of the same binary name would replace each other's (`lab check`
+/// builds the stubbed starters), and see [`build`].
 static SHARED_TARGET: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The target directory every starter and variant builds in.
@@ -54,9 +55,11 @@ fn replace(file: &Path, from: &str, to: &str) {
     fs::write(file, text.replace(from, to)).unwrap();
 }
 
-/// Builds the starter in `dir` and copies its stage binary to `to`.
+/// Builds the starter in `dir` and copies its stage binary to `to`. The caller holds
+/// [`SHARED_TARGET`] from before it wrote `dir`: cargo tells a stale build by modification
+/// times, and every starter has the same relative layout, so a starter written before
+/// another test's build finished would look built already and get that build's binary.
 fn build(dir: &Path, binary: &str, to: &Path) {
-    let _building = SHARED_TARGET.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let output = run(Command::new("cargo")
         .args(["build", "--offline", "--quiet", "--bin", binary])
         .current_dir(dir)
@@ -157,6 +160,7 @@ fn the_grader_fails_each_broken_variant_naming_its_task_and_only_it() {
             );
         }),
     ];
+    let _building = SHARED_TARGET.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut wrong = Vec::new();
     for (name, stage, task, patch) in variants {
         let dir = variant(&env, name, stage, &patch);
