@@ -352,12 +352,29 @@ pub fn backends(hierarchy: &Hierarchy, fs: Rc<dyn Cgroupfs>) -> Vec<Box<dyn Back
 /// Runs `steps` in order (see [`Backend::create`]).
 pub fn apply(fs: &dyn Cgroupfs, steps: &[Step]) -> Result<()> {
     // LAB stage3/limit BEGIN: each limit is one write to a controller file
-    for step in steps {
+    // The shared parent (`isolab/`) is made by whichever runtime comes first and removed by
+    // whichever leaves it empty last. Between our `mkdir` of it (EEXIST: someone's) and of
+    // our own cgroup inside, another runtime may remove it: our `mkdir` then fails with
+    // ENOENT, and the plan goes back to the parent's step (making it again, with what a new
+    // parent needs, cpuset's copies on v1), a few times. Once our cgroup is inside, the
+    // parent stays: rmdir(2) of a cgroup with children fails (EBUSY).
+    let mut at = 0;
+    let mut tries = 0;
+    while let Some(step) = steps.get(at) {
+        at += 1;
         match step {
             Step::MakeDir { path, shared, .. } => match fs.mkdir(path) {
                 Ok(()) => {}
-                // The shared parent is made by whichever runtime comes first.
                 Err(Errno::EEXIST) if *shared => {}
+                Err(Errno::ENOENT) if !*shared && tries < PARENT_GONE_TRIES => {
+                    let parent = steps.iter().position(|step| {
+                        matches!(step, Step::MakeDir { path: made, shared: true, .. }
+                                 if Some(made.as_path()) == path.parent())
+                    });
+                    let Some(parent) = parent else { return Err(mkdir_error(path, Errno::ENOENT)) };
+                    tries += 1;
+                    at = parent;
+                }
                 Err(errno) => return Err(mkdir_error(path, errno)),
             },
             Step::Write { path, value, .. } => write_file(fs, path, value)?,
@@ -406,6 +423,9 @@ pub(crate) fn read_number(fs: &dyn Cgroupfs, path: &Path) -> Result<Option<u64>>
 pub(crate) fn read_bound(fs: &dyn Cgroupfs, path: &Path) -> Result<Option<Bound>> {
     Ok(read_optional(fs, path)?.and_then(|text| Bound::parse(&text)))
 }
+
+/// How often a plan goes back to its shared parent after that parent vanished under it.
+const PARENT_GONE_TRIES: usize = 5;
 
 fn mkdir_error(path: &Path, errno: Errno) -> Error {
     let error = Error::sys("mkdir", path.display(), errno);

@@ -288,6 +288,67 @@ mod tests {
         }
     }
 
+    /// A tree where another runtime, leaving, removes the shared `isolab/` of one hierarchy
+    /// just before our cgroup is made in it (once).
+    struct ParentVanishes {
+        tree: FakeTree,
+        parent: PathBuf,
+        done: std::cell::Cell<bool>,
+    }
+
+    impl Cgroupfs for ParentVanishes {
+        fn mkdir(&self, path: &Path) -> Result<(), Errno> {
+            if !self.done.get() && path.parent() == Some(self.parent.as_path()) {
+                self.done.set(true);
+                self.tree.rmdir(&self.parent)?;
+            }
+            self.tree.mkdir(path)
+        }
+        fn rmdir(&self, path: &Path) -> Result<(), Errno> {
+            self.tree.rmdir(path)
+        }
+        fn write(&self, path: &Path, value: &str) -> Result<(), Errno> {
+            self.tree.write(path, value)
+        }
+        fn read(&self, path: &Path) -> Result<String, Errno> {
+            self.tree.read(path)
+        }
+        fn exists(&self, path: &Path) -> bool {
+            self.tree.exists(path)
+        }
+        fn children(&self, path: &Path) -> Result<Vec<PathBuf>, Errno> {
+            self.tree.children(path)
+        }
+        fn kill(&self, pid: Pid) -> Result<(), Errno> {
+            self.tree.kill(pid)
+        }
+        fn is_running(&self, pid: Pid) -> bool {
+            self.tree.is_running(pid)
+        }
+    }
+
+    #[test]
+    fn a_shared_parent_removed_under_us_is_made_again_with_its_copies() {
+        let (tmp, tree, backend) = tree();
+        let parent = tmp.path().join("cpuset/isolab");
+        let racing = ParentVanishes { tree: tree.clone(), parent, done: Default::default() };
+        let backend = V1::new(backend.mounts.clone(), Rc::new(racing));
+        let plan = backend.plan(&id(), &all_limits()).unwrap();
+        backend.create(&plan).unwrap();
+        let log = tree.take_log();
+        let made: Vec<&String> =
+            log.iter().filter(|line| line.starts_with("mkdir cpuset/")).collect();
+        assert_eq!(
+            made,
+            ["mkdir cpuset/isolab", "mkdir cpuset/isolab", "mkdir cpuset/isolab/c1-4242"],
+            "{log:#?}"
+        );
+        // The new parent got the CPUs and memory nodes a new cpuset needs, again.
+        let copied = log.iter().filter(|line| *line == "write cpuset/isolab/cpuset.cpus 0-1");
+        assert_eq!(copied.count(), 2, "{log:#?}");
+        assert!(tmp.path().join("cpuset/isolab/c1-4242").is_dir());
+    }
+
     #[test]
     fn create_makes_one_directory_per_hierarchy_and_writes_each_controller() {
         let (_tmp, tree, backend) = tree();
