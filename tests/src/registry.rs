@@ -693,3 +693,22 @@ pub fn failure_line(output: &std::process::Output, what: &str) -> String {
     }
     line
 }
+
+/// `stage5-images --root <root> ARGS…` in `env`, docker's config read from `<dir>/docker`
+/// (never the host's `~/.docker`): how the registry tests run the client.
+pub fn stage5_images(env: &TestEnv, root: &str, args: &[&str]) -> std::process::Output {
+    crate::run(
+        env.cmd("stage5-images")
+            .env("DOCKER_CONFIG", env.path().join("docker"))
+            .args(["--root", root])
+            .args(args),
+    )
+}
+
+/// [`stage5_images`], which must succeed; its stdout.
+pub fn stage5_images_ok(env: &TestEnv, root: &str, args: &[&str]) -> String {
+    let output = stage5_images(env, root, args);
+    let said = format!("{}{}", crate::text(&output.stdout), crate::text(&output.stderr));
+    assert_eq!(crate::code(&output), 0, "{args:?}: {said}");
+    crate::text(&output.stdout)
+}

@@ -18,28 +18,14 @@ use std::process::Output;
 use base64::Engine as _;
 use isolab_tests::*;
 
-const STAGE: &str = "stage5-images";
 const USER: &str = "ann";
 /// Long and odd, so that finding it in the output cannot be a coincidence.
 const PASSWORD: &str = "Corr3ct-h0rse-battery-staple";
 const WRONG: &str = "Wr0ng-h0rse-never-seen";
 
-/// stage5-images with `--root <root>` and `args`, docker's config read from `<dir>/docker`
-/// (never the host's `~/.docker`).
-fn stage5(env: &TestEnv, root: &str, args: &[&str]) -> Output {
-    run(env
-        .cmd(STAGE)
-        .env("DOCKER_CONFIG", env.path().join("docker"))
-        .args(["--root", root])
-        .args(args))
-}
-
-/// [`stage5`], which must succeed; its stdout.
-fn ok(env: &TestEnv, root: &str, args: &[&str]) -> String {
-    let output = stage5(env, root, args);
-    assert_eq!(code(&output), 0, "{args:?}: {}{}", text(&output.stdout), text(&output.stderr));
-    text(&output.stdout)
-}
+// Every command runs as the registry tests' client does (`--root`, docker's config of the
+// test's own).
+use isolab_tests::{stage5_images as stage5, stage5_images_ok as ok};
 
 /// Root, docker-registry and a busybox image `bb:1` in the store `store`; false (a skip, a
 /// failure under CI) when this machine cannot.

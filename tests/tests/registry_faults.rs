@@ -10,7 +10,7 @@
 //! the machine.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use isolab_tests::*;
@@ -19,22 +19,9 @@ use libisolab::digest::Digest;
 const STAGE: &str = "stage5-images";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
-/// stage5-images with `--root <root>` and `args`, docker's config read from the test's
-/// directory (never the host's `~/.docker`).
-fn stage5(env: &TestEnv, root: &str, args: &[&str]) -> Output {
-    run(env
-        .cmd(STAGE)
-        .env("DOCKER_CONFIG", env.path().join("docker"))
-        .args(["--root", root])
-        .args(args))
-}
-
-/// [`stage5`], which must succeed; its stdout.
-fn ok(env: &TestEnv, root: &str, args: &[&str]) -> String {
-    let output = stage5(env, root, args);
-    assert_eq!(code(&output), 0, "{args:?}: {}{}", text(&output.stdout), text(&output.stderr));
-    text(&output.stdout)
-}
+// Every command runs as the registry tests' client does (`--root`, docker's config of the
+// test's own).
+use isolab_tests::stage5_images_ok as ok;
 
 /// Root, and the store `root` made (empty, for pulls) or with a busybox image `bb:1` (for
 /// pushes); false (a skip, a failure under CI) without root.

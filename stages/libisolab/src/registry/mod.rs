@@ -689,15 +689,9 @@ fn is_index(media_type: &str) -> bool {
     media_type == MediaType::ImageIndex.to_string() || media_type == DOCKER_MANIFEST_LIST
 }
 
-/// This machine's architecture in the OCI spelling (Go's `GOARCH`).
+/// This machine's architecture in the OCI spelling (Go's `GOARCH`), as image configs say it.
 fn architecture() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        other => other,
-    }
+    crate::image::config::oci_architecture(std::env::consts::ARCH)
 }
 
 /// The index entry for linux on this architecture, if any.
