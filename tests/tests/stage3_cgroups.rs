@@ -183,14 +183,21 @@ fn dry_run_prints_the_cgroup_plan_without_root() {
     assert_eq!(fs::read_dir(env.path().join("rootfs/dev")).unwrap().count(), 0);
     let plan = run.transcript;
     assert!(plan.contains("box-<runtime pid>"), "{plan}");
-    // The join is the parent's first step for the child (on cgroup v2 the child is born in its
-    // cgroup instead: clone3 with CLONE_INTO_CGROUP, and there is no join line); the cgroup
-    // namespace comes after it.
-    let join = plan.find("/cgroup.procs\", \"<pid>\")").or_else(|| plan.find("CLONE_INTO_CGROUP"));
-    let join = join.unwrap_or_else(|| panic!("neither a join nor a clone into the cgroup: {plan}"));
-    assert!(join < plan.find("uid_map").unwrap(), "{plan}");
+    // The parent writes the id maps and releases the child ("g"), then moves it into its
+    // cgroup while the child builds its view (on cgroup v2 the child is born in its cgroup
+    // instead: clone3 with CLONE_INTO_CGROUP, and there is no join line). The child waits for
+    // the parent's "c" before its cgroup namespace and before its command.
+    let at = |text: &str| plan.find(text).unwrap_or_else(|| panic!("no {text}: {plan}"));
+    match plan.find("/cgroup.procs\", \"<pid>\")") {
+        Some(join) => {
+            assert!(at("uid_map") < join && at("write(sync pipe, \"g\")") < join, "{plan}");
+            assert!(join < at("write(sync pipe, \"c\")"), "{plan}");
+        }
+        None => assert!(plan.contains("CLONE_INTO_CGROUP"), "no join, no clone3: {plan}"),
+    }
     assert!(!plan.contains("CLONE_NEWCGROUP |"), "not a clone flag any more: {plan}");
-    assert!(plan.find("unshare(CLONE_NEWCGROUP)").unwrap() > join, "{plan}");
+    assert!(at("read(sync pipe) = \"c\"") < at("unshare(CLONE_NEWCGROUP)"), "{plan}");
+    assert!(at("unshare(CLONE_NEWCGROUP)") < at("execve("), "{plan}");
     // This machine's layout: cgroup v1 for the controllers (a v2 host has its own snapshot).
     let name =
         if plan.contains("memory.limit_in_bytes") { "stage3_dry_run" } else { "stage3_dry_run_v2" };

@@ -184,29 +184,36 @@ pub fn receive(socket: BorrowedFd, count: usize) -> Result<Vec<OwnedFd>> {
 }
 
 // ANCHOR: check
-/// Checks, before anything runs, that `base` can be idmapped here and overlayfs will take it:
-/// the kernel is recent enough, and an idmapped mount of `base` through a user namespace with
-/// the container's `map` can be made (and is dropped again at once). That namespace is a
-/// throwaway one: the container's does not exist yet. Refused in one line that says why and
-/// what to do instead.
-pub fn check(base: &Path, map: &IdMap) -> Result<()> {
-    let refuse = |reason: String| {
-        Error::Invalid(format!(
-            "the base {} cannot be idmapped into the container's user namespace: {reason}; \
-             without it root inside may not change the base's files: run without a user \
-             namespace (--ns without user), or rootless with a base of your own",
-            base.display()
-        ))
-    };
+/// Checks, before anything runs, that each of `bases` can be idmapped here and overlayfs will
+/// take it: the kernel is recent enough, and an idmapped mount of each base through a user
+/// namespace with the container's `map` can be made (and is dropped again at once). That
+/// namespace is a throwaway one, the same for every base (making one costs a process): the
+/// container's does not exist yet. Refused in one line that says why and what to do instead.
+pub fn check(bases: &[&Path], map: &IdMap) -> Result<()> {
+    if bases.is_empty() {
+        return Ok(());
+    }
     let release = overlay::kernel_release()?;
     if !overlay::kernel_at_least(OVERLAY_MINIMUM)? {
-        return Err(refuse(format!(
-            "this kernel ({release}) has no idmapped layers for overlayfs (Linux {}.{})",
-            OVERLAY_MINIMUM.0, OVERLAY_MINIMUM.1
-        )));
+        return Err(refusal(
+            bases[0],
+            format!(
+                "this kernel ({release}) has no idmapped layers for overlayfs (Linux {}.{})",
+                OVERLAY_MINIMUM.0, OVERLAY_MINIMUM.1
+            ),
+        ));
     }
     let userns = throwaway_user_namespace(map)?;
-    match idmapped_tree(base, userns.as_fd()) {
+    for base in bases {
+        check_one(base, userns.as_fd(), &release)?;
+    }
+    Ok(())
+}
+
+/// One base of [`check`], through the throwaway namespace `userns`.
+fn check_one(base: &Path, userns: BorrowedFd, release: &str) -> Result<()> {
+    let refuse = |reason: String| refusal(base, reason);
+    match idmapped_tree(base, userns) {
         Ok(_dropped) => Ok(()),
         Err(error) => {
             let errno = error.errno().unwrap_or(Errno::EINVAL);
@@ -230,6 +237,16 @@ pub fn check(base: &Path, map: &IdMap) -> Result<()> {
     }
 }
 // ANCHOR_END: check
+
+/// Why `base` is refused, and the ways out.
+fn refusal(base: &Path, reason: String) -> Error {
+    Error::Invalid(format!(
+        "the base {} cannot be idmapped into the container's user namespace: {reason}; \
+         without it root inside may not change the base's files: run without a user namespace \
+         (--ns without user), or rootless with a base of your own",
+        base.display()
+    ))
+}
 
 /// A user namespace of our own with `map`, as a file descriptor: a child cloned into a new
 /// one (`CLONE_NEWUSER`) that waits until we have written its maps and opened its namespace,
@@ -294,12 +311,12 @@ mod tests {
         }
         // procfs cannot be idmapped on any kernel.
         let map = IdMap::root_to(1_000_000_000, 1_000_000_000);
-        let error = check(Path::new("/proc"), &map).unwrap_err().to_string();
+        let error = check(&[Path::new("/proc")], &map).unwrap_err().to_string();
         assert!(error.contains("its filesystem (proc) cannot be idmapped"), "{error}");
         assert!(error.contains("--ns without user"), "{error}");
         assert!(!error.contains('\n'), "{error}");
         // A directory of the disk can (on kernels from 5.19 on, which the tests run on).
         let dir = tempfile::tempdir().unwrap();
-        check(dir.path(), &map).unwrap();
+        check(&[dir.path()], &map).unwrap();
     }
 }

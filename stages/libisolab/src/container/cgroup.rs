@@ -107,19 +107,25 @@ impl PlannedCgroup {
 impl Plan {
     // ANCHOR: add_cgroup
     /// Chapter 3: puts the container in the cgroup of `cgroup`. The parent moves the child in
-    /// first thing, before it releases it; the child then makes its cgroup namespace, which
-    /// `clone(2)` made in stage 2 but would root at the runtime's cgroup, and mounts `view`
-    /// (its own cgroup, read-only) once its new root is in place.
+    /// while the child builds its view (its mounts, hostname, network); the child waits for
+    /// the parent's word that it is in ([`Inside::AwaitCgroup`]) as late as it can: before it
+    /// makes its cgroup namespace, which `clone(2)` made in stage 2 but would root at the
+    /// runtime's cgroup, and mounts `view` (its own cgroup, read-only); and always before it
+    /// drops its privileges or runs the command.
     pub fn add_cgroup(&mut self, cgroup: PlannedCgroup, view: Vec<Step>) {
+        let last = self
+            .inside
+            .iter()
+            .position(|step| matches!(step, Inside::UnshareTime | Inside::DropPrivileges(_)));
+        let at = last.unwrap_or(self.inside.len());
+        let mut steps = vec![Inside::AwaitCgroup];
         if self.namespaces.contains(Namespace::Cgroup) {
-            let last_mount = self.inside.iter().rposition(|step| matches!(step, Inside::Mount(_)));
-            let at = last_mount.map_or(self.inside.len(), |index| index + 1);
-            let mut steps = vec![Inside::UnshareCgroup];
+            steps.push(Inside::UnshareCgroup);
             if self.namespaces.contains(Namespace::Mnt) {
                 steps.extend(view.into_iter().map(Inside::CgroupMount));
             }
-            self.inside.splice(at..at, steps);
         }
+        self.inside.splice(at..at, steps);
         self.cgroup = Some(cgroup);
     }
     // ANCHOR_END: add_cgroup

@@ -82,18 +82,21 @@ impl fmt::Display for Plan {
             writeln!(f, "clone({} | SIGCHLD)", cloned.flag_names())?;
         }
         writeln!(f, "parent, for child {pid} (which waits on the sync pipe):")?;
-        if let (Some(cgroup), None) = (&self.cgroup, into) {
-            writeln!(f, "  # into its cgroup first: from now on, all it does is counted")?;
-            for procs in &cgroup.plan.join {
-                writeln!(f, "  write(\"{}\", \"{pid}\")", procs.display())?;
-            }
-        }
         for step in &self.outside {
             for line in step.to_string().lines() {
                 writeln!(f, "  {line}")?;
             }
         }
         writeln!(f, "  write(sync pipe, \"g\")")?;
+        if let Some(cgroup) = &self.cgroup {
+            if into.is_none() {
+                writeln!(f, "  # into its cgroup, while it builds its view; before its command")?;
+                for procs in &cgroup.plan.join {
+                    writeln!(f, "  write(\"{}\", \"{pid}\")", procs.display())?;
+                }
+            }
+            writeln!(f, "  write(sync pipe, \"c\")")?;
+        }
         writeln!(f, "child {pid}:")?;
         writeln!(f, "  prctl(PR_SET_PDEATHSIG, SIGKILL)")?;
         let mut last_why = None;

@@ -173,9 +173,9 @@ impl Plan {
                 "an idmapped base needs a user namespace whose maps root writes".to_string(),
             ));
         };
-        for lower in &lowers {
-            idmapped::check(&lower.base, &map)?;
-        }
+        let bases: Vec<&std::path::Path> =
+            lowers.iter().map(|lower| lower.base.as_path()).collect();
+        idmapped::check(&bases, &map)?;
         let part = IdmappedLowers { lowers, handoff: Rc::default() };
         // The runtime: once the child's maps are written (mount_setattr needs them).
         let maps = self.outside.iter().position(|step| matches!(step, Outside::IdMaps(_)));

@@ -10,7 +10,7 @@ use super::idmapped::{IdmappedLowers, OutsideCalls};
 use crate::error::Error;
 use crate::idmap::IdMap;
 use crate::mounts::{self, Step};
-use crate::namespaces;
+use crate::namespaces::{self, Gate};
 use crate::network::{self, Subnet};
 use crate::user::{self, User};
 use crate::uts;
@@ -108,6 +108,9 @@ pub enum Inside {
     UnshareTime,
     /// setgroups, setgid, setuid.
     DropPrivileges(User),
+    /// Wait for the parent's word that we are in our cgroup: it moves us in while we build our
+    /// view (chapter 3; see `namespaces::Gate`).
+    AwaitCgroup,
     /// `unshare(CLONE_NEWCGROUP)`, once the parent has moved us into our cgroup, which becomes
     /// the root of the tree we see (chapter 3; see `cgroups::view`).
     UnshareCgroup,
@@ -116,9 +119,10 @@ pub enum Inside {
 }
 
 impl Inside {
-    /// In the child: takes this step.
-    pub fn apply(&self) -> Result<(), Error> {
+    /// In the child: takes this step (`gate`: the parent's word that we are in our cgroup).
+    pub fn apply(&self, gate: &Gate) -> Result<(), Error> {
         match self {
+            Inside::AwaitCgroup => gate.wait(),
             Inside::BecomeRoot(map) => map.become_root()?,
             Inside::Mount(step) | Inside::CgroupMount(step) => {
                 mounts::apply(std::slice::from_ref(step))?
@@ -156,6 +160,9 @@ impl Inside {
             Inside::ContainerEnd(_) => Some("our end of the pair"),
             Inside::UnshareTime => Some("new clocks for our next child, and for us at execve"),
             Inside::DropPrivileges(_) => Some("--user"),
+            Inside::AwaitCgroup => {
+                Some("the parent has moved us into our cgroup meanwhile: wait for its word")
+            }
             Inside::UnshareCgroup => {
                 Some("in our cgroup now: make it the root of the cgroup tree we see")
             }
@@ -182,6 +189,7 @@ impl fmt::Display for Inside {
             Inside::DropPrivileges(user) => {
                 write!(f, "setgroups([{0}]); setgid({0}); setuid({1})", user.gid, user.uid)
             }
+            Inside::AwaitCgroup => f.write_str("read(sync pipe) = \"c\""),
             Inside::UnshareCgroup => f.write_str("unshare(CLONE_NEWCGROUP)"),
         }
     }

@@ -45,6 +45,7 @@ pub fn write_atomic(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
 /// it to the disk: for the journal, which must survive a killed runtime (the page cache
 /// does), not a power cut (after one, every lock is free and a lost entry makes `gc` report a
 /// directory rather than remove it: the safe way to be wrong). Two `fsync`s fewer per start.
+/// Also for the files of a `--rm` container, which nobody wants back after a power cut.
 pub(super) fn replace_quickly(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let temporary = dir.join(format!("{name}.tmp-{}", std::process::id()));
     if let Err(error) = create_new(&temporary).and_then(|mut file| file.write_all(bytes)) {

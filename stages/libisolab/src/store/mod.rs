@@ -498,7 +498,17 @@ impl Store {
         fault_point("create:contents");
         let files =
             [("config.json", json(&container.config)?), ("state.json", json(&running.state)?)];
-        write_atomic(&container.dir, &files).map_err(|error| self.full_hint(error))?;
+        // A `--rm` container is gone when its command ends: after a power cut nothing of it is
+        // worth keeping, and against a killed runtime the page cache is enough (gc reads it).
+        // Its files are replaced as atomically, without the three `fsync`s (about a
+        // millisecond each on an idle disk, many more on a busy one).
+        let written = match container.config.remove {
+            true => files
+                .iter()
+                .try_for_each(|(name, bytes)| files::replace_quickly(&container.dir, name, bytes)),
+            false => write_atomic(&container.dir, &files),
+        };
+        written.map_err(|error| self.full_hint(error))?;
         fault_point("create:files");
         journal::write(&self.active_dir(), id, Intent::Run)
             .map_err(|error| self.full_hint(error))?;
