@@ -14,7 +14,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::str::FromStr;
 
@@ -303,56 +303,24 @@ fn clone_into_cgroup(flags: CloneFlags, cgroup: BorrowedFd) -> nix::Result<ForkR
 pub fn spawn<P, F>(namespaces: Namespaces, prepare: P, child_main: F) -> Result<Child, Failure>
 where
     P: FnOnce(Pid) -> Result<(), Failure>,
-    F: FnOnce(&ErrorPipe, &Gate) -> Result<Infallible, Failure>,
+    F: FnOnce(&ErrorPipe) -> Result<Infallible, Failure>,
 {
-    spawn_into(namespaces, None, prepare, None::<Admit>, child_main)
+    spawn_into(namespaces, None, |pid, _| prepare(pid), child_main)
 }
 // ANCHOR_END: spawn
 
-/// What [`spawn`] passes to [`spawn_into`] for "no cgroup to move the child into".
-type Admit = fn(Pid, bool) -> Result<(), Failure>;
-
-// ANCHOR: gate
-/// In the child, chapter 3: the second word of the sync pipe. After the parent's first "go"
-/// (its id maps are written) the child builds its view, while the parent moves it into its
-/// cgroup; the child waits for this word only where it needs to be in its cgroup (before its
-/// cgroup namespace, and before the command). On cgroup v1 a move can wait for an RCU grace
-/// period, several milliseconds after a quiet spell (see `bench::start`): overlapped, the
-/// child's own waits (unmounting the old root waits for one too) and the move's are paid once.
-/// Without a cgroup to join there is no second word, and the gate is open.
-pub struct Gate(std::cell::Cell<Option<File>>);
-
-impl Gate {
-    /// Blocks until the parent says the child is in its cgroup (at once if it has said so, or
-    /// if there is nothing to wait for). The parent gone or failed: the child ends quietly,
-    /// as before its first "go" (the parent reports).
-    pub fn wait(&self) {
-        if let Some(sync_read) = self.0.take() {
-            if !released(&sync_read) {
-                // SAFETY: _exit never returns and runs none of the parent's exit handlers.
-                unsafe { libc::_exit(i32::from(crate::exit::RUNTIME_ERROR)) }
-            }
-        }
-    }
-}
-// ANCHOR_END: gate
-
 /// [`spawn`], with the child born inside the cgroup v2 directory `cgroup` when one is given
-/// and the kernel can (`clone3` with `CLONE_INTO_CGROUP`, Linux 5.7), and with `admit` run by
-/// the parent once the child is released to build its view: it is told whether the child was
-/// born in its cgroup; when not (v1, or an older kernel), it moves the child in, while the
-/// child works, and the child's [`Gate`] opens when it is done.
-pub fn spawn_into<P, A, F>(
+/// and the kernel can (`clone3` with `CLONE_INTO_CGROUP`, Linux 5.7). `prepare` is told
+/// whether it was: when not (an older kernel), the parent must move the child in itself.
+pub fn spawn_into<P, F>(
     namespaces: Namespaces,
     cgroup: Option<BorrowedFd>,
     prepare: P,
-    admit: Option<A>,
     child_main: F,
 ) -> Result<Child, Failure>
 where
-    P: FnOnce(Pid) -> Result<(), Failure>,
-    A: FnOnce(Pid, bool) -> Result<(), Failure>,
-    F: FnOnce(&ErrorPipe, &Gate) -> Result<Infallible, Failure>,
+    P: FnOnce(Pid, bool) -> Result<(), Failure>,
+    F: FnOnce(&ErrorPipe) -> Result<Infallible, Failure>,
 {
     let saved_mask = process::block_for_child()?;
     let (error_read, error_write) = process::error_pipe()?;
@@ -384,50 +352,30 @@ where
             // (man 2 PR_SET_PDEATHSIG). Then wait for the parent's "go".
             // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and nothing else.
             unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-            let sync_read = File::from(sync_read);
-            if !released(&sync_read) {
+            if !released(sync_read) {
                 // The parent failed (or died) before releasing us: end quietly, it reports.
                 // SAFETY: _exit never returns and runs none of the parent's exit handlers.
                 unsafe { libc::_exit(i32::from(crate::exit::RUNTIME_ERROR)) }
             }
-            let gate = Gate(std::cell::Cell::new(admit.is_some().then_some(sync_read)));
-            process::run_child(error_write, &saved_mask, |pipe| child_main(pipe, &gate))
+            process::run_child(error_write, &saved_mask, child_main)
         }
         Ok(ForkResult::Parent { child }) => {
             drop((error_write, sync_read));
             let child = Child::new(child, saved_mask);
-            if let Err(failure) = prepare(child.pid) {
+            if let Err(failure) = prepare(child.pid, born_in_cgroup) {
                 child.abandon();
                 return Err(failure);
             }
-            let mut sync = File::from(sync_write);
-            let _ = sync.write_all(b"g");
-            if let Some(admit) = admit {
-                if let Err(failure) = admit(child.pid, born_in_cgroup) {
-                    // The child may have failed on its own meanwhile (a process that is gone
-                    // cannot be moved): its own report says more than ours.
-                    child.abandon();
-                    return Err(process::read_failure(error_read).unwrap_or(failure));
-                }
-                let _ = sync.write_all(b"c");
-            }
-            drop(sync);
+            let _ = File::from(sync_write).write_all(b"g");
             process::wait_for_exec(child, error_read)
         }
     }
 }
 
-/// In the child: blocks until the parent writes its next word (true) or closes the pipe
-/// (false). A signal caught meanwhile (`EINTR`) is no answer: read again.
-fn released(mut sync_read: &File) -> bool {
+/// In the child: blocks until the parent writes its "go" byte (true) or closes the pipe (false).
+fn released(sync_read: OwnedFd) -> bool {
     let mut byte = [0u8; 1];
-    loop {
-        match sync_read.read(&mut byte) {
-            Ok(read) => return read == 1,
-            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => return false,
-        }
-    }
+    matches!(File::from(sync_read).read(&mut byte), Ok(1))
 }
 
 fn clone_error(namespaces: Namespaces, errno: Errno) -> Error {

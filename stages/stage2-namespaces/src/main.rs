@@ -103,9 +103,9 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
             started.set(Some(pid));
             Ok(plan.apply_outside(pid)?)
         },
-        |pipe, gate| {
-            plan.apply_inside(gate)?;
-            plan.start_command(pipe, gate)
+        |pipe| {
+            plan.apply_inside()?;
+            plan.start_command(pipe)
         },
     );
     let child = spawned.inspect_err(|_| plan.remove_host_end(started.get()))?;
@@ -136,8 +136,8 @@ fn escape(args: ContainerArgs) -> Result<u8, Failure> {
     let child = namespaces::spawn(
         plan.namespaces,
         |pid| Ok(plan.apply_outside(pid)?),
-        |_pipe, gate| {
-            plan.apply_inside(gate)?;
+        |_pipe| {
+            plan.apply_inside()?;
             let code = escape_from_inside(host_root)?;
             let _ = std::io::stdout().flush();
             // SAFETY: _exit ends the cloned child without running the parent's exit handlers.

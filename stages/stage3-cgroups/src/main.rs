@@ -21,7 +21,7 @@ use libisolab::container::{CommandArgs, ContainerArgs, Plan, Request};
 use libisolab::init;
 use libisolab::process::Failure;
 use libisolab::{cli, exit, namespaces};
-use nix::unistd::{Pid, Uid};
+use nix::unistd::Uid;
 
 const PROGRAM: &str = "stage3-cgroups";
 
@@ -128,16 +128,13 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
     let spawned = namespaces::spawn_into(
         plan.clone_namespaces(),
         born_in.as_ref().map(AsFd::as_fd),
-        |pid| {
+        |pid, born_in_cgroup| {
             started.set(Some(pid));
-            Ok(plan.apply_outside(pid)?)
+            Ok(plan.apply_outside_born(pid, born_in_cgroup)?)
         },
-        plan.has_cgroup().then_some(|pid: Pid, born_in_cgroup: bool| -> Result<(), Failure> {
-            Ok(plan.join_cgroup(pid, born_in_cgroup)?)
-        }),
-        |pipe, gate| {
-            plan.apply_inside(gate)?;
-            plan.start_command(pipe, gate)
+        |pipe| {
+            plan.apply_inside()?;
+            plan.start_command(pipe)
         },
     );
     let child = spawned.inspect_err(|_| plan.remove_host_end(started.get()))?;

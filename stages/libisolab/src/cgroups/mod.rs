@@ -56,6 +56,9 @@ pub mod view;
 pub(crate) mod fake;
 
 use std::fmt;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -175,7 +178,8 @@ pub struct Plan {
 impl Plan {
     /// Moves process `pid` (and the children it will have) into the planned cgroup: its pid
     /// written to each `cgroup.procs` of [`Plan::join`], as [`Backend::join`] does. The
-    /// container's plan calls this from the parent, before it releases the child.
+    /// container's plan calls this from the parent, before it releases the child, where the
+    /// child cannot move itself ([`SelfJoin`]) nor be born in its cgroup.
     pub fn join(&self, fs: &dyn Cgroupfs, pid: Pid) -> Result<()> {
         // LAB stage3/join BEGIN: the child moves in before it may exec
         for procs in &self.join {
@@ -184,8 +188,62 @@ impl Plan {
         Ok(())
         // LAB END
     }
+
+    /// cgroup v1: the `tasks` file beside each `cgroup.procs` of [`Plan::join`], through
+    /// which a child moves itself in ([`SelfJoin`]). None on v2, where `tasks` does not exist
+    /// (a child is born in its cgroup there: `namespaces::spawn_into`).
+    pub fn tasks_files(&self) -> Vec<PathBuf> {
+        match self.version {
+            Version::V1 => {
+                let dirs = self.join.iter().filter_map(|procs| procs.parent());
+                dirs.map(|dir| dir.join("tasks")).collect()
+            }
+            Version::V2 => Vec::new(),
+        }
+    }
 }
 // ANCHOR_END: plan_join
+
+// ANCHOR: self_join
+/// cgroup v1: the container's `tasks` files, one per hierarchy, opened by the runtime before
+/// the clone, for the child to move *itself* in, as its first step.
+///
+/// Why the child, and why `tasks`: a move through `cgroup.procs` (a whole process, or any
+/// pid but the writer's own thread) takes the machine-wide `cgroup_threadgroup_rwsem` for
+/// writing, and after a quiet spell that waits for an RCU grace period, 5 to 10 ms. A thread
+/// that moves only itself (`"0"` written to v1's `tasks`) cannot exit or exec while it is
+/// moved, and the kernel skips that lock (`cgroup_procs_write_start`, kernel/cgroup/cgroup.c):
+/// some 50 µs. The child has one thread, so that is all of it. The runtime opens the files,
+/// as root: v1 judges a write by the credentials of the *open* (`of->file->f_cred`), and
+/// root of the container's user namespace could not open them. They close on exec, and the
+/// child closes them as soon as it has moved: the command never holds them.
+#[derive(Debug)]
+pub struct SelfJoin {
+    files: Vec<(PathBuf, File)>,
+}
+
+impl SelfJoin {
+    /// In the runtime, before the clone: opens each of `tasks` for writing, closed on exec.
+    pub fn open(tasks: &[PathBuf]) -> Result<SelfJoin> {
+        let open = |path: &PathBuf| {
+            let file = File::options().write(true).custom_flags(libc::O_CLOEXEC).open(path);
+            file.map(|file| (path.clone(), file)).map_err(|error| Error::io("open", path, &error))
+        };
+        Ok(SelfJoin { files: tasks.iter().map(open).collect::<Result<_>>()? })
+    }
+
+    /// In the child, before anything else: moves the calling thread (the child's only one)
+    /// into each hierarchy's cgroup, then closes the files.
+    pub fn join(self) -> Result<()> {
+        // LAB stage3/join BEGIN: the child moves itself in before it may exec
+        for (path, mut file) in self.files {
+            file.write_all(b"0").map_err(|error| Error::io("write", &path, &error))?;
+        }
+        Ok(())
+        // LAB END
+    }
+}
+// ANCHOR_END: self_join
 
 /// One line per call, each after a `# why` comment; the join last, with `<pid>` for the child.
 impl fmt::Display for Plan {

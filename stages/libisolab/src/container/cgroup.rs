@@ -2,8 +2,9 @@
 //!
 //! Stage 3 and every later stage do the same things with a cgroup: plan it with the rest of
 //! the container ([`plan`], which adds it to the [`Plan`] with [`Plan::add_cgroup`]), collect
-//! what killed runtimes left and make it ([`create`]), move the child in (the plan's
-//! `apply_outside`, or the child is born there: [`Plan::cgroup_to_clone_into`]), and report
+//! what killed runtimes left and make it ([`create`]), move the child in (on v1 the child
+//! moves itself, [`JoinItself`]; on v2 it is born there, [`Plan::cgroup_to_clone_into`];
+//! else the plan's `apply_outside`), and report
 //! what the command used before removing it ([`finish`]). They live here once, beside the plan
 //! they extend; `cgroups` itself knows nothing of containers. Nothing here prints: warnings and
 //! reports come back as values, for the binary to show.
@@ -11,6 +12,7 @@
 //! The cgroup filesystem is a parameter: the stages pass the kernel's ([`cgroups::Kernel`]),
 //! the tests a fake tree in a temporary directory, for each of the v1, v2 and hybrid layouts.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
@@ -20,7 +22,7 @@ use nix::unistd::{Pid, Uid};
 use super::steps::Inside;
 use super::Plan;
 use crate::cgroups::{self, Backend, Cgroup, Cgroupfs, ContainerId, FsTypes, Hierarchy};
-use crate::cgroups::{LimitArgs, Limits, Machine, Usage, Version};
+use crate::cgroups::{LimitArgs, Limits, Machine, SelfJoin, Usage, Version};
 use crate::error::{Error, Result};
 use crate::mounts::Step;
 use crate::namespaces::Namespace;
@@ -79,6 +81,9 @@ pub struct PlannedCgroup {
     /// Set in a dry run by a user who may not make this cgroup (the plan shown is root's):
     /// why not.
     pub refused: Option<String>,
+    /// cgroup v1: the `tasks` files the child moves itself in through, opened by [`create`]
+    /// (see [`JoinItself`]).
+    self_join: Rc<RefCell<Option<SelfJoin>>>,
 }
 
 impl std::fmt::Debug for PlannedCgroup {
@@ -91,9 +96,15 @@ impl std::fmt::Debug for PlannedCgroup {
 }
 
 impl PlannedCgroup {
-    /// In the parent: moves child `pid` in, by the plan's own list of `cgroup.procs` files.
+    /// In the parent: moves child `pid` in, by the plan's own list of `cgroup.procs` files,
+    /// unless the child moves itself ([`JoinItself`]); then only closes the parent's copies of
+    /// the files the child does it through.
     pub fn join(&self, pid: Pid) -> Result<()> {
-        self.plan.join(&*self.fs, pid)
+        if self.plan.tasks_files().is_empty() {
+            return self.plan.join(&*self.fs, pid);
+        }
+        drop(self.self_join.borrow_mut().take());
+        Ok(())
     }
 
     /// `text` with this runtime's pid in the cgroup's name shown as `<runtime pid>`: a real run
@@ -106,29 +117,38 @@ impl PlannedCgroup {
 
 impl Plan {
     // ANCHOR: add_cgroup
-    /// Chapter 3: puts the container in the cgroup of `cgroup`. The parent moves the child in
-    /// while the child builds its view (its mounts, hostname, network); the child waits for
-    /// the parent's word that it is in ([`Inside::AwaitCgroup`]) as late as it can: before it
-    /// makes its cgroup namespace, which `clone(2)` made in stage 2 but would root at the
-    /// runtime's cgroup, and mounts `view` (its own cgroup, read-only); and always before it
-    /// drops its privileges or runs the command.
+    /// Chapter 3: puts the container in the cgroup of `cgroup`. On v1 the child moves itself in,
+    /// as its very first step ([`JoinItself`]); elsewhere the parent moves it in first thing,
+    /// before it releases it (or it is born there: [`Plan::cgroup_to_clone_into`]). The child
+    /// then makes its cgroup namespace, which `clone(2)` made in stage 2 but would root at the
+    /// runtime's cgroup, and mounts `view` (its own cgroup, read-only) once its new root is in
+    /// place.
     pub fn add_cgroup(&mut self, cgroup: PlannedCgroup, view: Vec<Step>) {
-        let last = self
-            .inside
-            .iter()
-            .position(|step| matches!(step, Inside::UnshareTime | Inside::DropPrivileges(_)));
-        let at = last.unwrap_or(self.inside.len());
-        let mut steps = vec![Inside::AwaitCgroup];
+        let tasks = cgroup.plan.tasks_files();
+        if !tasks.is_empty() {
+            let files = cgroup.self_join.clone();
+            self.inside.insert(0, Inside::JoinCgroup(JoinItself { tasks, files }));
+        }
         if self.namespaces.contains(Namespace::Cgroup) {
-            steps.push(Inside::UnshareCgroup);
+            let last_mount = self.inside.iter().rposition(|step| matches!(step, Inside::Mount(_)));
+            let at = last_mount.map_or(self.inside.len(), |index| index + 1);
+            let mut steps = vec![Inside::UnshareCgroup];
             if self.namespaces.contains(Namespace::Mnt) {
                 steps.extend(view.into_iter().map(Inside::CgroupMount));
             }
+            self.inside.splice(at..at, steps);
         }
-        self.inside.splice(at..at, steps);
         self.cgroup = Some(cgroup);
     }
     // ANCHOR_END: add_cgroup
+
+    /// Chapter 3, cgroup v1: the child's step that moves it into its cgroup by itself.
+    pub fn joins_itself(&self) -> Option<&JoinItself> {
+        self.inside.iter().find_map(|step| match step {
+            Inside::JoinCgroup(join) => Some(join),
+            _ => None,
+        })
+    }
 
     /// Chapter 3: the cgroup v2 directory the child can be born in (`clone3` with
     /// `CLONE_INTO_CGROUP`, see `namespaces::spawn_into`), instead of being moved in after
@@ -245,7 +265,8 @@ pub fn plan(
     let id = ContainerId::for_this_runtime(name)?;
     let cgroup = host.backend.plan(&id, &limits)?;
     let view = cgroups::view::mounts(&cgroup, &host.hierarchy);
-    let planned = PlannedCgroup { plan: cgroup, fs: host.fs.clone(), refused };
+    let planned =
+        PlannedCgroup { plan: cgroup, fs: host.fs.clone(), refused, self_join: Rc::default() };
     container.add_cgroup(planned, view);
     Ok(Planned::Cgroup(host))
 }
@@ -278,9 +299,81 @@ pub fn create(host: Host, plan: &Plan) -> Result<Created> {
         Ok(collected) => collected.removed.iter().map(|stale| format!("gc: {stale}")).collect(),
         Err(error) => vec![format!("warning: gc of stale cgroups failed: {error}")],
     };
-    let planned = plan.cgroup.as_ref().ok_or_else(|| Error::Invalid("no cgroup planned".into()));
-    Ok(Created { cgroup: Cgroup::create(host.backend, planned?.plan.clone())?, said })
+    let planned = plan.cgroup.as_ref().ok_or_else(|| Error::Invalid("no cgroup planned".into()))?;
+    let cgroup = Cgroup::create(host.backend, planned.plan.clone())?;
+    // v1: the files the child will move itself in through, opened now that they exist (if
+    // this fails, the guard `cgroup` removes the cgroup again).
+    let tasks = planned.plan.tasks_files();
+    if !tasks.is_empty() {
+        *planned.self_join.borrow_mut() = Some(SelfJoin::open(&tasks)?);
+    }
+    Ok(Created { cgroup, said })
 }
+
+// ANCHOR: join_itself
+/// The child's first step on cgroup v1: it moves itself into its cgroup, through the `tasks`
+/// files the runtime opened before the clone (see [`SelfJoin`] for why the child, and why
+/// that costs no grace period).
+#[derive(Clone)]
+pub struct JoinItself {
+    /// The files, one per hierarchy, as the plan shows them.
+    pub tasks: Vec<PathBuf>,
+    files: Rc<RefCell<Option<SelfJoin>>>,
+}
+
+impl JoinItself {
+    /// In the child: the move.
+    pub fn apply(&self) -> Result<()> {
+        let files = self.files.borrow_mut().take().ok_or_else(|| {
+            Error::Invalid(
+                "the cgroup's tasks files were not opened before the clone (cgroup::create)"
+                    .to_string(),
+            )
+        })?;
+        files.join()
+    }
+}
+// ANCHOR_END: join_itself
+
+/// How the plan names the runtime's descriptor of `tasks` file `index`.
+fn tasks_fd(index: usize) -> String {
+    format!("<tasks{index}>")
+}
+
+impl JoinItself {
+    /// The runtime's opens, before the clone, one a line.
+    pub(super) fn before_clone(&self) -> Vec<String> {
+        let open = |(index, path): (usize, &PathBuf)| {
+            format!("open(\"{}\", O_WRONLY|O_CLOEXEC) = {}", path.display(), tasks_fd(index))
+        };
+        self.tasks.iter().enumerate().map(open).collect()
+    }
+}
+
+/// The child's writes, one a line.
+impl std::fmt::Display for JoinItself {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let writes: Vec<String> = (0..self.tasks.len())
+            .map(|index| format!("write({}, \"0\")", tasks_fd(index)))
+            .collect();
+        f.write_str(&writes.join("\n"))
+    }
+}
+
+impl std::fmt::Debug for JoinItself {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinItself").field("tasks", &self.tasks).finish_non_exhaustive()
+    }
+}
+
+/// Two are the same when they name the same files and share one set of descriptors.
+impl PartialEq for JoinItself {
+    fn eq(&self, other: &Self) -> bool {
+        self.tasks == other.tasks && Rc::ptr_eq(&self.files, &other.files)
+    }
+}
+
+impl Eq for JoinItself {}
 
 /// Opens the cgroup v2 directory a child will be born in (`clone3`'s `cgroup` field, see
 /// `namespaces::spawn_into`).
@@ -485,9 +578,16 @@ mod tests {
     #[test]
     fn the_plan_on_cgroup_v1_makes_a_directory_per_hierarchy_and_moves_the_child_in() {
         let text = dry_run(Layout::V1, &[&[""], &LIMITS[..]].concat());
-        assert!(
-            text.contains("write(\"/sys/fs/cgroup/memory/isolab/box-<runtime pid>/cgroup.procs\"")
-        );
+        // The runtime opens the tasks files; the child moves itself in, as its first step,
+        // and the parent writes no pid anywhere.
+        let open = "open(\"/sys/fs/cgroup/memory/isolab/box-<runtime pid>/tasks\", O_WRONLY";
+        let at = |what: &str| text.find(what).unwrap_or_else(|| panic!("no {what}: {text}"));
+        assert!(at(open) < at("clone("), "{text}");
+        assert!(!text.contains("cgroup.procs\", \"<pid>\")"), "{text}");
+        let child = &text[at("child <pid>:")..];
+        let first = child.lines().nth(2).unwrap_or_default();
+        assert!(first.starts_with("  # into our cgroup first"), "{child}");
+        assert!(child.contains("write(<tasks0>, \"0\")"), "{child}");
         snapshot("container_plan_cgroup_v1", text);
     }
 

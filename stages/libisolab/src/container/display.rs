@@ -62,6 +62,15 @@ impl fmt::Display for Plan {
                 writeln!(f, "  {step}")?;
             }
         }
+        if let Some(join) = self.joins_itself() {
+            writeln!(
+                f,
+                "  # v1: the files the child will move itself in through (opened as root)"
+            )?;
+            for line in join.before_clone() {
+                writeln!(f, "  {line}")?;
+            }
+        }
         if let Some(lowers) = idmapped {
             writeln!(f, "  # to hand the idmapped base to the child: it keeps its end")?;
             writeln!(f, "  {}", lowers.before_clone())?;
@@ -82,21 +91,18 @@ impl fmt::Display for Plan {
             writeln!(f, "clone({} | SIGCHLD)", cloned.flag_names())?;
         }
         writeln!(f, "parent, for child {pid} (which waits on the sync pipe):")?;
+        if let (Some(cgroup), None, None) = (&self.cgroup, into, self.joins_itself()) {
+            writeln!(f, "  # into its cgroup first: from now on, all it does is counted")?;
+            for procs in &cgroup.plan.join {
+                writeln!(f, "  write(\"{}\", \"{pid}\")", procs.display())?;
+            }
+        }
         for step in &self.outside {
             for line in step.to_string().lines() {
                 writeln!(f, "  {line}")?;
             }
         }
         writeln!(f, "  write(sync pipe, \"g\")")?;
-        if let Some(cgroup) = &self.cgroup {
-            if into.is_none() {
-                writeln!(f, "  # into its cgroup, while it builds its view; before its command")?;
-                for procs in &cgroup.plan.join {
-                    writeln!(f, "  write(\"{}\", \"{pid}\")", procs.display())?;
-                }
-            }
-            writeln!(f, "  write(sync pipe, \"c\")")?;
-        }
         writeln!(f, "child {pid}:")?;
         writeln!(f, "  prctl(PR_SET_PDEATHSIG, SIGKILL)")?;
         let mut last_why = None;
@@ -106,7 +112,9 @@ impl fmt::Display for Plan {
                 writeln!(f, "  # {why}")?;
                 last_why = Some(why);
             }
-            writeln!(f, "  {step}")?;
+            for line in step.to_string().lines() {
+                writeln!(f, "  {line}")?;
+            }
             if step.changes_uid() {
                 writeln!(f, "  # a change of uid clears the parent-death signal: set it again")?;
                 writeln!(f, "  prctl(PR_SET_PDEATHSIG, SIGKILL)")?;

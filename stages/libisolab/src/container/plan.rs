@@ -16,7 +16,7 @@ use crate::idmap::IdMap;
 use crate::idrange::{self, Claim, Claims, UserIds, Wanted};
 use crate::init;
 use crate::mounts::{self, Step};
-use crate::namespaces::{Gate, Namespace, Namespaces};
+use crate::namespaces::{Namespace, Namespaces};
 use crate::network::{self, Mode, Subnet};
 use crate::process::{self, Command, ErrorPipe, Failure};
 use crate::user::User;
@@ -329,34 +329,26 @@ impl Plan {
 
     /// In the parent: the steps for child `pid`, before it is released.
     pub fn apply_outside(&self, pid: Pid) -> Result<(), Error> {
+        self.apply_outside_born(pid, false)
+    }
+
+    /// [`Plan::apply_outside`], for a child that `born_in_cgroup` or not.
+    pub fn apply_outside_born(&self, pid: Pid, born_in_cgroup: bool) -> Result<(), Error> {
+        // Chapter 3: into its cgroup first, so that all the child does is counted (unless it
+        // was born there).
+        if let (Some(cgroup), false) = (&self.cgroup, born_in_cgroup) {
+            cgroup.join(pid)?;
+        }
         for step in &self.outside {
             step.apply(pid)?;
         }
         Ok(())
     }
 
-    // ANCHOR: join_cgroup
-    /// In the parent, chapter 3, while child `pid` builds its view: into its cgroup, unless it
-    /// was born there. It waits for our word before its cgroup namespace and before the
-    /// command ([`Inside::AwaitCgroup`]), so all the command does is counted.
-    pub fn join_cgroup(&self, pid: Pid, born_in_cgroup: bool) -> Result<(), Error> {
-        match (&self.cgroup, born_in_cgroup) {
-            (Some(cgroup), false) => cgroup.join(pid),
-            _ => Ok(()),
-        }
-    }
-    // ANCHOR_END: join_cgroup
-
-    /// Is there a cgroup for the parent to move the child into (see [`Plan::join_cgroup`])?
-    pub fn has_cgroup(&self) -> bool {
-        self.cgroup.is_some()
-    }
-
-    /// In the child: the steps inside the namespaces, one by one (`gate`: the parent's word
-    /// that we are in our cgroup).
-    pub fn apply_inside(&self, gate: &Gate) -> Result<(), Error> {
+    /// In the child: the steps inside the namespaces, one by one.
+    pub fn apply_inside(&self) -> Result<(), Error> {
         for step in &self.inside {
-            step.apply(gate)?;
+            step.apply()?;
         }
         Ok(())
     }
@@ -368,10 +360,7 @@ impl Plan {
     }
 
     /// In the child, last: exec the command, or fork it under a small init (see `runs_init`).
-    /// Never before the parent's word that we are in our cgroup (at once if the plan's steps
-    /// waited for it already).
-    pub fn start_command(&self, pipe: &ErrorPipe, gate: &Gate) -> Result<Infallible, Failure> {
-        gate.wait();
+    pub fn start_command(&self, pipe: &ErrorPipe) -> Result<Infallible, Failure> {
         if self.runs_init() {
             init::run(|| process::exec(&self.command), pipe)
         } else {

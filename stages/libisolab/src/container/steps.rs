@@ -6,11 +6,12 @@ use std::fmt;
 
 use nix::unistd::Pid;
 
+use super::cgroup::JoinItself;
 use super::idmapped::{IdmappedLowers, OutsideCalls};
 use crate::error::Error;
 use crate::idmap::IdMap;
 use crate::mounts::{self, Step};
-use crate::namespaces::{self, Gate};
+use crate::namespaces;
 use crate::network::{self, Subnet};
 use crate::user::{self, User};
 use crate::uts;
@@ -91,6 +92,9 @@ impl fmt::Display for Outside {
 /// A step the child takes inside its namespaces, before the command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inside {
+    /// cgroup v1: move ourselves into our cgroup, first thing (chapter 3; see
+    /// `container::cgroup::JoinItself`).
+    JoinCgroup(JoinItself),
     /// Become root of the user namespace (see `idmap::become_root`).
     BecomeRoot(IdMap),
     /// A mount, mkdir, pivot_root… (see `libisolab::mounts`).
@@ -108,9 +112,6 @@ pub enum Inside {
     UnshareTime,
     /// setgroups, setgid, setuid.
     DropPrivileges(User),
-    /// Wait for the parent's word that we are in our cgroup: it moves us in while we build our
-    /// view (chapter 3; see `namespaces::Gate`).
-    AwaitCgroup,
     /// `unshare(CLONE_NEWCGROUP)`, once the parent has moved us into our cgroup, which becomes
     /// the root of the tree we see (chapter 3; see `cgroups::view`).
     UnshareCgroup,
@@ -119,10 +120,10 @@ pub enum Inside {
 }
 
 impl Inside {
-    /// In the child: takes this step (`gate`: the parent's word that we are in our cgroup).
-    pub fn apply(&self, gate: &Gate) -> Result<(), Error> {
+    /// In the child: takes this step.
+    pub fn apply(&self) -> Result<(), Error> {
         match self {
-            Inside::AwaitCgroup => gate.wait(),
+            Inside::JoinCgroup(join) => join.apply()?,
             Inside::BecomeRoot(map) => map.become_root()?,
             Inside::Mount(step) | Inside::CgroupMount(step) => {
                 mounts::apply(std::slice::from_ref(step))?
@@ -150,6 +151,9 @@ impl Inside {
     /// Why the step is there, in words, if it needs saying.
     pub fn why(&self) -> Option<&'static str> {
         match self {
+            Inside::JoinCgroup(_) => Some(
+                "into our cgroup first, by ourselves: one thread moving itself, no global lock",
+            ),
             Inside::BecomeRoot(_) => Some("uid 0 of the user namespace, host uid of the map"),
             Inside::Mount(step) | Inside::CgroupMount(step) => step.why(),
             Inside::AttachLowers(_) => {
@@ -160,9 +164,6 @@ impl Inside {
             Inside::ContainerEnd(_) => Some("our end of the pair"),
             Inside::UnshareTime => Some("new clocks for our next child, and for us at execve"),
             Inside::DropPrivileges(_) => Some("--user"),
-            Inside::AwaitCgroup => {
-                Some("the parent has moved us into our cgroup meanwhile: wait for its word")
-            }
             Inside::UnshareCgroup => {
                 Some("in our cgroup now: make it the root of the cgroup tree we see")
             }
@@ -174,6 +175,7 @@ impl Inside {
 impl fmt::Display for Inside {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Inside::JoinCgroup(join) => write!(f, "{join}"),
             Inside::BecomeRoot(map) => f.write_str(&map.become_root_calls()),
             Inside::Mount(step) | Inside::CgroupMount(step) => write!(f, "{step}"),
             Inside::AttachLowers(lowers) => f.write_str(&lowers.inside_calls()),
@@ -189,7 +191,6 @@ impl fmt::Display for Inside {
             Inside::DropPrivileges(user) => {
                 write!(f, "setgroups([{0}]); setgid({0}); setuid({1})", user.gid, user.uid)
             }
-            Inside::AwaitCgroup => f.write_str("read(sync pipe) = \"c\""),
             Inside::UnshareCgroup => f.write_str("unshare(CLONE_NEWCGROUP)"),
         }
     }
