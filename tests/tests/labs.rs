@@ -29,11 +29,40 @@ fn variant(env: &TestEnv, name: &str, stage: u8, patch: &dyn Fn(&Path)) -> PathB
     let output = run(env.cmd("isolab").args(["lab", "new", &stage.to_string()]).arg(&dir));
     assert!(output.status.success(), "lab new: {}", text(&output.stderr));
     let src = "stages/libisolab/src";
-    for file in ["chroot.rs", "user.rs", "process.rs", "idmap.rs", "mounts.rs"] {
-        fs::copy(workspace_root().join(src).join(file), dir.join(src).join(file)).unwrap();
+    // Every file of the library that has a region: the stubs replaced by the answers.
+    let marked = marked_files(&workspace_root().join(src));
+    assert!(marked.len() >= 8, "the library's marked files: {marked:?}");
+    for file in marked {
+        fs::copy(workspace_root().join(src).join(&file), dir.join(src).join(&file)).unwrap();
     }
     patch(&dir.join(src));
     dir
+}
+
+/// The `.rs` files under `dir` (relative to it) that hold a `// LAB` region.
+fn marked_files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![PathBuf::new()];
+    while let Some(relative) = pending.pop() {
+        for entry in fs::read_dir(dir.join(&relative)).unwrap() {
+            let entry = entry.unwrap();
+            let name = relative.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                pending.push(name);
+            } else if name.extension().is_some_and(|ext| ext == "rs")
+                && fs::read_to_string(entry.path()).unwrap().contains("// LAB stage")
+            {
+                found.push(name);
+            }
+        }
+    }
+    found
+}
+
+/// The binary of each stage.
+fn stage_binary(stage: u8) -> &'static str {
+    ["stage1-chroot", "stage2-namespaces", "stage3-cgroups", "stage4-overlay", "stage5-images"]
+        [stage as usize - 1]
 }
 
 /// Replaces the body of the `index`th region of `task` in `file` with `body`.
@@ -98,7 +127,20 @@ fn lab_check_every_starter_fails_its_tasks_and_the_reference_passes() {
     let output = run(env.cmd("isolab").args(["lab", "check", "--target-dir"]).arg(shared_target()));
     let said = text(&output.stdout);
     assert!(output.status.success(), "{said}\n{}", text(&output.stderr));
-    for task in ["stage1/chroot", "stage1/error-pipe", "stage2/id-maps", "stage2/pivot-root"] {
+    for task in [
+        "stage1/chroot",
+        "stage1/error-pipe",
+        "stage2/id-maps",
+        "stage2/pivot-root",
+        "stage3/create",
+        "stage3/limit",
+        "stage3/join",
+        "stage3/remove",
+        "stage4/overlay-options",
+        "stage4/diff-whiteouts",
+        "stage5/commit",
+        "stage5/verify-digest",
+    ] {
         assert!(said.contains(&format!("starter:   {task:<26} fails")), "{task}: {said}");
         assert!(said.contains(&format!("reference: {task:<26} passes")), "{task}: {said}");
     }
@@ -112,7 +154,7 @@ fn the_grader_fails_each_broken_variant_naming_its_task_and_only_it() {
     }
     let env = TestEnv::new();
     type Patch = fn(&Path);
-    let variants: [(&str, u8, &str, Patch); 5] = [
+    let variants: [(&str, u8, &str, Patch); 8] = [
         ("pivot-root-by-chroot", 2, "stage2/pivot-root", |src| {
             // The old root stays in the mount namespace (nothing to detach after a chroot):
             // root climbs out as in stage 1.
@@ -159,12 +201,54 @@ fn the_grader_fails_each_broken_variant_naming_its_task_and_only_it() {
                  unistd::setuid(Uid::from_raw(user.uid)).sys(\"setuid\", user.uid)?;\n    Ok(())",
             );
         }),
+        ("cgroup-joined-after-exec", 3, "stage3/join", |src| {
+            // The child is released at once and a helper moves it in 300 ms later: its
+            // command's first instructions run in the runtime's cgroup, unlimited.
+            replace_region(
+                &src.join("cgroups/mod.rs"),
+                "stage3/join",
+                0,
+                "        let _ = fs;\n        \
+                 let files: Vec<String> =\n            \
+                 self.join.iter().map(|procs| procs.display().to_string()).collect();\n        \
+                 let script = format!(\"sleep 0.3; for f in {}; do echo {pid} > $f; done\", \
+                 files.join(\" \"));\n        \
+                 let _ = std::process::Command::new(\"/bin/sh\")\n            \
+                 .args([\"-c\", &script])\n            \
+                 .stdin(std::process::Stdio::null())\n            \
+                 .stdout(std::process::Stdio::null())\n            \
+                 .stderr(std::process::Stdio::null())\n            \
+                 .spawn();\n        Ok(())",
+            );
+        }),
+        ("whiteouts-ignored-by-diff", 4, "stage4/diff-whiteouts", |src| {
+            // A whiteout taken for a file of the upper's like any other: never a deletion.
+            replace_region(
+                &src.join("changes.rs"),
+                "stage4/diff-whiteouts",
+                0,
+                "        match (kind, &before) {\n            \
+                 (UpperKind::Whiteout, _) => {}\n            \
+                 (_, None) => changes.push(change(Kind::Added, &path)),\n            \
+                 (_, Some(_)) => changes.push(change(Kind::Changed, &path)),\n        }",
+            );
+        }),
+        ("blob-digest-unverified", 5, "stage5/verify-digest", |src| {
+            // The digest a blob came with taken for its own: it is stored under that name
+            // whatever its bytes hash to.
+            replace_region(
+                &src.join("image/layout.rs"),
+                "stage5/verify-digest",
+                0,
+                "        let digest = expected.copied().unwrap_or(digest);",
+            );
+        }),
     ];
     let _building = SHARED_TARGET.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut wrong = Vec::new();
     for (name, stage, task, patch) in variants {
         let dir = variant(&env, name, stage, &patch);
-        let binary = if stage == 1 { "stage1-chroot" } else { "stage2-namespaces" };
+        let binary = stage_binary(stage);
         let kept = env.path().join(format!("{name}.bin"));
         build(&dir, binary, &kept);
         let (failed, said) = failed_tasks(&env, stage, &kept);
@@ -172,11 +256,12 @@ fn the_grader_fails_each_broken_variant_naming_its_task_and_only_it() {
             wrong.push(format!("{name}: expected only {task} to fail, failed: {failed:?}\n{said}"));
         }
     }
-    // And the reference, through the same path: a starter with every answer put back.
-    let dir = variant(&env, "reference", 2, &|_| {});
+    // And the reference, through the same path: a starter with every answer put back (stage
+    // 5's: every task of every stage).
+    let dir = variant(&env, "reference", 5, &|_| {});
     let kept = env.path().join("reference.bin");
-    build(&dir, "stage2-namespaces", &kept);
-    let (failed, said) = failed_tasks(&env, 2, &kept);
+    build(&dir, stage_binary(5), &kept);
+    let (failed, said) = failed_tasks(&env, 5, &kept);
     assert!(failed.is_empty(), "the reference failed {failed:?}\n{said}");
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
@@ -209,5 +294,66 @@ fn a_starter_never_holds_the_reference_s_answers() {
             run(env.cmd("isolab").args(["lab", "hint", "2", "pivot-root", "--dir"]).arg(&dir));
         let said = text(&output.stdout);
         assert!(said.starts_with(&format!("stage2/pivot-root hint {rung} of 3: ")), "{said}");
+    }
+}
+
+#[test]
+fn a_task_that_uses_more_memory_than_its_bound_fails_saying_so() {
+    if !require_root("a_task_that_uses_more_memory_than_its_bound_fails_saying_so") {
+        return;
+    }
+    let env = TestEnv::new();
+    // Fake stage binaries: dd holds a buffer of bs bytes, touched as it reads into it.
+    let fake = |name: &str, mib: u32| {
+        let path = env.path().join(name);
+        let script = format!("#!/bin/sh\nexec dd if=/dev/zero of=/dev/null bs={mib}M count=1\n");
+        fs::write(&path, script).unwrap();
+        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        path
+    };
+    let grade = |binary: &Path| {
+        let output = run(env
+            .cmd("isolab")
+            .args(["grade", "1", "--task", "chroot", "--memory-limit", "64", "--bin"])
+            .arg(binary));
+        assert_eq!(code(&output), 1, "{}", text(&output.stderr));
+        text(&output.stdout)
+    };
+    let said = grade(&fake("hog", 200));
+    assert!(said.contains("it used more than 64 MiB"), "{said}");
+    // Under the bound, the same binary fails for what it did (it is no runtime), not for
+    // its memory: the bound is what bit above.
+    let said = grade(&fake("small", 8));
+    assert!(!said.contains("used more than"), "{said}");
+    assert!(said.contains("FAIL stage1/chroot"), "{said}");
+    // The grader's cgroup went with the task.
+    let cgroups = fs::read_dir("/sys/fs/cgroup/memory/isolab")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("grade-"))
+        .collect::<Vec<_>>();
+    assert!(cgroups.is_empty(), "left: {cgroups:?}");
+}
+
+#[test]
+fn lab_output_to_a_closed_pipe_is_no_panic() {
+    // `isolab lab list | head -1`: the reader goes before isolab has written. Here the read
+    // end is closed before isolab starts writing, so that the write always fails (EPIPE).
+    let env = TestEnv::new();
+    for args in [&["lab", "list"][..], &["lab", "hint", "1", "chroot", "--level", "1"][..]] {
+        let mut child = env
+            .cmd("isolab")
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let stderr = text(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(code(&output), 0, "{args:?}: {stderr}");
     }
 }

@@ -8,8 +8,16 @@
 //! directory (`/proc/self/mountinfo`), new cgroups of isolab's, processes whose root is the
 //! rootfs. Those are removed, and the task fails. A failure says what was expected, what
 //! happened, and which hint to read (`isolab lab hint`).
+//!
+//! Stage 3's checks are in [`cgroups`], stages 4 and 5's in [`store`]; [`budget`] is the
+//! memory bound every task runs under (a cgroup of the grader's own).
+
+mod budget;
+mod cgroups;
+mod store;
 
 use std::collections::BTreeSet;
+use std::ffi::CString;
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
@@ -33,6 +41,7 @@ use crate::compare::{bin_dir, build_rootfs};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The stage whose tasks (and the earlier stages' tasks) are checked: 1 to 5
+    #[arg(long_help = stage_help())]
     stage: u8,
     /// The student's stage binary (e.g. target/debug/stage2-namespaces of a starter)
     #[arg(long, value_name = "PATH")]
@@ -46,6 +55,42 @@ pub struct Args {
     /// Also write the result as JUnit XML to FILE (for a classroom's CI)
     #[arg(long, value_name = "FILE")]
     junit: Option<PathBuf>,
+    /// The most memory the binary (and what it forks, outside its containers' own cgroups)
+    /// may use in one task, in MiB; past it the kernel kills it and the task fails
+    #[arg(long, value_name = "MIB", default_value_t = budget::DEFAULT_MIB)]
+    memory_limit: u64,
+}
+
+/// The memory bound of a task, in MiB, unless `--memory-limit` says otherwise.
+pub const DEFAULT_MEMORY_MIB: u64 = budget::DEFAULT_MIB;
+
+/// `isolab grade --help`'s text for STAGE: every task graded, by stage, and an example each.
+fn stage_help() -> String {
+    let mut text = String::from(
+        "The stage whose tasks (and the earlier stages' tasks) are checked: 1 to 5. The tasks:",
+    );
+    for stage in 1..=5u8 {
+        let tasks: Vec<&str> = CHECKS
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| super::regions::stage_of(id) == stage)
+            .collect();
+        text.push_str(&format!("\n  {stage}: {}", tasks.join(", ")));
+    }
+    text.push_str("\nOne binary per stage, graded with the earlier stages' tasks too:");
+    for (stage, binary) in [
+        (1, "stage1-chroot"),
+        (2, "stage2-namespaces"),
+        (3, "stage3-cgroups"),
+        (4, "stage4-overlay"),
+        (5, "stage5-images"),
+    ] {
+        text.push_str(&format!(
+            "\n  sudo isolab grade {stage} --bin ~/lab{stage}/target/debug/{binary}"
+        ));
+    }
+    text.push_str("\n  sudo isolab grade 3 --bin BIN --task join --task limit   # two tasks only");
+    text
 }
 
 /// How long one task may take before the binary is stopped.
@@ -111,6 +156,14 @@ const CHECKS: &[(&str, Check)] = &[
     ("stage2/private-mounts", private_mounts),
     ("stage2/proc", proc),
     ("stage2/pivot-root", pivot_root),
+    ("stage3/create", cgroups::create),
+    ("stage3/limit", cgroups::limit),
+    ("stage3/join", cgroups::join),
+    ("stage3/remove", cgroups::remove),
+    ("stage4/overlay-options", store::overlay_options),
+    ("stage4/diff-whiteouts", store::diff_whiteouts),
+    ("stage5/commit", store::commit),
+    ("stage5/verify-digest", store::verify_digest),
 ];
 
 /// Does the grader check `task` yet?
@@ -118,7 +171,7 @@ pub fn has_check(task: &str) -> bool {
     CHECKS.iter().any(|(id, _)| *id == task)
 }
 
-/// Does the grader have checks for every task of `stage`'s own? (Stages 1 and 2 so far.)
+/// Does the grader have checks for the tasks of `stage`'s own?
 pub fn graded_stage(stage: u8) -> bool {
     CHECKS.iter().any(|(id, _)| super::regions::stage_of(id) == stage)
 }
@@ -142,22 +195,27 @@ pub fn run(args: Args) -> Result<ExitCode> {
         });
         Some(ids.collect::<BTreeSet<String>>())
     };
-    let grading = grade(args.stage, &args.bin, filter.as_ref())?;
+    let grading = grade(args.stage, &args.bin, filter.as_ref(), args.memory_limit)?;
     if let Some(path) = &args.junit {
         fs::write(path, junit(&grading))
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&grading)?);
+        super::out(&format!("{}\n", serde_json::to_string_pretty(&grading)?))?;
     } else {
-        print!("{}", human(&grading));
+        super::out(&human(&grading))?;
     }
     Ok(if grading.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// Grades `binary` as stage `stage`: the tasks of that stage and of the earlier ones (only
-/// those in `filter`, if given).
-pub fn grade(stage: u8, binary: &Path, filter: Option<&BTreeSet<String>>) -> Result<Grading> {
+/// those in `filter`, if given), each under a memory bound of `memory_mib` MiB.
+pub fn grade(
+    stage: u8,
+    binary: &Path,
+    filter: Option<&BTreeSet<String>>,
+    memory_mib: u64,
+) -> Result<Grading> {
     if !nix::unistd::geteuid().is_root() {
         bail!("isolab grade needs root: the stages chroot, mount and map ids (run it with sudo)");
     }
@@ -165,9 +223,12 @@ pub fn grade(stage: u8, binary: &Path, filter: Option<&BTreeSet<String>>) -> Res
         bail!("there is no stage {stage}: grade 1 to 5");
     }
     if !graded_stage(stage) {
+        bail!("stage {stage}'s own tasks have no checks yet: grade an earlier stage");
+    }
+    if memory_mib < budget::MINIMUM_MIB {
         bail!(
-            "stage {stage}'s own tasks have no checks yet (the grader checks stages 1 and 2): \
-             grade a stage 2 binary with `isolab grade 2` for the regressions"
+            "--memory-limit {memory_mib} is too little for any runtime: give at least {} (MiB)",
+            budget::MINIMUM_MIB
         );
     }
     if let Some(filter) = filter {
@@ -191,6 +252,10 @@ pub fn grade(stage: u8, binary: &Path, filter: Option<&BTreeSet<String>>) -> Res
         if super::regions::stage_of(id) > stage || filter.is_some_and(|f| !f.contains(*id)) {
             continue;
         }
+        let cgroups_before = isolab_cgroups();
+        // The memory bound: a cgroup of the grader's own that every run of the task joins
+        // before it execs the binary (see `budget`).
+        let budget = budget::Budget::create(memory_mib)?;
         let task = Task {
             binary: bin_copy.clone(),
             rootfs: rootfs.clone(),
@@ -198,15 +263,23 @@ pub fn grade(stage: u8, binary: &Path, filter: Option<&BTreeSet<String>>) -> Res
             token: random_token(),
             userns_dir: userns_dir.clone(),
             started: std::cell::RefCell::new(Vec::new()),
+            join: budget.procs(),
+            stage,
         };
-        let cgroups_before = isolab_cgroups();
         let started = Instant::now();
         let verdict = check(&task);
+        // Read and removed before the leftovers are looked for: it is the grader's, not the
+        // binary's (and it kills what the binary left in it).
+        let over_budget = budget.finish()?;
         let leftovers = leftovers(&task, &cgroups_before);
-        let verdict = match (verdict, leftovers.is_empty()) {
-            (Err(miss), _) => Err(miss),
-            (Ok(()), true) => Ok(()),
-            (Ok(()), false) => miss("nothing left on the host after the run", leftovers.join("; ")),
+        let verdict = match (over_budget, verdict, leftovers.is_empty()) {
+            // Killed for its memory: whatever else went wrong followed from that.
+            (Some(over), _, _) => Err(over),
+            (None, Err(miss), _) => Err(miss),
+            (None, Ok(()), true) => Ok(()),
+            (None, Ok(()), false) => {
+                miss("nothing left on the host after the run", leftovers.join("; "))
+            }
         };
         let stage_of_task = super::regions::stage_of(id);
         let name = id.split('/').nth(1).unwrap_or(id);
@@ -236,6 +309,10 @@ struct Task {
     /// The pids of the runtimes this task started: a cgroup of isolab's is named
     /// `<name>-<runtime pid>`, so only those are this task's (other runtimes may be running).
     started: std::cell::RefCell<Vec<u32>>,
+    /// The `cgroup.procs` files of the memory bound, which each run joins before its exec.
+    join: Vec<CString>,
+    /// The stage graded (a later stage's binary takes options an earlier one lacks).
+    stage: u8,
 }
 
 /// What a run of the binary did.
@@ -303,6 +380,19 @@ impl Task {
         command: &[&str],
         as_user: Option<u32>,
     ) -> Ran {
+        self.run_watching(rootfs, options, command, as_user, &mut |_| {})
+    }
+
+    /// [`Task::run_with`], calling `watch` with the runtime's pid every few milliseconds
+    /// while it runs (stage 3 reads its cgroup then).
+    fn run_watching(
+        &self,
+        rootfs: &Path,
+        options: &[&str],
+        command: &[&str],
+        as_user: Option<u32>,
+        watch: &mut dyn FnMut(u32),
+    ) -> Ran {
         let mut cmd = match as_user {
             // setpriv(1): the ids and no supplementary groups, as a user's login would have.
             Some(uid) => {
@@ -315,13 +405,46 @@ impl Task {
         };
         cmd.arg("run").arg("--rootfs").arg(rootfs).args(options).arg("--").args(command);
         cmd.env("ISOLAB_USERNS_DIR", &self.userns_dir).current_dir(&self.workdir);
-        bounded(cmd, &mut self.started.borrow_mut())
+        // From stage 4 on, a run keeps its container in a store: never the host's
+        // (/var/lib/isolab, or a user's ~/.local/share/isolab), always one in the grader's
+        // directory, the caller's own (a store is used by its owner only).
+        let store = self.workdir.join(format!("store-default-{}", as_user.unwrap_or(0)));
+        if let Some(uid) = as_user {
+            if fs::create_dir(&store).is_ok() {
+                let _ = std::os::unix::fs::chown(&store, Some(uid), Some(uid));
+            }
+        }
+        cmd.env("ISOLAB_ROOT", &store);
+        bounded(cmd, &mut self.started.borrow_mut(), &self.join, watch)
+    }
+
+    /// `BIN ARGS…`: one of the binary's other commands (stage 4's `diff`, stage 5's `commit`),
+    /// bounded in time and memory like a run.
+    fn invoke(&self, args: &[&std::ffi::OsStr]) -> Ran {
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(args);
+        cmd.env("ISOLAB_USERNS_DIR", &self.userns_dir).current_dir(&self.workdir);
+        bounded(cmd, &mut self.started.borrow_mut(), &self.join, &mut |_| {})
     }
 }
 
-/// Runs `command` in a process group of its own; SIGKILL to the group after [`TASK_TIMEOUT`].
-fn bounded(mut command: Command, started_pids: &mut Vec<u32>) -> Ran {
+/// Runs `command` in a process group of its own, in the memory bound's cgroups (`join`, its
+/// `cgroup.procs` files); SIGKILL to the group after [`TASK_TIMEOUT`]. `watch` is called
+/// with the pid every few milliseconds while it runs.
+fn bounded(
+    mut command: Command,
+    started_pids: &mut Vec<u32>,
+    join: &[CString],
+    watch: &mut dyn FnMut(u32),
+) -> Ran {
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    let join = join.to_vec();
+    // SAFETY: between fork and exec only async-signal-safe calls (open, write, close,
+    // getpid: man 7 signal-safety), on memory allocated before the fork. The child joins the
+    // cgroup itself, before exec, so that the binary's first allocation is counted.
+    unsafe {
+        command.pre_exec(move || budget::join_self(&join));
+    }
     let mut child: Child = match command.spawn() {
         Ok(child) => child,
         Err(error) => {
@@ -351,6 +474,9 @@ fn bounded(mut command: Command, started_pids: &mut Vec<u32>) -> Ran {
         if started.elapsed() > TASK_TIMEOUT && !timed_out {
             timed_out = true;
             let _ = signal::kill(group, Signal::SIGKILL);
+        }
+        if !timed_out {
+            watch(child.id());
         }
         std::thread::sleep(Duration::from_millis(5));
     };
@@ -494,7 +620,10 @@ fn id_maps(task: &Task) -> Verdict {
         );
     }
     let uid: u32 = rand::thread_rng().gen_range(20000..60000);
-    let ran = task.run_with(&task.rootfs, &[], &maps, Some(uid));
+    // From stage 3 on, a user without a delegated cgroup v2 subtree (any user on a v1 host)
+    // must ask to run without limits.
+    let rootless: &[&str] = if task.stage >= 3 { &["--cgroups", "optional"] } else { &[] };
+    let ran = task.run_with(&task.rootfs, rootless, &maps, Some(uid));
     let want = format!("0 {uid} 1");
     let got: Vec<String> =
         ran.stdout.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
@@ -665,7 +794,19 @@ fn leftovers(task: &Task, cgroups_before: &BTreeSet<PathBuf>) -> Vec<String> {
         deepest_first.reverse();
         detach(&deepest_first);
     }
-    let new_cgroups: Vec<PathBuf> = isolab_cgroups().difference(cgroups_before).cloned().collect();
+    // Only the cgroups of the runtimes this task started: other runtimes (a test beside the
+    // grader, another grading) make and remove theirs meanwhile.
+    let started = task.started.borrow();
+    let new_cgroups: Vec<PathBuf> = isolab_cgroups()
+        .difference(cgroups_before)
+        .filter(|dir| {
+            let name = dir.file_name().and_then(|name| name.to_str()).unwrap_or("");
+            libisolab::cgroups::ContainerId::parse(name).is_some_and(|id| {
+                started.iter().any(|pid| *pid as i32 == id.runtime_pid().as_raw())
+            })
+        })
+        .cloned()
+        .collect();
     if !new_cgroups.is_empty() {
         let shown: Vec<String> = new_cgroups.iter().map(|p| p.display().to_string()).collect();
         found.push(format!("cgroups: {}", shown.join(", ")));

@@ -200,10 +200,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Verb::New { stage, dir, from } => {
             new(&root, &catalogue, stage, &dir, from.as_deref())?;
             let binary = &catalogue.stage(stage)?.binary;
-            println!("wrote the stage {stage} starter to {}", dir.display());
-            println!("  cd {} && cargo build        # builds as it is, offline", dir.display());
-            println!("  isolab lab hint {stage} TASK                # the next hint");
-            println!("  sudo isolab grade {stage} --bin {}/target/debug/{binary}", dir.display());
+            let dir = dir.display();
+            out(&format!(
+                "wrote the stage {stage} starter to {dir}\n  \
+                 cd {dir} && cargo build        # builds as it is, offline\n  \
+                 isolab lab hint {stage} TASK                # the next hint\n  \
+                 sudo isolab grade {stage} --bin {dir}/target/debug/{binary}\n"
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Verb::Hint { stage, task, level, dir } => hint(&catalogue, stage, &task, level, &dir),
@@ -214,10 +217,24 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
 }
 
+/// Writes `text` to stdout. A reader that went away (`isolab lab list | head -1`) is no
+/// error: Rust ignores SIGPIPE, so the write fails with EPIPE, and `println!` would panic on
+/// it; the rest of the output is dropped instead, as a program killed by SIGPIPE drops it.
+pub(crate) fn out(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(error).context("cannot write to stdout")
+        }
+        _ => Ok(()),
+    }
+}
+
 fn list(root: &Path, catalogue: &Catalogue) -> Result<ExitCode> {
     for stage in &catalogue.stage {
         let regions = reference_regions(root, &stage.crates)?;
-        println!("stage {} ({}):", stage.number, stage.binary);
+        out(&format!("stage {} ({}):\n", stage.number, stage.binary))?;
         for task in catalogue.task.iter().filter(|t| regions::stage_of(&t.id) == stage.number) {
             let marked: Vec<_> = regions.iter().filter(|(_, r)| r.task == task.id).collect();
             let title = marked.first().map(|(_, r)| r.title.as_str()).unwrap_or("(not marked)");
@@ -225,8 +242,12 @@ fn list(root: &Path, catalogue: &Catalogue) -> Result<ExitCode> {
             let mut files_shown = files.clone();
             files_shown.dedup();
             let graded = if grade::has_check(&task.id) { "graded" } else { "not graded yet" };
-            println!("  {:<26} {title}", task.id);
-            println!("  {:<26} in {} ({graded})", "", files_shown.join(", "));
+            out(&format!(
+                "  {:<26} {title}\n  {:<26} in {} ({graded})\n",
+                task.id,
+                "",
+                files_shown.join(", ")
+            ))?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -401,9 +422,9 @@ fn hint(
         Some(level) => level,
         None => (shown + 1).min(task.hints.len()),
     };
-    println!("{} hint {rung} of {}: {}", task.id, task.hints.len(), task.hints[rung - 1]);
+    out(&format!("{} hint {rung} of {}: {}\n", task.id, task.hints.len(), task.hints[rung - 1]))?;
     if rung < task.hints.len() {
-        println!("(ask again for the next one)");
+        out("(ask again for the next one)\n")?;
     }
     if let Some(state) = state.as_mut() {
         state.shown.insert(task.id.clone(), rung.max(shown));
@@ -439,18 +460,24 @@ fn check(root: &Path, catalogue: &Catalogue, only: &[u8], target: &Path) -> Resu
             problems.push(format!("stage {stage}: the starter does not build ({built})"));
             continue;
         }
-        let stubbed = grade::grade(stage, &target.join("debug").join(&info.binary), None)?;
+        let stubbed = grade::grade(
+            stage,
+            &target.join("debug").join(&info.binary),
+            None,
+            grade::DEFAULT_MEMORY_MIB,
+        )?;
         for outcome in stubbed.outcomes.iter().filter(|o| regions::stage_of(&o.task) == stage) {
             let verdict = if outcome.passed { "PASSES (it must fail)" } else { "fails" };
-            println!("stage {stage} starter:   {:<26} {verdict}", outcome.task);
+            out(&format!("stage {stage} starter:   {:<26} {verdict}\n", outcome.task))?;
             if outcome.passed {
                 problems.push(format!("stage {stage}: the starter passes {}", outcome.task));
             }
         }
-        let reference = grade::grade(stage, &bin_dir.join(&info.binary), None)?;
+        let reference =
+            grade::grade(stage, &bin_dir.join(&info.binary), None, grade::DEFAULT_MEMORY_MIB)?;
         for outcome in &reference.outcomes {
             let verdict = if outcome.passed { "passes" } else { "FAILS (it must pass)" };
-            println!("stage {stage} reference: {:<26} {verdict}", outcome.task);
+            out(&format!("stage {stage} reference: {:<26} {verdict}\n", outcome.task))?;
             if !outcome.passed {
                 problems.push(format!(
                     "stage {stage}: the reference fails {}: {}",
@@ -460,7 +487,7 @@ fn check(root: &Path, catalogue: &Catalogue, only: &[u8], target: &Path) -> Resu
         }
     }
     if problems.is_empty() {
-        println!("lab check: ok");
+        out("lab check: ok\n")?;
         return Ok(ExitCode::SUCCESS);
     }
     for problem in &problems {
