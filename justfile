@@ -71,3 +71,7 @@ lab STAGE DIR: setup
 # Lab: grade a student's stage binary, black-box (needs root)
 grade STAGE BIN: setup
     sudo target/debug/isolab grade {{STAGE}} --bin {{BIN}}
+
+# Lab VM: check lab-vm/'s recipes as far as this machine can (syntax, schema, a 9p boot)
+lab-vm-check:
+    lab-vm/check
