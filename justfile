@@ -63,3 +63,15 @@ stage4 DIR="rootfs": (rootfs DIR)
 # Stage 4: 50 containers with each storage driver: time and disk
 bench-storage DIR="rootfs": (rootfs DIR)
     sudo target/debug/stage4-overlay bench-storage --root store --rootfs {{DIR}} --count 50
+
+# Lab: write the starter of STAGE into DIR (the reference with its LAB regions as todo!s)
+lab STAGE DIR: setup
+    target/debug/isolab lab new {{STAGE}} {{DIR}}
+
+# Lab: grade a student's stage binary, black-box (needs root)
+grade STAGE BIN: setup
+    sudo target/debug/isolab grade {{STAGE}} --bin {{BIN}}
+
+# Lab VM: check lab-vm/'s recipes as far as this machine can (syntax, schema, a 9p boot)
+lab-vm-check:
+    lab-vm/check
