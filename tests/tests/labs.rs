@@ -202,18 +202,21 @@ fn the_grader_fails_each_broken_variant_naming_its_task_and_only_it() {
             );
         }),
         ("cgroup-joined-after-exec", 3, "stage3/join", |src| {
-            // The child is released at once and a helper moves it in 300 ms later: its
-            // command's first instructions run in the runtime's cgroup, unlimited.
+            // The child does not move itself in: it leaves a helper (bash, for descriptors over 9) that moves it 300 ms
+            // later, through copies of the runtime's tasks files (root's open, so allowed).
+            // The command's first instructions run in the runtime's cgroup, unlimited. (The
+            // second region is v1's, which this host has; the first, the parent's
+            // `cgroup.procs` write, is for v2 on kernels without clone3.)
             replace_region(
                 &src.join("cgroups/mod.rs"),
                 "stage3/join",
-                0,
-                "        let _ = fs;\n        \
-                 let files: Vec<String> =\n            \
-                 self.join.iter().map(|procs| procs.display().to_string()).collect();\n        \
-                 let script = format!(\"sleep 0.3; for f in {}; do echo {pid} > $f; done\", \
-                 files.join(\" \"));\n        \
-                 let _ = std::process::Command::new(\"/bin/sh\")\n            \
+                1,
+                "        let mut script = String::from(\"sleep 0.3\");\n        \
+                 for (_, file) in &self.files {\n            \
+                 let copy = unsafe { libc::dup(std::os::fd::AsRawFd::as_raw_fd(file)) };\n            \
+                 script.push_str(&format!(\"; echo 1 >&{copy}\"));\n        \
+                 }\n        \
+                 let _ = std::process::Command::new(\"/bin/bash\")\n            \
                  .args([\"-c\", &script])\n            \
                  .stdin(std::process::Stdio::null())\n            \
                  .stdout(std::process::Stdio::null())\n            \
