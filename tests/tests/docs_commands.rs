@@ -101,16 +101,33 @@ fn check(line: &str) -> Option<String> {
     if !path.exists() {
         return Some(format!("{program} is not a binary of this workspace (yet)"));
     }
-    // The subcommand, if the next word is not a flag or a path.
-    let mut help = std::process::Command::new(&path);
-    if let Some(sub) = words.get(1).filter(|w| !w.starts_with('-') && !w.contains('/')) {
-        help.arg(sub);
+    // The program's help, then its subcommand's: the first word before `--` that its
+    // `Commands:` list names, wherever it stands (`stage5-images --root S images --digests`
+    // has a global option first). A flag must be in one of their helps.
+    let top = run(std::process::Command::new(&path).arg("--help"));
+    if !top.status.success() {
+        return Some(format!("`{line}`: `{program} --help` failed: {}", text(&top.stderr)));
     }
-    let output = run(help.arg("--help"));
-    if !output.status.success() {
-        return Some(format!("`{line}`: `{program} … --help` failed: {}", text(&output.stderr)));
+    // Down the subcommands (`isolab lab new`), each help added to what a flag may be in.
+    let mut help_text = text(&top.stdout);
+    let mut chain: Vec<&str> = Vec::new();
+    let mut commands = subcommands(&help_text);
+    let args = words[1..].iter().take_while(|word| **word != "--");
+    for word in args {
+        if !commands.iter().any(|command| command == word) {
+            continue;
+        }
+        chain.push(word);
+        let output = run(std::process::Command::new(&path).args(&chain).arg("--help"));
+        if !output.status.success() {
+            let shown = chain.join(" ");
+            return Some(format!("`{line}`: `{program} {shown} --help` failed"));
+        }
+        let sub_help = text(&output.stdout);
+        commands = subcommands(&sub_help);
+        help_text.push('\n');
+        help_text.push_str(&sub_help);
     }
-    let help_text = text(&output.stdout);
     for word in &words {
         if word == &"--" {
             break;
@@ -123,6 +140,16 @@ fn check(line: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// The subcommands a clap `--help` lists under `Commands:`.
+fn subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|line| line.trim() != "Commands:")
+        .skip(1)
+        .take_while(|line| !line.trim().is_empty())
+        .filter_map(|line| line.split_whitespace().next().map(str::to_string))
+        .collect()
 }
 
 #[test]
