@@ -52,7 +52,7 @@ Examples:
   stage5-images load -i app.tar                             # an OCI or docker save tar
   stage5-images push app:1.0 127.0.0.1:5000/team/app:1.0    # only the blobs it lacks
   stage5-images pull 127.0.0.1:5000/team/app:1.0            # only the blobs we lack
-  stage5-images rmi app:stable                              # untag; gc removes what is unused
+  stage5-images rmi app:stable                              # untag, remove what only it used
   stage5-images df                                          # images, shared layers, containers
   stage5-images run --rootfs rootfs -- /bin/sh              # stage 4's way still works
 
