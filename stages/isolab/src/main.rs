@@ -112,10 +112,13 @@ a random token; after each task the host is searched for what it left (mounts, c
 processes), which fails the task. A failure says what was expected, what happened, and the
 hint to read.
 
+Each task runs under a memory bound of the grader's own cgroup (--memory-limit).
+
 Examples:
   sudo isolab grade 1 --bin ~/lab1/target/debug/stage1-chroot
   sudo isolab grade 2 --bin ~/lab2/target/debug/stage2-namespaces --junit grade.xml
-  sudo isolab grade 2 --bin target/debug/stage2-namespaces --task pivot-root --json
+  sudo isolab grade 3 --bin ~/lab3/target/debug/stage3-cgroups --task join --json
+  sudo isolab grade 5 --bin ~/lab5/target/debug/stage5-images   # every task of stages 1-5
 
 Exit status: 0 when every task passed, 1 when one failed, 125 if grading itself failed.";
 
