@@ -12,7 +12,7 @@ use super::start::Starts;
 use super::stats::Summary;
 use super::storage::Storage;
 use super::workloads::RowInfo;
-use super::{Bench, Plan, Stage};
+use super::{Bench, Build, Plan, Stage};
 
 /// One throughput row.
 #[derive(Debug, Clone, Serialize)]
@@ -60,6 +60,8 @@ pub struct Report {
     pub plan: Plan,
     /// The stage the containers ran in.
     pub stage: Stage,
+    /// The binaries measured: `debug` or `release`, and where.
+    pub build: Build,
     /// The machine.
     pub machine: Machine,
     /// Throughput, host = 1.
@@ -88,6 +90,7 @@ impl Report {
             run_id: format!("{:08x}", rand::random::<u32>()),
             plan: plan.clone(),
             stage: bench.stage,
+            build: bench.build.clone(),
             machine: Machine { cpus, kernel, load_before, load_after },
             rows,
             starts,
@@ -135,9 +138,12 @@ fn load(values: [f64; 3]) -> String {
 fn header(report: &Report) -> String {
     let machine = &report.machine;
     format!(
-        "run {}: the host against {}; {} CPUs, kernel {}, load average {} before, {} after",
+        "run {}: the host against {}, {} build ({}); {} CPUs, kernel {}, load average {} \
+         before, {} after",
         report.run_id,
         report.stage_name(),
+        report.build.profile,
+        short_dir(&report.build.dir),
         machine.cpus,
         machine.kernel,
         load(machine.load_before),
@@ -145,10 +151,29 @@ fn header(report: &Report) -> String {
     )
 }
 
+/// `target/release` for a directory of cargo's target; any other path whole.
+fn short_dir(dir: &std::path::Path) -> String {
+    match (dir.parent(), dir.file_name()) {
+        (Some(parent), Some(name)) if parent.file_name() == Some("target".as_ref()) => {
+            format!("target/{}", name.to_string_lossy())
+        }
+        _ => dir.display().to_string(),
+    }
+}
+
+/// What a debug build's starts mean, under the header.
+const DEBUG_NOTE: &str = "debug build: its starts are slower than a release build's, and not \
+                          what to compare with crun (`cargo build --release --workspace --bins`, \
+                          then `sudo target/release/isolab bench`)";
+
 /// The report for people.
 pub fn text(report: &Report) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{}\n", header(report));
+    let _ = writeln!(out, "{}", header(report));
+    if report.build.profile == "debug" {
+        let _ = writeln!(out, "note: {DEBUG_NOTE}");
+    }
+    let _ = writeln!(out);
     if !report.rows.is_empty() {
         let _ = writeln!(
             out,
@@ -268,6 +293,9 @@ pub fn markdown(report: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "<!-- isolab bench run {} -->", report.run_id);
     let _ = writeln!(out, "*{}.*\n", header(report));
+    if report.build.profile == "debug" {
+        let _ = writeln!(out, "*Note: {DEBUG_NOTE}.*\n");
+    }
     if !report.rows.is_empty() {
         let _ = writeln!(
             out,
