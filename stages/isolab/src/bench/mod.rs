@@ -88,6 +88,42 @@ pub enum Section {
     Storage,
 }
 
+impl Section {
+    /// Its name, as `--only` takes it.
+    fn name(self) -> &'static str {
+        match self {
+            Section::Cpu => "cpu",
+            Section::Mem => "mem",
+            Section::Disk => "disk",
+            Section::Net => "net",
+            Section::Start => "start",
+            Section::Storage => "storage",
+        }
+    }
+}
+
+/// How long each part took, in seconds (the same part's laps added up; none that took no time).
+struct Clock {
+    last: std::time::Instant,
+    laps: Vec<(&'static str, f64)>,
+}
+
+impl Clock {
+    fn start() -> Clock {
+        Clock { last: std::time::Instant::now(), laps: Vec::new() }
+    }
+
+    fn lap(&mut self, part: &'static str) {
+        let seconds = self.last.elapsed().as_secs_f64();
+        self.last = std::time::Instant::now();
+        match self.laps.iter_mut().find(|(name, _)| *name == part) {
+            Some((_, total)) => *total += seconds,
+            None if seconds >= 0.05 => self.laps.push((part, seconds)),
+            None => {}
+        }
+    }
+}
+
 /// How much of everything: the defaults, or `--quick`'s small sizes.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
@@ -118,14 +154,14 @@ impl Plan {
         let quick = args.quick;
         Plan {
             runs: args.runs.unwrap_or(if quick { 3 } else { 5 }),
-            cpu_events: if quick { 300 } else { 2000 },
-            memory_mib: if quick { 1024 } else { 4096 },
+            cpu_events: if quick { 300 } else { 1000 },
+            memory_mib: if quick { 1024 } else { 2048 },
             disk_mib: if quick { 32 } else { 256 },
             copy_up_mib: if quick { 16 } else { 64 },
-            net_seconds: if quick { 1 } else { 2 },
-            start_runs: if quick { 5 } else { 20 },
+            net_seconds: 1,
+            start_runs: if quick { 5 } else { 15 },
             spacing_ms: 50,
-            storage_count: if quick { 5 } else { 20 },
+            storage_count: if quick { 5 } else { 10 },
             store_sizes: if quick { vec![0, 10, 50] } else { vec![0, 100, 1000] },
         }
     }
@@ -177,15 +213,18 @@ fn bench(plan: &Plan, sections: &[Section], build: &Build, keep: bool) -> Result
     let load_before = load_average();
     let workdir = Workdir::create("bench", keep)?;
     let mut progress = Progress::new(1 + plan_steps(plan, sections));
+    let mut clock = Clock::start();
 
     // 1. The rootfs with the workloads' binaries, the image, crun's bundle.
     progress.step("building the rootfs and the image");
     let bench = Bench::setup(workdir.path(), plan, build)?;
+    clock.lap("setup");
 
     // 2. Throughput: the same binaries on the host and inside.
     let mut rows = Vec::new();
     for workload in workloads::WORKLOADS.iter().filter(|w| sections.contains(&w.section)) {
         rows.extend(workloads::measure(&bench, workload, plan, &mut progress)?);
+        clock.lap(workload.section.name());
     }
 
     // 3. Start latency and the store.
@@ -193,17 +232,20 @@ fn bench(plan: &Plan, sections: &[Section], build: &Build, keep: bool) -> Result
         true => Some(start::measure(&bench, plan, &mut progress)?),
         false => None,
     };
+    clock.lap("start");
     let storage = match sections.contains(&Section::Storage) {
         true => Some(storage::measure(&bench, plan, &mut progress)?),
         false => None,
     };
+    clock.lap("storage");
     progress.finish();
 
     // 4. The report; the guard removes the working directory after it.
     if workdir.keep {
         eprintln!("isolab: kept the working directory {}", workdir.path().display());
     }
-    Ok(Report::new(plan, &bench, rows, starts, storage, load_before, load_average()))
+    let report = Report::new(plan, &bench, rows, starts, storage, load_before, load_average());
+    Ok(report.took(clock.laps))
 }
 // ANCHOR_END: bench
 
@@ -637,11 +679,18 @@ pub fn output(command: &mut Command, what: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// `bytes` random bytes.
+/// `bytes` random bytes, from the kernel's generator (`man 4 urandom`): hundreds of MiB/s, where
+/// a userspace generator in a debug build of isolab took seconds for the 64 MiB.
 fn random_file(bytes: u64) -> Result<Vec<u8>> {
-    use rand::RngCore;
-    let mut data = vec![0u8; usize::try_from(bytes).context("the copy-up file is too large")?];
-    rand::thread_rng().fill_bytes(&mut data);
+    use std::io::Read;
+    let mut data =
+        Vec::with_capacity(usize::try_from(bytes).context("the copy-up file is too large")?);
+    fs::File::open("/dev/urandom")
+        .and_then(|urandom| urandom.take(bytes).read_to_end(&mut data))
+        .context("cannot read /dev/urandom")?;
+    if data.len() as u64 != bytes {
+        bail!("/dev/urandom gave {} bytes of {bytes}", data.len());
+    }
     Ok(data)
 }
 

@@ -70,6 +70,8 @@ pub struct Report {
     pub starts: Option<Starts>,
     /// The store, when measured.
     pub storage: Option<Storage>,
+    /// Seconds each part took, setup first.
+    pub seconds: Vec<(&'static str, f64)>,
 }
 
 impl Report {
@@ -95,7 +97,13 @@ impl Report {
             rows,
             starts,
             storage,
+            seconds: Vec::new(),
         }
+    }
+
+    /// With the time each part took.
+    pub(super) fn took(self, seconds: Vec<(&'static str, f64)>) -> Report {
+        Report { seconds, ..self }
     }
 
     fn stage_name(&self) -> &'static str {
@@ -246,7 +254,16 @@ pub fn text(report: &Report) -> String {
     if let Some(storage) = &report.storage {
         storage_text(&mut out, storage);
     }
+    let _ = writeln!(out, "\n{}", took(report));
     out
+}
+
+/// `took 96 s: setup 9.1, cpu 11.0, ...`.
+fn took(report: &Report) -> String {
+    let total: f64 = report.seconds.iter().map(|(_, seconds)| seconds).sum();
+    let parts: Vec<String> =
+        report.seconds.iter().map(|(part, seconds)| format!("{part} {seconds:.1}")).collect();
+    format!("took {total:.0} s: {}", parts.join(", "))
 }
 
 fn storage_text(out: &mut String, storage: &Storage) {
@@ -270,19 +287,21 @@ fn storage_text(out: &mut String, storage: &Storage) {
     if let Some(first) = storage.stores.first() {
         let _ = writeln!(
             out,
-            "\nrun --rm /bin/true with N stopped containers in the store, ms ({} runs, the stores \
-             taking turns)",
-            first.start_ms.runs
+            "\nrun --rm /bin/true with N stopped containers in the store, ms ({} runs back to \
+             back, the stores taking turns; each store filled with `run --name`, {} at a time)",
+            first.start_ms.runs, storage.fill_jobs
         );
         for store in &storage.stores {
             let _ = writeln!(
                 out,
-                "  {:>5} containers {:>8.1} (quartiles {:.1}–{:.1})  empty/this {:.3}",
+                "  {:>5} containers {:>8.1} (quartiles {:.1}–{:.1})  empty/this {:.3}  (filled in \
+                 {:.1} s)",
                 store.containers,
                 store.start_ms.median,
                 store.start_ms.q1,
                 store.start_ms.q3,
-                store.to_empty
+                store.to_empty,
+                store.fill_seconds
             );
         }
     }
@@ -370,8 +389,13 @@ pub fn markdown(report: &Report) -> String {
                 );
             }
             let runs = storage.stores[0].start_ms.runs;
-            let _ = writeln!(out, "\nMedians of {runs} starts per store, the stores taking turns.");
+            let _ = writeln!(
+                out,
+                "\nMedians of {runs} starts per store, back to back, the stores taking turns; \
+                 every store made the same way, from the same image."
+            );
         }
     }
+    let _ = writeln!(out, "\n*{}.*", took(report));
     out
 }
