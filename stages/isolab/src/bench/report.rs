@@ -307,6 +307,11 @@ fn storage_text(out: &mut String, storage: &Storage) {
     }
 }
 
+/// `29.4 (27.0–31.2)`: a median in ms and its quartiles.
+fn with_quartiles(summary: &Summary) -> String {
+    format!("{:.1} ({:.1}–{:.1})", summary.median, summary.q1, summary.q3)
+}
+
 /// The tables as markdown, for the book: the seed's shape, host = 1.
 pub fn markdown(report: &Report) -> String {
     let mut out = String::new();
@@ -353,15 +358,19 @@ pub fn markdown(report: &Report) -> String {
             let ratio = |r: Option<f64>| r.map_or("–".into(), |r| format!("{r:.2}"));
             let _ = writeln!(
                 out,
-                "| {} | {:.1} | {:.1} | {} | {} |",
+                "| {} | {} | {} | {} | {} |",
                 row.what.trim(),
-                row.back_to_back_ms.median,
-                row.spaced_ms.median,
+                with_quartiles(&row.back_to_back_ms),
+                with_quartiles(&row.spaced_ms),
                 ratio(row.to_crun_back_to_back),
                 ratio(row.to_crun_spaced)
             );
         }
-        let _ = writeln!(out, "\nMedians of {} starts each way.\n", starts.runs);
+        let _ = writeln!(
+            out,
+            "\nMedians (quartiles) of {} starts each way, the starters taking turns.\n",
+            starts.runs
+        );
     }
     if let Some(storage) = &report.storage {
         if !storage.drivers.is_empty() {
@@ -384,14 +393,16 @@ pub fn markdown(report: &Report) -> String {
             for store in &storage.stores {
                 let _ = writeln!(
                     out,
-                    "| {} | {:.1} | {:.3} |",
-                    store.containers, store.start_ms.median, store.to_empty
+                    "| {} | {} | {:.3} |",
+                    store.containers,
+                    with_quartiles(&store.start_ms),
+                    store.to_empty
                 );
             }
             let runs = storage.stores[0].start_ms.runs;
             let _ = writeln!(
                 out,
-                "\nMedians of {runs} starts per store, back to back, the stores taking turns; \
+                "\nMedians (quartiles) of {runs} starts per store, back to back, the stores taking turns; \
                  every store made the same way, from the same image."
             );
         }
