@@ -26,6 +26,7 @@ use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
@@ -60,6 +61,13 @@ pub struct Args {
     /// Keep the working directory (rootfs, stores) and print its path
     #[arg(long)]
     keep: bool,
+    /// Where the stage binaries, the probe and rootfs-builder are [default: the running
+    /// isolab's directory; from target/debug, target/release instead when it has every one of
+    /// them, none older than its debug build]. The report names the build it measured: starts
+    /// of a debug build are not what a reader compares with crun (`cargo build --release
+    /// --workspace --bins`, then `sudo target/release/isolab bench`)
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
 }
 
 /// The parts of the benchmark (`--only`).
@@ -78,6 +86,42 @@ pub enum Section {
     Start,
     /// Storage drivers, and the start with many containers in the store
     Storage,
+}
+
+impl Section {
+    /// Its name, as `--only` takes it.
+    fn name(self) -> &'static str {
+        match self {
+            Section::Cpu => "cpu",
+            Section::Mem => "mem",
+            Section::Disk => "disk",
+            Section::Net => "net",
+            Section::Start => "start",
+            Section::Storage => "storage",
+        }
+    }
+}
+
+/// How long each part took, in seconds (the same part's laps added up; none that took no time).
+struct Clock {
+    last: std::time::Instant,
+    laps: Vec<(&'static str, f64)>,
+}
+
+impl Clock {
+    fn start() -> Clock {
+        Clock { last: std::time::Instant::now(), laps: Vec::new() }
+    }
+
+    fn lap(&mut self, part: &'static str) {
+        let seconds = self.last.elapsed().as_secs_f64();
+        self.last = std::time::Instant::now();
+        match self.laps.iter_mut().find(|(name, _)| *name == part) {
+            Some((_, total)) => *total += seconds,
+            None if seconds >= 0.05 => self.laps.push((part, seconds)),
+            None => {}
+        }
+    }
 }
 
 /// How much of everything: the defaults, or `--quick`'s small sizes.
@@ -110,14 +154,14 @@ impl Plan {
         let quick = args.quick;
         Plan {
             runs: args.runs.unwrap_or(if quick { 3 } else { 5 }),
-            cpu_events: if quick { 300 } else { 2000 },
-            memory_mib: if quick { 1024 } else { 4096 },
+            cpu_events: if quick { 300 } else { 1000 },
+            memory_mib: if quick { 1024 } else { 2048 },
             disk_mib: if quick { 32 } else { 256 },
             copy_up_mib: if quick { 16 } else { 64 },
-            net_seconds: if quick { 1 } else { 2 },
-            start_runs: if quick { 5 } else { 20 },
+            net_seconds: 1,
+            start_runs: if quick { 5 } else { 15 },
             spacing_ms: 50,
-            storage_count: if quick { 5 } else { 20 },
+            storage_count: if quick { 5 } else { 10 },
             store_sizes: if quick { vec![0, 10, 50] } else { vec![0, 100, 1000] },
         }
     }
@@ -145,7 +189,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         args.only.clone()
     };
     let plan = Plan::new(&args);
-    let report = bench(&plan, &sections, args.keep)?;
+    let build = Build::find(args.bin_dir.as_deref())?;
+    let report = bench(&plan, &sections, &build, args.keep)?;
     if let Some(path) = &args.svg {
         fs::write(path, svg::chart(&report)?)
             .with_context(|| format!("cannot write the chart to {}", path.display()))?;
@@ -164,19 +209,22 @@ pub fn run(args: Args) -> Result<ExitCode> {
 
 // ANCHOR: bench
 /// Steps 1 to 4; the working directory's guard removes everything as this returns.
-fn bench(plan: &Plan, sections: &[Section], keep: bool) -> Result<Report> {
+fn bench(plan: &Plan, sections: &[Section], build: &Build, keep: bool) -> Result<Report> {
     let load_before = load_average();
     let workdir = Workdir::create("bench", keep)?;
     let mut progress = Progress::new(1 + plan_steps(plan, sections));
+    let mut clock = Clock::start();
 
     // 1. The rootfs with the workloads' binaries, the image, crun's bundle.
     progress.step("building the rootfs and the image");
-    let bench = Bench::setup(workdir.path(), plan)?;
+    let bench = Bench::setup(workdir.path(), plan, build)?;
+    clock.lap("setup");
 
     // 2. Throughput: the same binaries on the host and inside.
     let mut rows = Vec::new();
     for workload in workloads::WORKLOADS.iter().filter(|w| sections.contains(&w.section)) {
         rows.extend(workloads::measure(&bench, workload, plan, &mut progress)?);
+        clock.lap(workload.section.name());
     }
 
     // 3. Start latency and the store.
@@ -184,17 +232,20 @@ fn bench(plan: &Plan, sections: &[Section], keep: bool) -> Result<Report> {
         true => Some(start::measure(&bench, plan, &mut progress)?),
         false => None,
     };
+    clock.lap("start");
     let storage = match sections.contains(&Section::Storage) {
         true => Some(storage::measure(&bench, plan, &mut progress)?),
         false => None,
     };
+    clock.lap("storage");
     progress.finish();
 
     // 4. The report; the guard removes the working directory after it.
     if workdir.keep {
         eprintln!("isolab: kept the working directory {}", workdir.path().display());
     }
-    Ok(Report::new(plan, &bench, rows, starts, storage, load_before, load_average()))
+    let report = Report::new(plan, &bench, rows, starts, storage, load_before, load_average());
+    Ok(report.took(clock.laps))
 }
 // ANCHOR_END: bench
 
@@ -233,6 +284,78 @@ impl Stage {
     }
 }
 
+/// The binaries the benchmark runs: which build, where, and why those.
+#[derive(Debug, Clone, Serialize)]
+pub struct Build {
+    /// `release`, `debug`, or `unknown` (a directory that is neither of cargo's).
+    pub profile: String,
+    /// The directory of the stage binaries, the probe and rootfs-builder.
+    pub dir: PathBuf,
+    /// Why this directory: `--bin-dir`, the running isolab's own, or target/release beside it.
+    pub chosen: String,
+}
+
+/// The binaries a run uses from the build's directory (those that are there).
+const BINARIES: &[&str] = &[
+    "stage1-chroot",
+    "stage2-namespaces",
+    "stage3-cgroups",
+    "stage4-overlay",
+    "stage5-images",
+    "isolab-probe",
+    "rootfs-builder",
+];
+
+impl Build {
+    /// `--bin-dir`, else the running isolab's directory; from cargo's `target/debug`, its
+    /// sibling `target/release` when that has a build of every binary debug has, none older
+    /// (a start measured with a debug build is several times a release build's: not what a
+    /// reader compares with crun).
+    fn find(asked: Option<&Path>) -> Result<Build> {
+        if let Some(dir) = asked {
+            let dir = fs::canonicalize(dir)
+                .with_context(|| format!("--bin-dir {}: no such directory", dir.display()))?;
+            return Ok(Build { profile: profile_of(&dir), dir, chosen: "--bin-dir".into() });
+        }
+        let own = compare::bin_dir()?;
+        let release = own.parent().map(|target| target.join("release"));
+        if let Some(release) = release.filter(|release| {
+            own.file_name() == Some("debug".as_ref()) && fresh_release(&own, release)
+        }) {
+            return Ok(Build {
+                profile: "release".into(),
+                dir: release,
+                chosen: "target/release beside this debug isolab: every binary built there too, \
+                         none older"
+                    .into(),
+            });
+        }
+        Ok(Build { profile: profile_of(&own), dir: own, chosen: "the running isolab's".into() })
+    }
+}
+
+/// cargo's profile by the directory's name (`target/<profile>`).
+fn profile_of(dir: &Path) -> String {
+    match dir.file_name().and_then(|name| name.to_str()) {
+        Some(name @ ("release" | "debug")) => name.to_string(),
+        _ => "unknown".to_string(),
+    }
+}
+
+/// Does `release` hold a build of every binary `debug` holds, each at least as new?
+fn fresh_release(debug: &Path, release: &Path) -> bool {
+    let modified = |path: PathBuf| fs::metadata(path).and_then(|meta| meta.modified()).ok();
+    let mut found = 0;
+    for binary in BINARIES {
+        let Some(debug_time) = modified(debug.join(binary)) else { continue };
+        match modified(release.join(binary)) {
+            Some(release_time) if release_time >= debug_time => found += 1,
+            _ => return false,
+        }
+    }
+    found > 0
+}
+
 /// The image stage 5 runs, imported from the rootfs.
 const IMAGE: &str = "bench:1";
 /// Where the copy-up file is, inside the image.
@@ -243,6 +366,8 @@ const BIG_FILE: &str = "isolab/big";
 pub struct Bench {
     /// Where `isolab` and the stage binaries are.
     pub bin_dir: PathBuf,
+    /// Which build they are.
+    pub build: Build,
     /// The run's working directory.
     pub workdir: PathBuf,
     /// The rootfs (busybox, the probe, sysbench, iperf3), without the copy-up file.
@@ -263,8 +388,8 @@ pub struct Bench {
 }
 
 impl Bench {
-    fn setup(workdir: &Path, plan: &Plan) -> Result<Bench> {
-        let bin_dir = compare::bin_dir()?;
+    fn setup(workdir: &Path, plan: &Plan, build: &Build) -> Result<Bench> {
+        let bin_dir = build.dir.clone();
         let stage = if bin_dir.join(Stage::Five.binary()).is_file() {
             Stage::Five
         } else if bin_dir.join(Stage::Four.binary()).is_file() {
@@ -317,11 +442,20 @@ impl Bench {
             }
         }
         let crun = match which("crun") {
-            Some(_) => Some(crun_bundle(workdir, &rootfs)?),
+            Some(_) => {
+                // crun's copy-up lower: the same file at the same path, over its rootfs.
+                let file = workdir.join("crun-big").join(BIG_FILE);
+                fs::create_dir_all(file.parent().context("BIG_FILE has a directory")?)
+                    .with_context(|| format!("cannot create {}", file.display()))?;
+                fs::write(&file, &big)
+                    .with_context(|| format!("cannot write {}", file.display()))?;
+                Some(crun_bundle(workdir, &rootfs)?)
+            }
             None => None,
         };
         Ok(Bench {
             bin_dir,
+            build: build.clone(),
             workdir: workdir.to_path_buf(),
             rootfs,
             stage,
@@ -359,13 +493,51 @@ impl Bench {
         command.env(libisolab::idrange::CLAIMS_DIR_VAR, self.workdir.join("userns"));
     }
 
-    /// A command that runs `argv` in crun, in a private mount namespace (see [`crun_bundle`]).
-    pub fn in_crun(&self, bundle: &Path, argv: &[&str], id: &str) -> Result<Command> {
-        write_crun_config(bundle, argv)?;
+    /// A command that runs `argv` in crun, in a private mount namespace (see [`crun_bundle`]),
+    /// on the bundle's plain rootfs, in a network namespace of crun's own.
+    pub fn in_crun(&self, bundle: &Path, argv: &[&str]) -> Result<Command> {
+        self.crun_command(bundle, argv, None, None)
+    }
+
+    /// A command that runs `argv` in crun: in the network namespace at `netns` if given (else
+    /// one of crun's own), on `overlay`'s merged directory if given (else the bundle's rootfs).
+    ///
+    /// Each run gets its own config (`crun run --config`) and container id. The wrapper's
+    /// private mount namespace (`unshare --mount --propagation private`) holds the overlay too:
+    /// it is mounted there, seen by crun's own mount namespace (a copy of its parent's,
+    /// `man 7 mount_namespaces`), and goes with the namespace when crun exits — never a mount
+    /// on the host, even if the bench is killed.
+    pub fn crun_command(
+        &self,
+        bundle: &Path,
+        argv: &[&str],
+        netns: Option<&Path>,
+        overlay: Option<&CrunOverlay>,
+    ) -> Result<Command> {
+        static RUNS: AtomicU64 = AtomicU64::new(0);
+        let n = RUNS.fetch_add(1, Ordering::SeqCst);
+        let id = format!("isolab-bench-{}-{n}", std::process::id());
+        let config = self.workdir.join(format!("crun-{n}.json"));
+        let root = overlay.map_or_else(|| bundle.join("rootfs"), |o| o.merged.clone());
+        write_run_config(bundle, &config, argv, &root, netns)?;
+        let mount = match overlay {
+            Some(o) => format!(
+                "mount -t overlay overlay -o 'lowerdir={}:{},upperdir={},workdir={}' '{}' || exit \
+                 125; ",
+                o.lower.display(),
+                bundle.join("rootfs").display(),
+                o.upper.display(),
+                o.work.display(),
+                o.merged.display()
+            ),
+            None => String::new(),
+        };
         let script = format!(
-            "umount /sys/fs/cgroup/unified 2>/dev/null; cd '{}' && exec crun --root '{}' run {id}",
+            "umount /sys/fs/cgroup/unified 2>/dev/null; {mount}cd '{}' && exec crun --root '{}' \
+             run --config '{}' {id}",
             bundle.display(),
-            self.workdir.join("crun-state").display()
+            self.workdir.join("crun-state").display(),
+            config.display()
         );
         let mut command = Command::new("unshare");
         command.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
@@ -412,19 +584,81 @@ fn crun_bundle(workdir: &Path, rootfs: &Path) -> Result<PathBuf> {
     Ok(bundle)
 }
 
-/// Sets the bundle's command, without a terminal, on a writable root (the disk workload
-/// writes there, as it does in the stage's overlay).
+/// The overlay a crun run's root is: the copy-up file's directory over the bundle's rootfs,
+/// a fresh upper each run (see [`Bench::crun_command`]).
+#[derive(Debug)]
+pub struct CrunOverlay {
+    /// The top lower: only the copy-up file, at its path in the image.
+    pub lower: PathBuf,
+    /// The run's upper, work and merged directories, removed when this is dropped.
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub merged: PathBuf,
+    dir: PathBuf,
+}
+
+impl CrunOverlay {
+    /// Fresh directories under the working directory for the `n`th run.
+    pub fn new(bench: &Bench, n: u64) -> Result<CrunOverlay> {
+        let dir = bench.workdir.join(format!("crun-overlay-{n}"));
+        let overlay = CrunOverlay {
+            lower: bench.workdir.join("crun-big"),
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+            merged: dir.join("merged"),
+            dir,
+        };
+        for path in [&overlay.upper, &overlay.work, &overlay.merged] {
+            fs::create_dir_all(path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+        }
+        Ok(overlay)
+    }
+}
+
+impl Drop for CrunOverlay {
+    fn drop(&mut self) {
+        // Nothing is mounted here on the host: the mount lived in crun's wrapper's namespace.
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The bundle's command, without a terminal, on a writable root (the disk workload writes
+/// there, as it does in the stage's overlay).
 fn write_crun_config(bundle: &Path, argv: &[&str]) -> Result<()> {
     let path = bundle.join("config.json");
+    let config = crun_config(&path, argv, &bundle.join("rootfs"), None)?;
+    fs::write(&path, config).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The bundle's `config.json` for one run, written to `to`: its command, its root, and the
+/// network namespace to join, if any (`linux.namespaces`' `path`, runtime-spec config-linux.md).
+fn write_run_config(
+    bundle: &Path,
+    to: &Path,
+    argv: &[&str],
+    root: &Path,
+    netns: Option<&Path>,
+) -> Result<()> {
+    let config = crun_config(&bundle.join("config.json"), argv, root, netns)?;
+    fs::write(to, config).with_context(|| format!("cannot write {}", to.display()))
+}
+
+fn crun_config(path: &Path, argv: &[&str], root: &Path, netns: Option<&Path>) -> Result<Vec<u8>> {
+    use serde_json::Value;
     let text =
-        fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut config: serde_json::Value =
+        fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut config: Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
-    config["process"]["args"] = argv.iter().map(|&arg| serde_json::Value::from(arg)).collect();
+    config["process"]["args"] = argv.iter().map(|&arg| Value::from(arg)).collect();
     config["process"]["terminal"] = false.into();
     config["root"]["readonly"] = false.into();
-    fs::write(&path, serde_json::to_vec_pretty(&config)?)
-        .with_context(|| format!("cannot write {}", path.display()))
+    config["root"]["path"] = root.to_string_lossy().into_owned().into();
+    if let (Some(netns), Some(namespaces)) = (netns, config["linux"]["namespaces"].as_array_mut()) {
+        namespaces.retain(|namespace| namespace["type"] != "network");
+        namespaces.push(serde_json::json!({"type": "network", "path": netns}));
+    }
+    Ok(serde_json::to_vec_pretty(&config)?)
 }
 
 /// Runs `command` to the end; an error with its last line of stderr unless it succeeded.
@@ -445,11 +679,18 @@ pub fn output(command: &mut Command, what: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// `bytes` random bytes.
+/// `bytes` random bytes, from the kernel's generator (`man 4 urandom`): hundreds of MiB/s, where
+/// a userspace generator in a debug build of isolab took seconds for the 64 MiB.
 fn random_file(bytes: u64) -> Result<Vec<u8>> {
-    use rand::RngCore;
-    let mut data = vec![0u8; usize::try_from(bytes).context("the copy-up file is too large")?];
-    rand::thread_rng().fill_bytes(&mut data);
+    use std::io::Read;
+    let mut data =
+        Vec::with_capacity(usize::try_from(bytes).context("the copy-up file is too large")?);
+    fs::File::open("/dev/urandom")
+        .and_then(|urandom| urandom.take(bytes).read_to_end(&mut data))
+        .context("cannot read /dev/urandom")?;
+    if data.len() as u64 != bytes {
+        bail!("/dev/urandom gave {} bytes of {bytes}", data.len());
+    }
     Ok(data)
 }
 

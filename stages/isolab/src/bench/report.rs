@@ -12,7 +12,7 @@ use super::start::Starts;
 use super::stats::Summary;
 use super::storage::Storage;
 use super::workloads::RowInfo;
-use super::{Bench, Plan, Stage};
+use super::{Bench, Build, Plan, Stage};
 
 /// One throughput row.
 #[derive(Debug, Clone, Serialize)]
@@ -60,6 +60,8 @@ pub struct Report {
     pub plan: Plan,
     /// The stage the containers ran in.
     pub stage: Stage,
+    /// The binaries measured: `debug` or `release`, and where.
+    pub build: Build,
     /// The machine.
     pub machine: Machine,
     /// Throughput, host = 1.
@@ -68,6 +70,8 @@ pub struct Report {
     pub starts: Option<Starts>,
     /// The store, when measured.
     pub storage: Option<Storage>,
+    /// Seconds each part took, setup first.
+    pub seconds: Vec<(&'static str, f64)>,
 }
 
 impl Report {
@@ -88,11 +92,18 @@ impl Report {
             run_id: format!("{:08x}", rand::random::<u32>()),
             plan: plan.clone(),
             stage: bench.stage,
+            build: bench.build.clone(),
             machine: Machine { cpus, kernel, load_before, load_after },
             rows,
             starts,
             storage,
+            seconds: Vec::new(),
         }
+    }
+
+    /// With the time each part took.
+    pub(super) fn took(self, seconds: Vec<(&'static str, f64)>) -> Report {
+        Report { seconds, ..self }
     }
 
     fn stage_name(&self) -> &'static str {
@@ -135,9 +146,12 @@ fn load(values: [f64; 3]) -> String {
 fn header(report: &Report) -> String {
     let machine = &report.machine;
     format!(
-        "run {}: the host against {}; {} CPUs, kernel {}, load average {} before, {} after",
+        "run {}: the host against {}, {} build ({}); {} CPUs, kernel {}, load average {} \
+         before, {} after",
         report.run_id,
         report.stage_name(),
+        report.build.profile,
+        short_dir(&report.build.dir),
         machine.cpus,
         machine.kernel,
         load(machine.load_before),
@@ -145,10 +159,29 @@ fn header(report: &Report) -> String {
     )
 }
 
+/// `target/release` for a directory of cargo's target; any other path whole.
+fn short_dir(dir: &std::path::Path) -> String {
+    match (dir.parent(), dir.file_name()) {
+        (Some(parent), Some(name)) if parent.file_name() == Some("target".as_ref()) => {
+            format!("target/{}", name.to_string_lossy())
+        }
+        _ => dir.display().to_string(),
+    }
+}
+
+/// What a debug build's starts mean, under the header.
+const DEBUG_NOTE: &str = "debug build: its starts are slower than a release build's, and not \
+                          what to compare with crun (`cargo build --release --workspace --bins`, \
+                          then `sudo target/release/isolab bench`)";
+
 /// The report for people.
 pub fn text(report: &Report) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{}\n", header(report));
+    let _ = writeln!(out, "{}", header(report));
+    if report.build.profile == "debug" {
+        let _ = writeln!(out, "note: {DEBUG_NOTE}");
+    }
+    let _ = writeln!(out);
     if !report.rows.is_empty() {
         let _ = writeln!(
             out,
@@ -221,7 +254,16 @@ pub fn text(report: &Report) -> String {
     if let Some(storage) = &report.storage {
         storage_text(&mut out, storage);
     }
+    let _ = writeln!(out, "\n{}", took(report));
     out
+}
+
+/// `took 96 s: setup 9.1, cpu 11.0, ...`.
+fn took(report: &Report) -> String {
+    let total: f64 = report.seconds.iter().map(|(_, seconds)| seconds).sum();
+    let parts: Vec<String> =
+        report.seconds.iter().map(|(part, seconds)| format!("{part} {seconds:.1}")).collect();
+    format!("took {total:.0} s: {}", parts.join(", "))
 }
 
 fn storage_text(out: &mut String, storage: &Storage) {
@@ -245,22 +287,29 @@ fn storage_text(out: &mut String, storage: &Storage) {
     if let Some(first) = storage.stores.first() {
         let _ = writeln!(
             out,
-            "\nrun --rm /bin/true with N stopped containers in the store, ms ({} runs, the stores \
-             taking turns)",
-            first.start_ms.runs
+            "\nrun --rm /bin/true with N stopped containers in the store, ms ({} runs back to \
+             back, the stores taking turns; each store filled with `run --name`, {} at a time)",
+            first.start_ms.runs, storage.fill_jobs
         );
         for store in &storage.stores {
             let _ = writeln!(
                 out,
-                "  {:>5} containers {:>8.1} (quartiles {:.1}–{:.1})  empty/this {:.3}",
+                "  {:>5} containers {:>8.1} (quartiles {:.1}–{:.1})  empty/this {:.3}  (filled in \
+                 {:.1} s)",
                 store.containers,
                 store.start_ms.median,
                 store.start_ms.q1,
                 store.start_ms.q3,
-                store.to_empty
+                store.to_empty,
+                store.fill_seconds
             );
         }
     }
+}
+
+/// `29.4 (27.0–31.2)`: a median in ms and its quartiles.
+fn with_quartiles(summary: &Summary) -> String {
+    format!("{:.1} ({:.1}–{:.1})", summary.median, summary.q1, summary.q3)
 }
 
 /// The tables as markdown, for the book: the seed's shape, host = 1.
@@ -268,6 +317,9 @@ pub fn markdown(report: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "<!-- isolab bench run {} -->", report.run_id);
     let _ = writeln!(out, "*{}.*\n", header(report));
+    if report.build.profile == "debug" {
+        let _ = writeln!(out, "*Note: {DEBUG_NOTE}.*\n");
+    }
     if !report.rows.is_empty() {
         let _ = writeln!(
             out,
@@ -306,15 +358,19 @@ pub fn markdown(report: &Report) -> String {
             let ratio = |r: Option<f64>| r.map_or("–".into(), |r| format!("{r:.2}"));
             let _ = writeln!(
                 out,
-                "| {} | {:.1} | {:.1} | {} | {} |",
+                "| {} | {} | {} | {} | {} |",
                 row.what.trim(),
-                row.back_to_back_ms.median,
-                row.spaced_ms.median,
+                with_quartiles(&row.back_to_back_ms),
+                with_quartiles(&row.spaced_ms),
                 ratio(row.to_crun_back_to_back),
                 ratio(row.to_crun_spaced)
             );
         }
-        let _ = writeln!(out, "\nMedians of {} starts each way.\n", starts.runs);
+        let _ = writeln!(
+            out,
+            "\nMedians (quartiles) of {} starts each way, the starters taking turns.\n",
+            starts.runs
+        );
     }
     if let Some(storage) = &report.storage {
         if !storage.drivers.is_empty() {
@@ -337,13 +393,20 @@ pub fn markdown(report: &Report) -> String {
             for store in &storage.stores {
                 let _ = writeln!(
                     out,
-                    "| {} | {:.1} | {:.3} |",
-                    store.containers, store.start_ms.median, store.to_empty
+                    "| {} | {} | {:.3} |",
+                    store.containers,
+                    with_quartiles(&store.start_ms),
+                    store.to_empty
                 );
             }
             let runs = storage.stores[0].start_ms.runs;
-            let _ = writeln!(out, "\nMedians of {runs} starts per store, the stores taking turns.");
+            let _ = writeln!(
+                out,
+                "\nMedians (quartiles) of {runs} starts per store, back to back, the stores taking turns; \
+                 every store made the same way, from the same image."
+            );
         }
     }
+    let _ = writeln!(out, "\n*{}.*", took(report));
     out
 }

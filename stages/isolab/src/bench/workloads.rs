@@ -9,6 +9,7 @@
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -18,7 +19,7 @@ use serde::Serialize;
 
 use super::report::Row;
 use super::stats::{self, Better, Summary};
-use super::{check_interrupted, output, Bench, Plan, Progress, Section};
+use super::{check_interrupted, output, Bench, CrunOverlay, Plan, Progress, Section};
 
 /// Where a workload runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -148,7 +149,7 @@ pub const WORKLOADS: &[Workload] = &[
             seed_2014: None,
             goal: None,
         }],
-        sides: &[Side::Host, Side::Container],
+        sides: &[Side::Host, Side::Container, Side::Crun],
         run: copy_up,
     },
     Workload {
@@ -173,7 +174,7 @@ pub const WORKLOADS: &[Workload] = &[
                 goal: None,
             },
         ],
-        sides: &[Side::Host, Side::Container],
+        sides: &[Side::Host, Side::Container, Side::Crun],
         run: network,
     },
 ];
@@ -251,7 +252,7 @@ fn on_side(bench: &Bench, side: Side, argv: &[&str], what: &str) -> Result<Strin
         Side::Container => bench.in_container(&bench.store, &[], argv),
         Side::Crun => {
             let bundle = bench.crun.as_ref().context("crun is not installed")?;
-            bench.in_crun(bundle, argv, &format!("isolab-bench-{}", std::process::id()))?
+            bench.in_crun(bundle, argv)?
         }
     };
     output(&mut command, what)
@@ -322,7 +323,18 @@ fn copy_up(bench: &Bench, _: &Plan, side: Side) -> Result<Vec<f64>> {
         _ => format!("/{}", super::BIG_FILE),
     };
     let argv = ["/isolab/probe", "bench", "first-write", "--file", &file];
-    let text = on_side(bench, side, &argv, "isolab-probe bench first-write")?;
+    let what = "isolab-probe bench first-write";
+    let text = match side {
+        // crun's root is an overlay too: the file in a lower of its own over the bundle's
+        // rootfs, a fresh upper each run, as a stage's container has.
+        Side::Crun => {
+            let bundle = bench.crun.as_ref().context("crun is not installed")?;
+            static RUNS: AtomicU64 = AtomicU64::new(0);
+            let overlay = CrunOverlay::new(bench, RUNS.fetch_add(1, Ordering::SeqCst))?;
+            output(&mut bench.crun_command(bundle, &argv, None, Some(&overlay))?, what)?
+        }
+        _ => on_side(bench, side, &argv, what)?,
+    };
     let measured: isolab_probe::bench::FirstWrite =
         serde_json::from_str(text.trim()).context("the probe's first-write result is not JSON")?;
     Ok(vec![measured.seconds * 1000.0])
@@ -347,7 +359,122 @@ fn network(bench: &Bench, plan: &Plan, side: Side) -> Result<Vec<f64>> {
             Ok(vec![loopback, loopback])
         }
         Side::Container => Ok(vec![over_veth(bench, plan)?, container_loopback(bench, plan)?]),
-        Side::Crun => bail!("crun has no veth here: the network runs on the host and the stage"),
+        Side::Crun => crun_network(bench, plan),
+    }
+}
+
+/// crun's two network rows. crun makes no veth of its own (that is a CNI plugin's job, or
+/// podman's): the bench makes the network namespace (a process of its own, `unshare --net`,
+/// that dies with the bench), a veth pair into it with the stages' own call and MTU
+/// (`network::create_veth`, [`libisolab::network::VETH_MTU`]) and a /30 of the stages' pool,
+/// and crun joins that namespace by its path (`linux.namespaces`, runtime-spec config-linux.md).
+/// Traffic goes only between the host and that namespace; the namespace and the veth go as
+/// this returns, also on an error or Ctrl-C.
+fn crun_network(bench: &Bench, plan: &Plan) -> Result<Vec<f64>> {
+    let bundle = bench.crun.as_ref().context("crun is not installed")?;
+    let netns = NetNamespace::new()?;
+    let routes = libisolab::network::host_routes()?;
+    // Another seed than the stage's: its veth may not be gone yet.
+    let subnet = libisolab::network::pick_subnet(&routes, std::process::id().wrapping_add(1))?;
+    let (host, inside) =
+        (subnet.host_address().to_string(), subnet.container_address().to_string());
+    let link = netns.veth(subnet)?;
+    let path = netns.path();
+
+    let argv = ["/usr/bin/iperf3", "-s", "-1", "-B", &inside, "-p", CONTAINER_PORT];
+    let mut server = bench.crun_command(bundle, &argv, Some(&path), None)?;
+    let server = Background::spawn(&mut server, "the iperf3 server in crun")?;
+    // After a failed client (or Ctrl-C) the server waits for nobody: stopped as it drops.
+    let over_veth = iperf3_client(&host, &inside, CONTAINER_PORT, plan.net_seconds)?;
+    server.wait(Duration::from_secs(10))?;
+
+    let script = loopback_script(plan);
+    let mut command = bench.crun_command(bundle, &["/bin/sh", "-c", &script], Some(&path), None)?;
+    let loopback = received(&output(&mut command, "iperf3 inside crun")?)?;
+    drop(link);
+    Ok(vec![over_veth, loopback])
+}
+
+/// A network namespace of the bench's own: held by `unshare --net sleep`, a child that the
+/// kernel kills when the bench dies (`PR_SET_PDEATHSIG`, man 2 prctl), so that even a killed
+/// bench leaves no namespace (and with it goes any veth end inside, and so its peer).
+struct NetNamespace {
+    holder: Child,
+}
+
+impl NetNamespace {
+    fn new() -> Result<NetNamespace> {
+        let mut command = Command::new("unshare");
+        command.args(["--net", "--", "sleep", "3600"]);
+        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        // SAFETY: prctl(2) is async-signal-safe, and the closure allocates nothing.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let holder = command.spawn().context("cannot start unshare --net")?;
+        let netns = NetNamespace { holder };
+        // unshare(2) happens after the spawn returns: wait until the holder's namespace is no
+        // longer ours.
+        let ours = std::fs::read_link("/proc/self/ns/net").context("readlink /proc/self/ns/net")?;
+        let started = Instant::now();
+        while std::fs::read_link(netns.path()).ok().as_ref() == Some(&ours) {
+            if started.elapsed() > Duration::from_secs(5) {
+                bail!("unshare --net (pid {}) did not make its namespace in 5 s", netns.pid());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(netns)
+    }
+
+    fn pid(&self) -> u32 {
+        self.holder.id()
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        format!("/proc/{}/ns/net", self.pid()).into()
+    }
+
+    /// A veth pair: the host's end `ibench<pid>` with the subnet's host address, `eth0` inside
+    /// with the other, `lo` up inside; removed when the returned guard is dropped.
+    fn veth(&self, subnet: libisolab::network::Subnet) -> Result<Link> {
+        let name = format!("ibench{}", self.pid());
+        let pid = Pid::from_raw(i32::try_from(self.pid()).context("pid out of range")?);
+        libisolab::network::create_veth(&name, pid, subnet)
+            .with_context(|| format!("cannot make the veth {name} for crun"))?;
+        let link = Link(name);
+        let address = format!("{}/{}", subnet.container_address(), subnet.prefix);
+        let target = self.pid().to_string();
+        for args in [
+            vec!["addr", "add", &address, "dev", "eth0"],
+            vec!["link", "set", "eth0", "up"],
+            vec!["link", "set", "lo", "up"],
+        ] {
+            let mut ip = Command::new("nsenter");
+            ip.args(["--target", &target, "--net", "--", "ip"]).args(&args);
+            output(&mut ip, &format!("ip {} in crun's network namespace", args.join(" ")))?;
+        }
+        Ok(link)
+    }
+}
+
+impl Drop for NetNamespace {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+/// The host's end of a veth: deleted when dropped (its peer goes with it).
+struct Link(String);
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        let _ = libisolab::network::delete_link(&self.0);
     }
 }
 
@@ -364,16 +491,23 @@ fn over_veth(bench: &Bench, plan: &Plan) -> Result<f64> {
     let container = Background::spawn(&mut container, "the iperf3 server's container")?;
     // Bound to the veth's host address, the client cannot leave by another route: until the
     // stage has given the host end its address, bind(2) fails and the client tries again.
-    let speed = iperf3_client(&host, &inside, CONTAINER_PORT, plan.net_seconds);
-    let ended = container.wait(Duration::from_secs(10));
-    let speed = speed?;
-    ended?;
+    // After a failed client (or Ctrl-C) the server waits for nobody: stopped as it drops.
+    let speed = iperf3_client(&host, &inside, CONTAINER_PORT, plan.net_seconds)?;
+    container.wait(Duration::from_secs(10))?;
     Ok(speed)
 }
 
 /// Client and server both inside one container, over its own `lo`.
 fn container_loopback(bench: &Bench, plan: &Plan) -> Result<f64> {
-    let script = format!(
+    let script = loopback_script(plan);
+    let mut command = bench.in_container(&bench.store, &[], &["/bin/sh", "-c", &script]);
+    let text = output(&mut command, "iperf3 inside the container")?;
+    received(&text)
+}
+
+/// iperf3's server and client in one network namespace, over `lo`; prints the client's JSON.
+fn loopback_script(plan: &Plan) -> String {
+    format!(
         "/usr/bin/iperf3 -s -1 -B 127.0.0.1 -p {CONTAINER_PORT} >/dev/null 2>&1 &
          for i in $(seq 100); do
            /usr/bin/iperf3 -c 127.0.0.1 -B 127.0.0.1 -p {CONTAINER_PORT} -R -t {} -J \
@@ -384,10 +518,7 @@ fn container_loopback(bench: &Bench, plan: &Plan) -> Result<f64> {
          cat /tmp/iperf3.json
          kill $! 2>/dev/null; wait",
         plan.net_seconds
-    );
-    let mut command = bench.in_container(&bench.store, &[], &["/bin/sh", "-c", &script]);
-    let text = output(&mut command, "iperf3 inside the container")?;
-    received(&text)
+    )
 }
 
 /// Runs the iperf3 client until it connects (the server may not be listening yet), then
