@@ -36,7 +36,7 @@ stage 4's overlay), and in crun when installed, the same binaries on the same da
 taking turns for --runs rounds. Needs sysbench and iperf3 (scripts/setup installs them).
 
 Examples:
-  sudo isolab bench                               # everything (a few minutes)
+  sudo isolab bench                               # everything (about 2 minutes, release build)
   sudo isolab bench --quick                       # small sizes, 3 runs: does it all work?
   sudo isolab bench --only cpu,mem --runs 10      # the seed's first rows, 10 rounds
   sudo isolab bench --only start                  # start latency of every stage and sandbox
