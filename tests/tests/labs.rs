@@ -202,16 +202,17 @@ fn the_grader_fails_each_broken_variant_naming_its_task_and_only_it() {
             );
         }),
         ("cgroup-joined-after-exec", 3, "stage3/join", |src| {
-            // The child does not move itself in: it leaves a helper (bash, for descriptors over 9) that moves it 300 ms
-            // later, through copies of the runtime's tasks files (root's open, so allowed).
-            // The command's first instructions run in the runtime's cgroup, unlimited. (The
-            // second region is v1's, which this host has; the first, the parent's
-            // `cgroup.procs` write, is for v2 on kernels without clone3.)
+            // The child does not move itself in: it leaves a helper (bash, which takes
+            // descriptors over 9) that moves it 100 ms later, through copies of the runtime's
+            // tasks files (root's open, so allowed). The command's first instructions run in
+            // the runtime's cgroup, unlimited; the limits hold once it is moved (so only
+            // `join` fails). The second region is v1's, which this host has; the first, the
+            // parent's `cgroup.procs` write, is for v2 on kernels without clone3.
             replace_region(
                 &src.join("cgroups/mod.rs"),
                 "stage3/join",
                 1,
-                "        let mut script = String::from(\"sleep 0.3\");\n        \
+                "        let mut script = String::from(\"sleep 0.1\");\n        \
                  for (_, file) in &self.files {\n            \
                  let copy = unsafe { libc::dup(std::os::fd::AsRawFd::as_raw_fd(file)) };\n            \
                  script.push_str(&format!(\"; echo 1 >&{copy}\"));\n        \
