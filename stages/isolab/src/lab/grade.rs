@@ -197,17 +197,48 @@ pub fn run(args: Args) -> Result<ExitCode> {
         });
         Some(ids.collect::<BTreeSet<String>>())
     };
-    let grading = grade(args.stage, &args.bin, filter.as_ref(), args.memory_limit)?;
+    // The JUnit file's directory is checked first: a grading is not thrown away at the end
+    // for a typo in the path.
     if let Some(path) = &args.junit {
-        fs::write(path, junit(&grading))
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if !dir.is_dir() {
+            bail!("--junit {}: {} is not a directory", path.display(), dir.display());
+        }
     }
+    let grading = grade(args.stage, &args.bin, filter.as_ref(), args.memory_limit)?;
     if args.json {
         super::out(&format!("{}\n", serde_json::to_string_pretty(&grading)?))?;
     } else {
         super::out(&human(&grading))?;
     }
+    if let Some(path) = &args.junit {
+        fs::write(path, junit(&grading))
+            .with_context(|| format!("cannot write {} (the results are above)", path.display()))?;
+    }
     Ok(if grading.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Refuses a `--bin` that is not a program: not executable (a `.d` file tab-completion
+/// picked), or neither ELF nor a `#!` script (an `.rlib`). Copied and run anyway, it would
+/// fail every task with a shell's confusing words instead of one clear line.
+fn check_binary(binary: &Path) -> Result<()> {
+    let meta = fs::metadata(binary).with_context(|| format!("cannot read {}", binary.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a file: --bin takes the stage binary", binary.display());
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        bail!(
+            "{} is not executable: --bin takes the stage binary (target/debug/stageN-…)",
+            binary.display()
+        );
+    }
+    let mut head = [0u8; 4];
+    let read = fs::File::open(binary).and_then(|mut file| file.read(&mut head));
+    let head = &head[..read.with_context(|| format!("cannot read {}", binary.display()))?];
+    if head != b"\x7fELF" && !head.starts_with(b"#!") {
+        bail!("{} is neither an ELF program nor a #! script", binary.display());
+    }
+    Ok(())
 }
 
 /// Grades `binary` as stage `stage`: the tasks of that stage and of the earlier ones (only
@@ -233,11 +264,24 @@ pub fn grade(
             budget::MINIMUM_MIB
         );
     }
+    if memory_mib > budget::MAXIMUM_MIB {
+        bail!("--memory-limit {memory_mib} is more than {} (MiB, 1 TiB)", budget::MAXIMUM_MIB);
+    }
     if let Some(filter) = filter {
         if let Some(unknown) = filter.iter().find(|task| !has_check(task)) {
             bail!("no task '{unknown}' is graded: `isolab lab list` shows them");
         }
+        // A task of a later stage would be filtered out below, and nothing graded would
+        // pass as "every task passed".
+        if let Some(later) = filter.iter().find(|task| super::regions::stage_of(task) > stage) {
+            bail!(
+                "{later} is a task of stage {}: grade {} --task {later}",
+                super::regions::stage_of(later),
+                super::regions::stage_of(later)
+            );
+        }
     }
+    check_binary(binary)?;
     let workdir = Workdir::create("grade", false)?;
     let rootfs = workdir.path().join("rootfs");
     build_rootfs(&bin_dir()?, &rootfs)?;

@@ -31,6 +31,10 @@ pub const DEFAULT_MIB: u64 = 512;
 /// Less than this, and a sound runtime (a Rust binary, a shell, busybox) cannot start.
 pub const MINIMUM_MIB: u64 = 16;
 
+/// The most `--memory-limit` takes, in MiB (1 TiB: far above any runtime's need, and far
+/// below where MiB in bytes would overflow).
+pub const MAXIMUM_MIB: u64 = 1 << 20;
+
 /// A task's memory cgroup, while the task runs.
 pub struct Budget {
     backend: Box<dyn Backend>,

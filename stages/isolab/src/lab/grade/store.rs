@@ -136,12 +136,22 @@ pub fn diff_whiteouts(task: &Task) -> Verdict {
     let lines: Vec<&str> = diff.stdout.lines().map(str::trim).collect();
     let missing: Vec<&String> =
         want.iter().filter(|line| !lines.contains(&line.as_str())).collect();
+    let expected = format!("after `{script}`, `diff {name}` lists {}, once each", want.join(", "));
     if diff.code != Some(0) || !missing.is_empty() {
         let missing: Vec<&str> = missing.iter().map(|line| line.as_str()).collect();
-        return miss(
-            format!("after `{script}`, `diff {name}` lists {}", want.join(", ")),
-            format!("missing: {} ({})", missing.join(", "), diff.told()),
-        );
+        return miss(expected, format!("missing: {} ({})", missing.join(", "), diff.told()));
+    }
+    // Each planted path once, as what happened to it: a deleted file listed `C` as well (a
+    // whiteout taken for a change too) is as wrong as one not listed at all.
+    for path in [&deleted, &changed, &added] {
+        let about: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|line| line.split_once(' ').is_some_and(|(_, p)| p == format!("/{path}")))
+            .collect();
+        if about.len() != 1 {
+            return miss(expected, format!("/{path} is listed as {}", about.join(" and ")));
+        }
     }
     Ok(())
 }
