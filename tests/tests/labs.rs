@@ -202,27 +202,25 @@ fn the_grader_fails_each_broken_variant_naming_its_task_and_only_it() {
             );
         }),
         ("cgroup-joined-after-exec", 3, "stage3/join", |src| {
-            // The child does not move itself in: it leaves a helper (bash, which takes
-            // descriptors over 9) that moves it 100 ms later, through copies of the runtime's
-            // tasks files (root's open, so allowed). The command's first instructions run in
-            // the runtime's cgroup, unlimited; the limits hold once it is moved (so only
-            // `join` fails). The second region is v1's, which this host has; the first, the
-            // parent's `cgroup.procs` write, is for v2 on kernels without clone3.
+            // The child does not move itself in: a copy of it (fork, no exec: nothing to look
+            // up mid-pivot_root) moves it 500 ms later, writing its pid (1, in their pid
+            // namespace) through the runtime's tasks files, root's open, so allowed. The
+            // command's first instructions run in the runtime's cgroup, unlimited; the limits
+            // are in the files all along (so only `join` fails). The second region is v1's,
+            // which this host has; the first, the parent's `cgroup.procs` write, is for v2 on
+            // kernels without clone3.
             replace_region(
                 &src.join("cgroups/mod.rs"),
                 "stage3/join",
                 1,
-                "        let mut script = String::from(\"sleep 0.1\");\n        \
-                 for (_, file) in &self.files {\n            \
-                 let copy = unsafe { libc::dup(std::os::fd::AsRawFd::as_raw_fd(file)) };\n            \
-                 script.push_str(&format!(\"; echo 1 >&{copy}\"));\n        \
-                 }\n        \
-                 let _ = std::process::Command::new(\"/bin/bash\")\n            \
-                 .args([\"-c\", &script])\n            \
-                 .stdin(std::process::Stdio::null())\n            \
-                 .stdout(std::process::Stdio::null())\n            \
-                 .stderr(std::process::Stdio::null())\n            \
-                 .spawn();\n        Ok(())",
+                "        if unsafe { libc::fork() } == 0 {\n            \
+                 std::thread::sleep(std::time::Duration::from_millis(500));\n            \
+                 for (_, file) in &self.files {\n                \
+                 let mut file: &File = file;\n                \
+                 let _ = file.write_all(b\"1\");\n            \
+                 }\n            \
+                 unsafe { libc::_exit(0) }\n        \
+                 }\n        Ok(())",
             );
         }),
         ("whiteouts-ignored-by-diff", 4, "stage4/diff-whiteouts", |src| {
