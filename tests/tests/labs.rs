@@ -22,8 +22,10 @@ fn shared_target() -> PathBuf {
     workspace_root().join("target/labs")
 }
 
-/// A starter of `stage` with the reference's answers put back (the marked files copied over
-/// the stubs), then `patch` applied to it: a student's attempt with one mistake.
+/// A starter of `stage` with the reference's answers to that stage's tasks and the earlier
+/// ones put back (the later stages' regions stay stubbed: the stage's binary never runs
+/// them, which the grading of each variant proves), then `patch` applied to it: a student's
+/// attempt with one mistake.
 fn variant(env: &TestEnv, name: &str, stage: u8, patch: &dyn Fn(&Path)) -> PathBuf {
     let dir = env.path().join(name);
     let output = run(env.cmd("isolab").args(["lab", "new", &stage.to_string()]).arg(&dir));
@@ -33,10 +35,52 @@ fn variant(env: &TestEnv, name: &str, stage: u8, patch: &dyn Fn(&Path)) -> PathB
     let marked = marked_files(&workspace_root().join(src));
     assert!(marked.len() >= 8, "the library's marked files: {marked:?}");
     for file in marked {
-        fs::copy(workspace_root().join(src).join(&file), dir.join(src).join(&file)).unwrap();
+        let reference = fs::read_to_string(workspace_root().join(src).join(&file)).unwrap();
+        let starter = fs::read_to_string(dir.join(src).join(&file)).unwrap();
+        fs::write(dir.join(src).join(&file), answered(&starter, &reference, stage)).unwrap();
     }
     patch(&dir.join(src));
     dir
+}
+
+/// The regions of a file, in order: (task's stage, BEGIN line index, END line index).
+fn regions_of(lines: &[&str]) -> Vec<(u8, usize, usize)> {
+    let mut found = Vec::new();
+    let mut open = None;
+    for (index, line) in lines.iter().enumerate() {
+        let line = line.trim_start();
+        if let Some(rest) = line.strip_prefix("// LAB stage") {
+            let stage: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            open = Some((stage.parse::<u8>().unwrap(), index));
+        } else if line.trim_end() == "// LAB END" {
+            let (stage, begin) = open.take().expect("END after a BEGIN");
+            found.push((stage, begin, index));
+        }
+    }
+    found
+}
+
+/// `starter` (a file of a fresh starter) with the body of each region of a stage up to
+/// `stage` taken from `reference`, region by region.
+fn answered(starter: &str, reference: &str, stage: u8) -> String {
+    let ours: Vec<&str> = starter.lines().collect();
+    let theirs: Vec<&str> = reference.lines().collect();
+    let (our_regions, their_regions) = (regions_of(&ours), regions_of(&theirs));
+    assert_eq!(our_regions.len(), their_regions.len());
+    let mut out: Vec<&str> = Vec::new();
+    let mut next = 0;
+    for (ours_at, theirs_at) in our_regions.iter().zip(&their_regions) {
+        out.extend(&ours[next..=ours_at.1]);
+        let body = if ours_at.0 <= stage {
+            &theirs[theirs_at.1 + 1..theirs_at.2]
+        } else {
+            &ours[ours_at.1 + 1..ours_at.2]
+        };
+        out.extend(body);
+        next = ours_at.2;
+    }
+    out.extend(&ours[next..]);
+    out.join("\n") + "\n"
 }
 
 /// The `.rs` files under `dir` (relative to it) that hold a `// LAB` region.
@@ -288,9 +332,39 @@ fn a_starter_never_holds_the_reference_s_answers() {
     }
     let mounts = fs::read_to_string(src.join("mounts.rs")).unwrap();
     assert!(mounts.contains("todo!(\"stage2/pivot-root: swap the roots"), "{mounts}");
-    // Later stages' regions are the reference's, untouched.
-    let overlay = fs::read_to_string(src.join("overlay.rs")).unwrap();
-    assert!(overlay.contains("lowerdir={},upperdir={},workdir={}"));
+    // Later stages' regions are stubbed too: a stage 1 starter holds no line of any region's
+    // body (stage 2 to 5's are later labs' answers).
+    let lab1 = env.path().join("lab1");
+    let output = run(env.cmd("isolab").args(["lab", "new", "1"]).arg(&lab1));
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let reference = workspace_root().join("stages/libisolab/src");
+    let mut checked = 0;
+    for file in marked_files(&reference) {
+        let theirs = fs::read_to_string(reference.join(&file)).unwrap();
+        let ours = fs::read_to_string(lab1.join("stages/libisolab/src").join(&file)).unwrap();
+        let lines: Vec<&str> = theirs.lines().collect();
+        for (stage, begin, end) in regions_of(&lines) {
+            // A line of code that says something (not a brace, not a comment).
+            for line in lines[begin + 1..end].iter().map(|line| line.trim()) {
+                if line.len() > 12 && !line.starts_with("//") {
+                    let found = ours.lines().any(|ours| ours.trim() == line);
+                    // The same line may stand outside a region too: only a line of the body
+                    // that the starter has nowhere else counts.
+                    let elsewhere = theirs.lines().filter(|l| l.trim() == line).count() > 1;
+                    assert!(
+                        !found || elsewhere,
+                        "the stage 1 starter's {} holds stage {stage}'s `{line}`",
+                        file.display()
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked > 50, "only {checked} lines of the regions checked");
+    let overlay = fs::read_to_string(lab1.join("stages/libisolab/src/overlay.rs")).unwrap();
+    assert!(!overlay.contains("lowerdir={},upperdir={},workdir={}"), "{overlay}");
+    assert!(overlay.contains("todo!(\"stage4/overlay-options: "), "{overlay}");
     // The hint ladder climbs, remembered in the starter.
     for rung in 1..=3 {
         let output =

@@ -5,8 +5,8 @@
 //! the shape of the call, the pitfall), are data in `labs/hints.toml`. From those two:
 //! - `lab list` prints the stages and their tasks;
 //! - `lab new STAGE DIR` writes a standalone starter crate: the crates the stage needs, copied,
-//!   every region of this stage and the earlier ones replaced by `todo!()` (the reference's
-//!   bodies never ship; `--from` carries a student's own earlier answers over), the
+//!   every region replaced by `todo!()`, the later stages' too (the reference's bodies
+//!   never ship; `--from` carries a student's own earlier answers over), the
 //!   workspace's `Cargo.lock`, so that it builds offline as it is;
 //! - `lab hint STAGE TASK` shows the next rung, remembering in the starter how far it got;
 //! - `lab check` (maintainers, and the test suite) builds every starter and grades it: each
@@ -288,10 +288,15 @@ pub fn new(
     for krate in &info.crates {
         copy_crate(&root.join(krate), &dir.join(krate), &|relative, text| {
             let name = Path::new(krate).join(relative).display().to_string();
+            // Every region is stubbed, a later stage's too: its body is a later lab's
+            // answer, and this stage's binary never runs it (the curriculum: stage N uses
+            // only chapters <= N), so its `todo!` builds and changes nothing graded.
             let stubbed = regions::stub(&name, text, |region| {
-                (region.stage() <= stage).then(|| {
-                    let hint = first_hint(&region.task).unwrap_or_default();
+                let hint = first_hint(&region.task).unwrap_or_default();
+                Some(if region.stage() <= stage {
                     format!("{}: {} (first hint: {hint})", region.task, region.title)
+                } else {
+                    format!("{}: {} (stage {}'s lab)", region.task, region.title, region.stage())
                 })
             })?;
             match from {
