@@ -434,3 +434,277 @@ fn lab_output_to_a_closed_pipe_is_no_panic() {
         assert_eq!(code(&output), 0, "{args:?}: {stderr}");
     }
 }
+
+/// A fake stage binary in `env`: a script, mode 0755.
+fn fake(env: &TestEnv, name: &str, script: &str) -> PathBuf {
+    let path = env.path().join(name);
+    fs::write(&path, script).unwrap();
+    fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path
+}
+
+/// The pids a fake binary wrote to `file`, one a line; each is SIGKILLed when dropped, in
+/// case the grader let one live (the test fails then, and leaves nothing).
+struct FakePids(PathBuf);
+
+impl FakePids {
+    fn read(&self) -> Vec<i32> {
+        fs::read_to_string(&self.0)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| line.trim().parse().ok())
+            .collect()
+    }
+
+    /// The pids that are still running (a zombie has ended).
+    fn alive(&self) -> Vec<i32> {
+        self.read()
+            .into_iter()
+            .filter(|pid| {
+                let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let state =
+                    stat.rfind(')').and_then(|end| stat[end + 1..].split_whitespace().next());
+                state.is_some_and(|state| state != "Z")
+            })
+            .collect()
+    }
+}
+
+impl Drop for FakePids {
+    fn drop(&mut self) {
+        for pid in self.alive() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// `isolab grade STAGE --json ARGS --bin BINARY`: the output's JSON and the time it took.
+fn grade_json(env: &TestEnv, stage: u8, args: &[&str], binary: &Path) -> (serde_json::Value, f64) {
+    let started = std::time::Instant::now();
+    let output = run(env
+        .cmd("isolab")
+        .args(["grade", &stage.to_string(), "--json"])
+        .args(args)
+        .arg("--bin")
+        .arg(binary));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|_| panic!("grade printed no JSON: {}", text(&output.stderr)));
+    (json, started.elapsed().as_secs_f64())
+}
+
+/// The outcome of `task` in a grading's JSON.
+fn outcome<'a>(json: &'a serde_json::Value, task: &str) -> &'a serde_json::Value {
+    json["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|outcome| outcome["task"] == task)
+        .unwrap_or_else(|| panic!("no {task} in {json}"))
+}
+
+// Regression (attacker's F3, F4): a background child holding stdout kept the grader reading
+// after the binary had exited (`sleep infinity` hung it for ever), and a binary that left its
+// process group outlived the one kill of the group.
+#[test]
+fn a_task_is_bounded_in_time_as_a_whole() {
+    if !require_root("a_task_is_bounded_in_time_as_a_whole") {
+        return;
+    }
+    let env = TestEnv::new();
+    let pids = FakePids(env.path().join("pids"));
+    let pid_file = pids.0.display().to_string();
+    let holder =
+        fake(&env, "holder", &format!("#!/bin/sh\nsleep 300 &\necho $! >> {pid_file}\nexit 0\n"));
+    // Into the group of its parent, the grader's: a kill of its own group finds nobody.
+    let runaway = fake(
+        &env,
+        "runaway",
+        &format!(
+            "#!/usr/bin/perl\nsetpgrp(0, getpgrp(getppid())) or die;\n\
+             open(my $f, '>>', '{pid_file}'); print $f \"$$\\n\"; close($f);\nsleep 300;\n"
+        ),
+    );
+    for (binary, told) in
+        [(&holder, "its output stayed open"), (&runaway, "stopped at the task's limit")]
+    {
+        let (json, seconds) =
+            grade_json(&env, 1, &["--task", "chroot", "--task-timeout", "3"], binary);
+        let chroot = outcome(&json, "stage1/chroot");
+        assert_eq!(chroot["passed"], false, "{json}");
+        assert!(chroot["happened"].as_str().unwrap().contains(told), "{json}");
+        let task_seconds = chroot["seconds"].as_f64().unwrap();
+        assert!((3.0..8.0).contains(&task_seconds), "the task took {task_seconds} s: {json}");
+        assert!(seconds < 30.0, "the grading took {seconds} s");
+        assert!(
+            eventually(std::time::Duration::from_secs(5), || pids.alive().is_empty()),
+            "still running: {:?}",
+            pids.alive()
+        );
+    }
+    assert_eq!(pids.read().len(), 2, "{:?}", pids.read());
+}
+
+/// A fake runtime for stage 1's tasks: `run --rootfs R [--opt V]… -- CMD…` as coreutils'
+/// chroot(8) (root's ids, no drop), with `hook` run first (`$rootfs` is set).
+fn fake_runtime(env: &TestEnv, name: &str, hook: &str) -> PathBuf {
+    fake(
+        env,
+        name,
+        &format!(
+            "#!/bin/sh\nrootfs=$3\n{hook}\n\
+             while [ \"$1\" != \"--\" ]; do\n  \
+               case \"$1\" in --env) export \"$2\";; esac\n  shift\ndone\nshift\n\
+             exec chroot \"$rootfs\" \"$@\"\n"
+        ),
+    )
+}
+
+// Regression (attacker's F5, F6): what the binary left running was killed with the memory
+// bound's cgroup before the leftovers were looked for, and the task passed.
+#[test]
+fn processes_a_task_leaves_are_named_and_fail_it() {
+    if !require_root("processes_a_task_leaves_are_named_and_fail_it") {
+        return;
+    }
+    let env = TestEnv::new();
+    let pids = FakePids(env.path().join("pids"));
+    let pid_file = pids.0.display().to_string();
+    // One sleep left in the task's cgroup, one that moves itself out to every hierarchy's
+    // root cgroup (root can), both chrooted into the rootfs.
+    let hook = format!(
+        "chroot \"$rootfs\" /bin/sleep 300 >/dev/null 2>&1 &\necho $! >> {pid_file}\n\
+         sh -c 'for procs in /sys/fs/cgroup/*/cgroup.procs; do echo $$ > $procs; done 2>/dev/null; \
+         exec chroot \"$0\" /bin/sleep 301' \"$rootfs\" >/dev/null 2>&1 &\necho $! >> {pid_file}\n\
+         sleep 0.2"
+    );
+    let leaver = fake_runtime(&env, "leaver", &hook);
+    let (json, _) = grade_json(&env, 1, &["--task", "chroot"], &leaver);
+    let chroot = outcome(&json, "stage1/chroot");
+    let happened = chroot["happened"].as_str().unwrap();
+    assert_eq!(chroot["passed"], false, "{json}");
+    let left = pids.read();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(happened.contains(&format!("{} `sleep` (in the task's cgroup)", left[0])), "{json}");
+    assert!(happened.contains(&format!("{} `sleep` (rooted in ", left[1])), "{json}");
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || pids.alive().is_empty()),
+        "still running: {:?}",
+        pids.alive()
+    );
+}
+
+// Regression (attacker's F8): the exec task wrote its non-executable file, by a name the
+// binary had been told, through whatever the binary had put there: a symlink to a host file
+// made that file `#!/bin/sh\necho ran`, mode 0644.
+#[test]
+fn the_grader_never_writes_through_a_symlink_the_binary_planted() {
+    if !require_root("the_grader_never_writes_through_a_symlink_the_binary_planted") {
+        return;
+    }
+    let env = TestEnv::new();
+    let target = env.path().join("precious");
+    fs::write(&target, "precious\n").unwrap();
+    fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    // Told `--env LAB_<TOKEN>=…`, it puts a symlink at the name the grader uses next.
+    let hook = format!(
+        "for arg in \"$@\"; do case \"$arg\" in LAB_*=*)\n  \
+           token=$(echo \"${{arg%%=*}}\" | sed 's/^LAB_//' | tr A-Z a-z)\n  \
+           ln -sf {} \"$rootfs/bin/lab-notexec-$token\";;\nesac; done",
+        target.display()
+    );
+    let planter = fake_runtime(&env, "planter", &hook);
+    let (json, _) = grade_json(&env, 1, &["--task", "exec"], &planter);
+    assert_eq!(outcome(&json, "stage1/exec")["passed"], false, "{json}");
+    assert_eq!(fs::read_to_string(&target).unwrap(), "precious\n", "{json}");
+    let mode = fs::metadata(&target).unwrap().permissions();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+}
+
+// Regression (attacker's F1): a script that printed what the commands would print, computed
+// from its command line, passed stages 1 to 3 without isolating anything.
+#[test]
+fn answers_computed_from_the_command_line_fail() {
+    if !require_root("answers_computed_from_the_command_line_fail") {
+        return;
+    }
+    let env = TestEnv::new();
+    let cheat =
+        fake(&env, "cheat.py", &CHEAT.replace("PROBE", &bin("isolab-probe").display().to_string()));
+    let (json, _) = grade_json(&env, 3, &[], &cheat);
+    let failed: Vec<&str> = json["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|outcome| outcome["passed"] == false)
+        .map(|outcome| outcome["task"].as_str().unwrap())
+        .collect();
+    for task in [
+        "stage1/chroot",
+        "stage1/drop-privileges",
+        "stage2/id-maps",
+        "stage2/proc",
+        "stage2/pivot-root",
+        "stage3/join",
+    ] {
+        assert!(failed.contains(&task), "{task} passed: {json}");
+    }
+}
+
+/// The attacker's script (their report, F1), the probe's path filled in, and adapted to the
+/// grader's commands that now end with `; sleep 0.3` (the six lines after `c0=`): it gives
+/// the same answers, and sleeps as long.
+const CHEAT: &str = r#"#!/usr/bin/python3
+import os, sys, re, time, subprocess
+a=sys.argv[2:]; dd=a.index("--"); opts,cmd=a[:dd],a[dd+1:]; o={}; i=0
+while i<len(opts):
+    if i+1<len(opts) and not opts[i+1].startswith("--"): o.setdefault(opts[i],[]).append(opts[i+1]); i+=2
+    else: o.setdefault(opts[i],[]).append(None); i+=1
+rootfs=o["--rootfs"][0]; pid=os.getpid(); out=lambda s:(sys.stdout.write(s),sys.stdout.flush())
+if "--workdir" in o: sys.stderr.write("cannot chdir to %s\n"%o["--workdir"][0]); sys.exit(125)
+cg=[]
+if "--memory" in o:
+    name="%s-%d"%(o["--hostname"][0],pid); mem=int(o["--memory"][0][:-1]); pids=o["--pids"][0]; cpus=float(o["--cpus"][0])
+    for ctl,files in [("memory",{"memory.limit_in_bytes":str(mem<<20)}),("pids",{"pids.max":pids}),
+                      ("cpu",{"cpu.cfs_period_us":"100000","cpu.cfs_quota_us":str(int(cpus*100000))})]:
+        d="/sys/fs/cgroup/%s/isolab/%s"%(ctl,name); os.makedirs(d,exist_ok=True)
+        for f,v in files.items(): open(d+"/"+f,"w").write(v)
+        cg.append(d)
+    for d in cg: open(d+"/cgroup.procs","w").write(str(pid))
+def done(code=0):
+    if cg:
+        sys.stderr.write("memory: peak 1 MiB, limit %d MiB\npids: peak 1, limit %s\n"%(mem,pids))
+        for d in cg: open(os.path.dirname(os.path.dirname(d))+"/cgroup.procs","w").write(str(pid))
+        for d in cg: os.rmdir(d)
+    sys.exit(code)
+c0=cmd[0]; script=cmd[2] if c0=="/bin/sh" and len(cmd)>2 else None
+if script is not None and script.endswith("; sleep 0.3"):
+    script=script[:-len("; sleep 0.3")]; time.sleep(0.3)
+    if script=="busybox id": c0="/bin/busybox"
+    elif script.startswith("cat /proc/self/uid_map"): c0="/bin/cat"; cmd=["/bin/cat","/proc/self/uid_map"]
+    elif script.startswith("/isolab/probe"): cmd=script.split(); c0=cmd[0]
+if c0=="/bin/busybox": u,g=o["--user"][0].split(":"); out("uid=%s gid=%s groups=%s\n"%(u,g,g)); done()
+if c0=="/bin/cat" and cmd[1]=="/proc/self/uid_map":
+    l="0 100000 65536" if os.getuid()==0 else "0 %d 1"%os.getuid(); out(l+"\n"+l+"\n"); done()
+if c0=="/isolab/probe":
+    out(subprocess.run(["PROBE"]+cmd[1:-2]+["--host-path","/nonexistent-xyz"],capture_output=True,text=True).stdout); done()
+if script is not None:
+    m=re.fullmatch(r"exit (\d+)",script)
+    if m: done(int(m.group(1)))
+    if script=="env": [out(e+"\n") for e in o.get("--env",[])]; done()
+    m=re.match(r"cat /(lab-\S+); test -e",script)
+    if m: out(open(os.path.join(rootfs,m.group(1))).read()+"\n"); done()
+    if script.startswith("echo $$; cat /proc"): out("1\n"); done()
+    if script.startswith("exec 3>&-"): out("up\n"); done()
+    if script=="cat /proc/self/cgroup":
+        for n,c in [(4,"memory"),(8,"pids"),(1,"cpu")]: out("%d:%s:/isolab/%s-%d\n"%(n,c,o["--hostname"][0],pid))
+        done()
+    if script.startswith("sleep"): time.sleep(float(script.split()[1])); done()
+    done()
+if c0=="/bin/true": done()
+if c0.startswith("/bin/lab-notexec"): done(126)
+if c0.startswith("lab-missing"): done(127)
+done(1)
+"#;

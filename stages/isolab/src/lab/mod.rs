@@ -469,7 +469,7 @@ fn check(root: &Path, catalogue: &Catalogue, only: &[u8], target: &Path) -> Resu
             stage,
             &target.join("debug").join(&info.binary),
             None,
-            grade::DEFAULT_MEMORY_MIB,
+            &grade::Limits::default(),
         )?;
         for outcome in stubbed.outcomes.iter().filter(|o| regions::stage_of(&o.task) == stage) {
             let verdict = if outcome.passed { "PASSES (it must fail)" } else { "fails" };
@@ -479,7 +479,7 @@ fn check(root: &Path, catalogue: &Catalogue, only: &[u8], target: &Path) -> Resu
             }
         }
         let reference =
-            grade::grade(stage, &bin_dir.join(&info.binary), None, grade::DEFAULT_MEMORY_MIB)?;
+            grade::grade(stage, &bin_dir.join(&info.binary), None, &grade::Limits::default())?;
         for outcome in &reference.outcomes {
             let verdict = if outcome.passed { "passes" } else { "FAILS (it must pass)" };
             out(&format!("stage {stage} reference: {:<26} {verdict}\n", outcome.task))?;
