@@ -708,3 +708,69 @@ if c0.startswith("/bin/lab-notexec"): done(126)
 if c0.startswith("lab-missing"): done(127)
 done(1)
 "#;
+
+/// A reference of one small crate for `lab new --reference`, without a `Cargo.lock`: a
+/// `lab new` from it writes the crate, then fails.
+fn small_reference(env: &TestEnv) -> PathBuf {
+    let root = env.path().join("reference");
+    fs::create_dir_all(root.join("labs")).unwrap();
+    fs::create_dir_all(root.join("tiny/src")).unwrap();
+    fs::write(
+        root.join("labs/hints.toml"),
+        "[[stage]]\nnumber = 1\nbinary = \"tiny\"\ncrates = [\"tiny\"]\n\n\
+         [[task]]\nid = \"stage1/tiny\"\nhints = [\"one\", \"two\", \"three\"]\n",
+    )
+    .unwrap();
+    fs::write(root.join("Cargo.toml"), "[workspace]\nmembers = [\"tiny\"]\n").unwrap();
+    fs::write(root.join("tiny/Cargo.toml"), "[package]\nname = \"tiny\"\n").unwrap();
+    fs::write(
+        root.join("tiny/src/lib.rs"),
+        "pub fn f() -> u8 {\n    // LAB stage1/tiny BEGIN: a number\n    1\n    // LAB END\n}\n",
+    )
+    .unwrap();
+    root
+}
+
+// Regression (attacker's F10): `lab new 1 REF/stages/libisolab/lab1 --reference REF` copied
+// the reference into itself until ENAMETOOLONG and left 739 files in it; a failed `lab new`
+// left its partial starter; a file or a dangling symlink as DIR got a misleading message.
+#[test]
+fn lab_new_refuses_a_dir_in_the_reference_and_cleans_up_after_itself() {
+    let env = TestEnv::new();
+    let reference = small_reference(&env);
+    let before = describe_tree(&reference);
+    let lab_new = |dir: &Path| {
+        let output = run(env
+            .cmd("isolab")
+            .args(["lab", "new", "1"])
+            .arg(dir)
+            .arg("--reference")
+            .arg(&reference));
+        assert_eq!(code(&output), 125, "{}", text(&output.stdout));
+        text(&output.stderr)
+    };
+    let said = lab_new(&reference.join("tiny/lab1"));
+    assert!(said.contains("is inside the reference"), "{said}");
+    assert_eq!(describe_tree(&reference), before, "the reference changed");
+    // A new directory (and the parent it needed) is gone again after the failure.
+    let fresh = env.path().join("new/lab1");
+    let said = lab_new(&fresh);
+    assert!(said.contains("Cargo.lock"), "{said}");
+    assert!(!env.path().join("new").exists(), "{said}");
+    // An empty directory that was there stays, empty.
+    let empty = env.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    lab_new(&empty);
+    assert!(empty.is_dir() && fs::read_dir(&empty).unwrap().next().is_none());
+    let file = env.path().join("a-file");
+    fs::write(&file, "mine\n").unwrap();
+    let said = lab_new(&file);
+    assert!(said.contains("is a file, not a directory"), "{said}");
+    assert_eq!(fs::read_to_string(&file).unwrap(), "mine\n");
+    let dangling = env.path().join("dangling");
+    std::os::unix::fs::symlink(env.path().join("nowhere"), &dangling).unwrap();
+    let said = lab_new(&dangling);
+    assert!(said.contains("which does not exist"), "{said}");
+    assert!(!env.path().join("nowhere").exists());
+    assert_eq!(describe_tree(&reference), before, "the reference changed");
+}
