@@ -388,11 +388,20 @@ fn a_task_that_uses_more_memory_than_its_bound_fails_saying_so() {
         fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         path
     };
+    // The graders' pids: each one's cgroup is `isolab/grade-<pid>` (other tests grade
+    // meanwhile, with cgroups of their own).
+    let graders = std::cell::RefCell::new(Vec::new());
     let grade = |binary: &Path| {
-        let output = run(env
+        let child = env
             .cmd("isolab")
             .args(["grade", "1", "--task", "chroot", "--memory-limit", "64", "--bin"])
-            .arg(binary));
+            .arg(binary)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        graders.borrow_mut().push(format!("grade-{}", child.id()));
+        let output = child.wait_with_output().unwrap();
         assert_eq!(code(&output), 1, "{}", text(&output.stderr));
         text(&output.stdout)
     };
@@ -409,7 +418,7 @@ fn a_task_that_uses_more_memory_than_its_bound_fails_saying_so() {
         .flatten()
         .flatten()
         .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with("grade-"))
+        .filter(|name| graders.borrow().contains(name))
         .collect::<Vec<_>>();
     assert!(cgroups.is_empty(), "left: {cgroups:?}");
 }
