@@ -14,12 +14,15 @@
 
 mod budget;
 mod cgroups;
+mod evidence;
+mod plant;
 mod store;
 
 use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::fs;
-use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -59,10 +62,11 @@ pub struct Args {
     /// may use in one task, in MiB; past it the kernel kills it and the task fails
     #[arg(long, value_name = "MIB", default_value_t = budget::DEFAULT_MIB)]
     memory_limit: u64,
+    /// The most time one task (every run of the binary it makes, and their output) may take,
+    /// in seconds; at the limit everything the task started is killed and the task fails
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TASK_SECS)]
+    task_timeout: u64,
 }
-
-/// The memory bound of a task, in MiB, unless `--memory-limit` says otherwise.
-pub const DEFAULT_MEMORY_MIB: u64 = budget::DEFAULT_MIB;
 
 /// `isolab grade --help`'s text for STAGE: every task graded, by stage, and an example each.
 fn stage_help() -> String {
@@ -93,8 +97,10 @@ fn stage_help() -> String {
     text
 }
 
-/// How long one task may take before the binary is stopped.
-const TASK_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long one task may take, every run of the binary in it together, unless
+/// `--task-timeout` says otherwise. The slowest task of the reference (stage 5's commit:
+/// import, run, commit, run) takes a few seconds; a loaded CI runner, several times that.
+pub const DEFAULT_TASK_SECS: u64 = 60;
 
 /// One task's result.
 #[derive(Debug, Clone, Serialize)]
@@ -197,6 +203,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         });
         Some(ids.collect::<BTreeSet<String>>())
     };
+    let limits = Limits {
+        memory_mib: args.memory_limit,
+        task_time: Duration::from_secs(args.task_timeout.max(1)),
+    };
     // The JUnit file's directory is checked first: a grading is not thrown away at the end
     // for a typo in the path.
     if let Some(path) = &args.junit {
@@ -205,7 +215,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             bail!("--junit {}: {} is not a directory", path.display(), dir.display());
         }
     }
-    let grading = grade(args.stage, &args.bin, filter.as_ref(), args.memory_limit)?;
+    let grading = grade(args.stage, &args.bin, filter.as_ref(), &limits)?;
     if args.json {
         super::out(&format!("{}\n", serde_json::to_string_pretty(&grading)?))?;
     } else {
@@ -233,7 +243,7 @@ fn check_binary(binary: &Path) -> Result<()> {
         );
     }
     let mut head = [0u8; 4];
-    let read = fs::File::open(binary).and_then(|mut file| file.read(&mut head));
+    let read = fs::File::open(binary).and_then(|mut file| std::io::Read::read(&mut file, &mut head));
     let head = &head[..read.with_context(|| format!("cannot read {}", binary.display()))?];
     if head != b"\x7fELF" && !head.starts_with(b"#!") {
         bail!("{} is neither an ELF program nor a #! script", binary.display());
@@ -241,14 +251,32 @@ fn check_binary(binary: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What each task may use.
+pub struct Limits {
+    /// The memory bound, in MiB.
+    pub memory_mib: u64,
+    /// The time of the whole task.
+    pub task_time: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            memory_mib: budget::DEFAULT_MIB,
+            task_time: Duration::from_secs(DEFAULT_TASK_SECS),
+        }
+    }
+}
+
 /// Grades `binary` as stage `stage`: the tasks of that stage and of the earlier ones (only
-/// those in `filter`, if given), each under a memory bound of `memory_mib` MiB.
+/// those in `filter`, if given), each within `limits`.
 pub fn grade(
     stage: u8,
     binary: &Path,
     filter: Option<&BTreeSet<String>>,
-    memory_mib: u64,
+    limits: &Limits,
 ) -> Result<Grading> {
+    let memory_mib = limits.memory_mib;
     if !nix::unistd::geteuid().is_root() {
         bail!("isolab grade needs root: the stages chroot, mount and map ids (run it with sudo)");
     }
@@ -311,17 +339,28 @@ pub fn grade(
             started: std::cell::RefCell::new(Vec::new()),
             join: budget.procs(),
             stage,
+            deadline: Instant::now() + limits.task_time,
+            limit: limits.task_time,
         };
         let started = Instant::now();
         let verdict = check(&task);
-        // Read and removed before the leftovers are looked for: it is the grader's, not the
-        // binary's (and it kills what the binary left in it).
-        let over_budget = budget.finish()?;
+        // The leftovers first: removing the budget's cgroup kills what is in it, and a
+        // process the binary left there is the binary's mistake, to be named, not hidden.
         let leftovers = leftovers(&task, &cgroups_before);
+        let over_budget = budget.finish()?;
         let verdict = match (over_budget, verdict, leftovers.is_empty()) {
             // Killed for its memory: whatever else went wrong followed from that.
             (Some(over), _, _) => Err(over),
-            (None, Err(miss), _) => Err(miss),
+            (None, Err(miss), true) => Err(miss),
+            // What it left is told even when the check failed for something else.
+            (None, Err(miss), false) => Err(Miss {
+                happened: format!(
+                    "{}; and left on the host: {}",
+                    miss.happened,
+                    leftovers.join("; ")
+                ),
+                ..miss
+            }),
             (None, Ok(()), true) => Ok(()),
             (None, Ok(()), false) => {
                 miss("nothing left on the host after the run", leftovers.join("; "))
@@ -359,6 +398,10 @@ struct Task {
     join: Vec<CString>,
     /// The stage graded (a later stage's binary takes options an earlier one lacks).
     stage: u8,
+    /// When the task's time is up: every run stops there, output included.
+    deadline: Instant,
+    /// The task's time, for the messages.
+    limit: Duration,
 }
 
 /// What a run of the binary did.
@@ -366,15 +409,25 @@ struct Ran {
     code: Option<i32>,
     stdout: String,
     stderr: String,
-    timed_out: bool,
+    /// Killed at the task's time limit, with the task's time.
+    timed_out: Option<Duration>,
+    /// It had exited, but something it left held its output open until the limit.
+    held_open: bool,
+    /// What the grader saw of the command from the host, if it looked.
+    seen: Option<evidence::Seen>,
 }
 
 impl Ran {
     fn told(&self) -> String {
         let code = match (self.timed_out, self.code) {
-            (true, _) => format!("stopped after {} s", TASK_TIMEOUT.as_secs()),
-            (false, Some(code)) => format!("exit {code}"),
-            (false, None) => "no exit code".to_string(),
+            (Some(limit), Some(code)) if self.held_open => format!(
+                "exit {code}, but its output stayed open until the task's limit ({} s): a \
+                 process it left behind holds it",
+                limit.as_secs()
+            ),
+            (Some(limit), _) => format!("stopped at the task's limit ({} s)", limit.as_secs()),
+            (None, Some(code)) => format!("exit {code}"),
+            (None, None) => "no exit code".to_string(),
         };
         // The last line that says something: a panic's "note: run with RUST_BACKTRACE" is not.
         let last = |text: &str| {
@@ -413,6 +466,21 @@ fn clip(line: &str) -> String {
     }
 }
 
+/// `text` with every control character (C0, DEL, C1) written as a Rust escape (`\u{1b}`):
+/// what the binary printed is shown, never obeyed by the terminal (an ESC sequence could
+/// erase a FAIL line and draw a PASS over it, a newline could add a line of its own).
+pub fn escaped(text: &str) -> String {
+    let mut shown = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            shown.extend(c.escape_default());
+        } else {
+            shown.push(c);
+        }
+    }
+    shown
+}
+
 impl Task {
     /// `BIN run --rootfs ROOTFS OPTIONS -- COMMAND`, bounded in time.
     fn run(&self, options: &[&str], command: &[&str]) -> Ran {
@@ -427,6 +495,22 @@ impl Task {
         as_user: Option<u32>,
     ) -> Ran {
         self.run_watching(rootfs, options, command, as_user, &mut |_| {})
+    }
+
+    /// [`Task::run_with`], looking from the host for the command's `sleep` while it runs
+    /// (see [`evidence`]): `Ran::seen` says what the kernel says of it.
+    fn run_seen(
+        &self,
+        mut looker: evidence::Looker,
+        rootfs: &Path,
+        options: &[&str],
+        command: &[&str],
+        as_user: Option<u32>,
+    ) -> Ran {
+        let mut ran =
+            self.run_watching(rootfs, options, command, as_user, &mut |pid| looker.look(pid));
+        ran.seen = looker.seen;
+        ran
     }
 
     /// [`Task::run_with`], calling `watch` with the runtime's pid every few milliseconds
@@ -461,7 +545,7 @@ impl Task {
             }
         }
         cmd.env("ISOLAB_ROOT", &store);
-        bounded(cmd, &mut self.started.borrow_mut(), &self.join, watch)
+        bounded(cmd, self, watch)
     }
 
     /// `BIN ARGS…`: one of the binary's other commands (stage 4's `diff`, stage 5's `commit`),
@@ -470,21 +554,35 @@ impl Task {
         let mut cmd = Command::new(&self.binary);
         cmd.args(args);
         cmd.env("ISOLAB_USERNS_DIR", &self.userns_dir).current_dir(&self.workdir);
-        bounded(cmd, &mut self.started.borrow_mut(), &self.join, &mut |_| {})
+        bounded(cmd, self, &mut |_| {})
     }
 }
 
-/// Runs `command` in a process group of its own, in the memory bound's cgroups (`join`, its
-/// `cgroup.procs` files); SIGKILL to the group after [`TASK_TIMEOUT`]. `watch` is called
-/// with the pid every few milliseconds while it runs.
-fn bounded(
-    mut command: Command,
-    started_pids: &mut Vec<u32>,
-    join: &[CString],
-    watch: &mut dyn FnMut(u32),
-) -> Ran {
+/// The most of each of stdout and stderr kept: a binary that floods its output must not
+/// take the grader's memory.
+const OUTPUT_CAP: usize = 4 << 20;
+
+/// Runs `command` in a process group of its own, in the memory bound's cgroups (the task's
+/// `join`, its `cgroup.procs` files), until it has exited and its stdout and stderr are
+/// closed, or until the task's deadline: there everything the task started is killed
+/// ([`kill_task`]) and the grader stops waiting, also for a pipe that a process the binary
+/// left holds open. `watch` is called with the pid every few milliseconds while it runs.
+fn bounded(mut command: Command, task: &Task, watch: &mut dyn FnMut(u32)) -> Ran {
+    let mut ran = Ran {
+        code: None,
+        stdout: String::new(),
+        stderr: String::new(),
+        timed_out: None,
+        held_open: false,
+        seen: None,
+    };
+    if Instant::now() >= task.deadline {
+        // The task's time went on earlier runs: this one does not start.
+        ran.timed_out = Some(task.limit);
+        return ran;
+    }
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
-    let join = join.to_vec();
+    let join = task.join.clone();
     // SAFETY: between fork and exec only async-signal-safe calls (open, write, close,
     // getpid: man 7 signal-safety), on memory allocated before the fork. The child joins the
     // cgroup itself, before exec, so that the binary's first allocation is counted.
@@ -494,70 +592,173 @@ fn bounded(
     let mut child: Child = match command.spawn() {
         Ok(child) => child,
         Err(error) => {
-            return Ran {
-                code: None,
-                stdout: String::new(),
-                stderr: format!("cannot start {:?}: {error}", command.get_program()),
-                timed_out: false,
-            }
+            ran.stderr = format!("cannot start {:?}: {error}", command.get_program());
+            return ran;
         }
     };
     // setpriv execs the binary: the pid is the runtime's either way.
-    started_pids.push(child.id());
-    let group = Pid::from_raw(-(child.id() as i32));
-    let mut stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
-    let out = std::thread::spawn(move || read_all(stdout.as_mut()));
-    let err = std::thread::spawn(move || read_all(stderr.as_mut()));
-    let started = Instant::now();
-    let mut timed_out = false;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) => {}
-            Err(_) => break None,
+    task.started.borrow_mut().push(child.id());
+    let pid = Pid::from_raw(child.id() as i32);
+    // Both pipes read here, without blocking (man 2 poll), so that the deadline holds for
+    // them too: a reader thread would wait for an EOF that a background process of the
+    // binary's can put off for ever.
+    let mut pipes: Vec<(OwnedFd, Vec<u8>)> = Vec::new();
+    for fd in [child.stdout.take().map(OwnedFd::from), child.stderr.take().map(OwnedFd::from)] {
+        let fd = fd.expect("both pipes were asked for");
+        // SAFETY: fcntl on a descriptor we own.
+        unsafe {
+            let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
         }
-        if started.elapsed() > TASK_TIMEOUT && !timed_out {
-            timed_out = true;
-            let _ = signal::kill(group, Signal::SIGKILL);
+        pipes.push((fd, Vec::new()));
+    }
+    let mut open = [true, true];
+    let mut status = None;
+    loop {
+        if status.is_none() {
+            match child.try_wait() {
+                Ok(Some(exited)) => status = Some(exited),
+                Ok(None) => {}
+                // Not ours to wait for any more: no code to report.
+                Err(_) => break,
+            }
         }
-        if !timed_out {
+        if status.is_some() && !open.iter().any(|open| *open) {
+            break;
+        }
+        if Instant::now() >= task.deadline {
+            ran.timed_out = Some(task.limit);
+            ran.held_open = status.is_some();
+            kill_task(pid, &task.join);
+            // Killed, so it ends at once, unless it left the grader's reach (a root binary
+            // can): then the grader stops waiting for it all the same.
+            for _ in 0..100 {
+                if status.is_some() {
+                    break;
+                }
+                if let Ok(Some(exited)) = child.try_wait() {
+                    status = Some(exited);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            drain(&mut pipes, &mut open, 0);
+            break;
+        }
+        if status.is_none() {
             watch(child.id());
         }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let code = status.and_then(|s| s.code().or_else(|| s.signal().map(|n| 128 + n)));
-    Ran {
-        code,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-        timed_out,
+        drain(&mut pipes, &mut open, 5);
+    }
+    ran.code = status.and_then(|s| s.code().or_else(|| s.signal().map(|n| 128 + n)));
+    ran.stdout = String::from_utf8_lossy(&pipes[0].1).into_owned();
+    ran.stderr = String::from_utf8_lossy(&pipes[1].1).into_owned();
+    ran
+}
+
+/// Waits up to `wait_ms` for output on the open pipes, and reads what there is; a pipe at
+/// its end is closed.
+fn drain(pipes: &mut [(OwnedFd, Vec<u8>)], open: &mut [bool; 2], wait_ms: i32) {
+    let mut polled: Vec<libc::pollfd> = pipes
+        .iter()
+        .zip(open.iter())
+        .map(|((fd, _), open)| libc::pollfd {
+            fd: if *open { fd.as_raw_fd() } else { -1 },
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    if !open.iter().any(|open| *open) {
+        std::thread::sleep(Duration::from_millis(wait_ms as u64));
+        return;
+    }
+    // SAFETY: `polled` is a valid array of its length; a negative fd is ignored (man 2 poll).
+    unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, wait_ms) };
+    for (index, (fd, bytes)) in pipes.iter_mut().enumerate() {
+        if !open[index] || polled[index].revents == 0 {
+            continue;
+        }
+        let mut buffer = [0u8; 65536];
+        loop {
+            // SAFETY: reading into a buffer of its length from a descriptor we own.
+            let got =
+                unsafe { libc::read(fd.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len()) };
+            if got > 0 {
+                let room = OUTPUT_CAP.saturating_sub(bytes.len());
+                bytes.extend_from_slice(&buffer[..(got as usize).min(room)]);
+            } else if got == 0 {
+                open[index] = false;
+                break;
+            } else {
+                let error = std::io::Error::last_os_error();
+                if error.kind() != std::io::ErrorKind::Interrupted {
+                    if error.kind() != std::io::ErrorKind::WouldBlock {
+                        open[index] = false;
+                    }
+                    break;
+                }
+            }
+        }
     }
 }
 
-fn read_all(pipe: Option<&mut impl Read>) -> String {
-    let mut bytes = Vec::new();
-    if let Some(pipe) = pipe {
-        let _ = pipe.read_to_end(&mut bytes);
+/// The pids in the task's cgroup (every `cgroup.procs` of the memory bound).
+fn task_processes(join: &[CString]) -> BTreeSet<i32> {
+    let mut pids = BTreeSet::new();
+    for procs in join {
+        let path = Path::new(std::ffi::OsStr::from_bytes(procs.as_bytes()));
+        for line in fs::read_to_string(path).unwrap_or_default().lines() {
+            if let Ok(pid) = line.trim().parse::<i32>() {
+                pids.insert(pid);
+            }
+        }
     }
-    String::from_utf8_lossy(&bytes).into_owned()
+    pids
+}
+
+/// Kills everything a task started: the binary, its process group, and every process in the
+/// task's cgroup, again until the cgroup is empty (a process may fork while the list is
+/// read; man 7 cgroups: a child starts in its parent's cgroup). A process that left its
+/// group (setpgid) is still in the cgroup; one that left the cgroup too (root can) is found
+/// later by the leftovers' search of /proc.
+fn kill_task(pid: Pid, join: &[CString]) {
+    let _ = signal::kill(Pid::from_raw(-pid.as_raw()), Signal::SIGKILL);
+    let _ = signal::kill(pid, Signal::SIGKILL);
+    for _ in 0..200 {
+        let pids = task_processes(join);
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 // --- Stage 1 ---------------------------------------------------------------------------------
 
-/// The rootfs is `/`: a file planted in it is there, a directory beside it is not.
+/// The rootfs is `/`: a file planted in it is there, a directory beside it is not; and the
+/// host sees the command's root: the planted file read through `/proc/PID/root`.
 fn chroot(task: &Task) -> Verdict {
     let secret = random_token();
     let planted = format!("lab-{}", task.token);
-    fs::write(task.rootfs.join(&planted), &secret).map_err(|e| Miss {
-        expected: "the grader plants a file in the rootfs".into(),
-        happened: e.to_string(),
+    plant::plant(&task.rootfs, Path::new(&planted), secret.as_bytes(), 0o644).map_err(|e| {
+        Miss {
+            expected: "the grader plants a file in the rootfs".into(),
+            happened: format!("{}: {e}", task.rootfs.join(&planted).display()),
+        }
     })?;
     let outside = task.workdir.join(format!("host-{}", task.token));
     let _ = fs::create_dir(&outside);
-    let script = format!("cat /{planted}; test -e {} && echo HOST-VISIBLE", outside.display());
-    let ran = task.run(&[], &["/bin/sh", "-c", &script]);
-    let _ = fs::remove_file(task.rootfs.join(&planted));
+    let script =
+        format!("cat /{planted}; test -e {} && echo HOST-VISIBLE; {SLEEP}", outside.display());
+    let looker = evidence::Looker {
+        file: Some(PathBuf::from(&planted)),
+        absent: Some(outside.clone()),
+        ..Default::default()
+    };
+    let ran = task.run_seen(looker, &task.rootfs, &[], &["/bin/sh", "-c", &script], None);
+    let _ = plant::remove(&task.rootfs, Path::new(&planted));
     let _ = fs::remove_dir(&outside);
     let expected = format!(
         "inside, /{planted} (planted in the rootfs) holds {secret}, and {} (on the host, \
@@ -570,7 +771,38 @@ fn chroot(task: &Task) -> Verdict {
     if ran.stdout.trim() != secret {
         return miss(expected, ran.told());
     }
+    let Some(seen) = &ran.seen else { return miss(expected_seen(), ran.told()) };
+    if seen.root_is_hosts
+        || seen.file.as_deref() != Some(secret.as_str())
+        || seen.visible != Some(false)
+    {
+        return miss(
+            format!(
+                "seen from the host, the command's root (/proc/PID/root) holds /{planted} and \
+                 not {}",
+                outside.display()
+            ),
+            format!(
+                "pid {}: root {}{}",
+                seen.pid,
+                seen.root.display(),
+                if seen.root_is_hosts { ", the host's /" } else { "" }
+            ),
+        );
+    }
     Ok(())
+}
+
+/// What the key tasks' commands end with, so that the grader can look at it from the host
+/// while it runs ([`evidence`]).
+const SLEEP: &str = "sleep 0.3";
+
+/// The miss when the command's `sleep` was never seen from the host.
+fn expected_seen() -> String {
+    format!(
+        "the command runs: while the runtime runs, the host sees the command's `{SLEEP}` (a \
+         process named sleep under the runtime's pid)"
+    )
 }
 
 /// `--user UID:GID` gives exactly those ids, and no supplementary group of root's.
@@ -580,12 +812,34 @@ fn drop_privileges(task: &Task) -> Verdict {
     let gid: u32 = rng.gen_range(30000..60000);
     let user = format!("{uid}:{gid}");
     // busybox's id: the rootfs of stage 1 has no /proc to read the ids from.
-    let ran = task.run(&["--user", &user], &["/bin/busybox", "id"]);
+    let script = format!("busybox id; {SLEEP}");
+    let ran = task.run_seen(
+        evidence::Looker::default(),
+        &task.rootfs,
+        &["--user", &user],
+        &["/bin/sh", "-c", &script],
+        None,
+    );
     let expected_line = format!("uid={uid} gid={gid} groups={gid}");
     if ran.code != Some(0) || ran.stdout.trim() != expected_line {
         return miss(
             format!("`--user {user} -- busybox id` prints `{expected_line}` (no group of root's)"),
             ran.told(),
+        );
+    }
+    let Some(seen) = &ran.seen else { return miss(expected_seen(), ran.told()) };
+    // Seen from the host: the real, effective, saved and filesystem ids, mapped back into
+    // the command's user namespace if it has one.
+    let (uids, gids) = seen.ids_inside();
+    if uids.len() != 4 || gids.len() != 4 || uids.iter().chain(&gids).any(Option::is_none) || {
+        uids.iter().any(|id| *id != Some(uid)) || gids.iter().any(|id| *id != Some(gid))
+    } {
+        return miss(
+            format!(
+                "seen from the host (/proc/PID/status), the command's real, effective, saved and \
+                 fs ids are {uid} and {gid}"
+            ),
+            format!("pid {}: Uid {:?}, Gid {:?}", seen.pid, seen.uids, seen.gids),
         );
     }
     Ok(())
@@ -594,6 +848,21 @@ fn drop_privileges(task: &Task) -> Verdict {
 /// The command's exit code is the runtime's, its environment is `--env`'s, and a missing or
 /// non-executable program gives 127 or 126.
 fn exec(task: &Task) -> Verdict {
+    // Planted before any run of the binary that is told the token: a file made now, with
+    // O_EXCL|O_NOFOLLOW (see `plant`), is the grader's own; one made later could be written
+    // through a symlink the binary put at its name.
+    let planted = format!("lab-notexec-{}", task.token);
+    let relative = PathBuf::from("bin").join(&planted);
+    plant::plant(&task.rootfs, &relative, b"#!/bin/sh\necho ran\n", 0o644).map_err(|e| Miss {
+        expected: "the grader plants a file in the rootfs".into(),
+        happened: format!("{}: {e}", task.rootfs.join(&relative).display()),
+    })?;
+    let verdict = exec_runs(task, &planted);
+    let _ = plant::remove(&task.rootfs, &relative);
+    verdict
+}
+
+fn exec_runs(task: &Task, planted: &str) -> Verdict {
     let code = rand::thread_rng().gen_range(3..100);
     let ran = task.run(&[], &["/bin/sh", "-c", &format!("exit {code}")]);
     if ran.code != Some(code) {
@@ -610,12 +879,7 @@ fn exec(task: &Task) -> Verdict {
     if ran.code != Some(127) {
         return miss(format!("`{missing}`, which the rootfs lacks, exits 127"), ran.told());
     }
-    let planted = format!("lab-notexec-{}", task.token);
-    let path = task.rootfs.join("bin").join(&planted);
-    let _ = fs::write(&path, "#!/bin/sh\necho ran\n");
-    let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o644));
     let ran = task.run(&[], &[&format!("/bin/{planted}")]);
-    let _ = fs::remove_file(&path);
     if ran.code != Some(126) {
         return miss(
             format!("/bin/{planted}, mode 0644, exits 126 (found, not executable)"),
@@ -637,9 +901,8 @@ fn error_pipe(task: &Task) -> Verdict {
             ran.told(),
         );
     }
-    let started = Instant::now();
     let ran = task.run(&[], &["/bin/sh", "-c", "exec 3>&-; echo up"]);
-    if ran.code != Some(0) || ran.stdout.trim() != "up" || started.elapsed() > TASK_TIMEOUT {
+    if ran.code != Some(0) || ran.stdout.trim() != "up" || ran.timed_out.is_some() {
         return miss("a command that starts and exits 0 exits 0", ran.told());
     }
     Ok(())
@@ -649,8 +912,10 @@ fn error_pipe(task: &Task) -> Verdict {
 
 /// Root inside is an unprivileged id outside: as root, a range; rootless, the caller's own id.
 fn id_maps(task: &Task) -> Verdict {
-    let maps = ["/bin/cat", "/proc/self/uid_map", "/proc/self/gid_map"];
-    let ran = task.run(&[], &maps);
+    let script = format!("cat /proc/self/uid_map /proc/self/gid_map; {SLEEP}");
+    let maps = ["/bin/sh", "-c", &script];
+    let looker = || evidence::Looker::default();
+    let ran = task.run_seen(looker(), &task.rootfs, &[], &maps, None);
     let lines: Vec<Vec<String>> = ran
         .stdout
         .lines()
@@ -665,11 +930,27 @@ fn id_maps(task: &Task) -> Verdict {
             ran.told(),
         );
     }
+    // The same, read by the host from the command's /proc/PID/uid_map and gid_map.
+    let host_read = |seen: &evidence::Seen| {
+        let words = |map: &[String]| -> Vec<Vec<String>> {
+            map.iter().map(|line| line.split(' ').map(str::to_string).collect()).collect()
+        };
+        (words(&seen.uid_map), words(&seen.gid_map))
+    };
+    let Some(seen) = &ran.seen else { return miss(expected_seen(), ran.told()) };
+    let (uid_map, gid_map) = host_read(seen);
+    if uid_map.len() != 1 || gid_map.len() != 1 || !uid_map.iter().chain(&gid_map).all(ranged) {
+        return miss(
+            "run as root, seen from the host: the command's /proc/PID/uid_map and gid_map are \
+             `0 <host id other than 0> 65536`",
+            format!("pid {}: uid_map {:?}, gid_map {:?}", seen.pid, seen.uid_map, seen.gid_map),
+        );
+    }
     let uid: u32 = rand::thread_rng().gen_range(20000..60000);
     // From stage 3 on, a user without a delegated cgroup v2 subtree (any user on a v1 host)
     // must ask to run without limits.
     let rootless: &[&str] = if task.stage >= 3 { &["--cgroups", "optional"] } else { &[] };
-    let ran = task.run_with(&task.rootfs, rootless, &maps, Some(uid));
+    let ran = task.run_seen(looker(), &task.rootfs, rootless, &maps, Some(uid));
     let want = format!("0 {uid} 1");
     let got: Vec<String> =
         ran.stdout.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
@@ -677,6 +958,16 @@ fn id_maps(task: &Task) -> Verdict {
         return miss(
             format!("run by uid {uid} (rootless): uid_map and gid_map are `{want}`"),
             ran.told(),
+        );
+    }
+    let Some(seen) = &ran.seen else { return miss(expected_seen(), ran.told()) };
+    if seen.uid_map != [want.clone()] || seen.gid_map != [want.clone()] {
+        return miss(
+            format!(
+                "run by uid {uid} (rootless), seen from the host: the command's uid_map and \
+                 gid_map are `{want}`"
+            ),
+            format!("pid {}: uid_map {:?}, gid_map {:?}", seen.pid, seen.uid_map, seen.gid_map),
         );
     }
     Ok(())
@@ -750,8 +1041,9 @@ fn proc(task: &Task) -> Verdict {
     let Ok(mut marker) = marker else {
         return miss("the grader starts a marker process", "it did not start");
     };
-    let script = "echo $$; cat /proc/[0-9]*/cmdline | tr '\\0' ' '";
-    let ran = task.run(&[], &["/bin/sh", "-c", script]);
+    let script = format!("echo $$; cat /proc/[0-9]*/cmdline | tr '\\0' ' '; {SLEEP}");
+    let looker = evidence::Looker::default();
+    let ran = task.run_seen(looker, &task.rootfs, &[], &["/bin/sh", "-c", &script], None);
     let _ = marker.kill();
     let _ = marker.wait();
     let expected = format!(
@@ -762,6 +1054,18 @@ fn proc(task: &Task) -> Verdict {
     }
     if ran.code != Some(0) || ran.stdout.lines().next() != Some("1") {
         return miss(expected, ran.told());
+    }
+    let Some(seen) = &ran.seen else { return miss(expected_seen(), ran.told()) };
+    let host = (evidence::host_ns("pid"), evidence::host_ns("mnt"));
+    if seen.pid_ns == host.0 || seen.mnt_ns == host.1 || seen.pid_ns.is_empty() {
+        return miss(
+            format!(
+                "seen from the host, the command's pid and mount namespaces (/proc/PID/ns) are \
+                 not the host's ({}, {})",
+                host.0, host.1
+            ),
+            format!("pid {}: {}, {}", seen.pid, seen.pid_ns, seen.mnt_ns),
+        );
     }
     Ok(())
 }
@@ -783,7 +1087,9 @@ fn pivot_root(task: &Task) -> Verdict {
         "--host-path",
         &host_path,
     ];
-    let ran = task.run(&[], &probe);
+    let script = format!("{}; {SLEEP}", probe.join(" "));
+    let looker = evidence::Looker { absent: Some(outside.clone()), ..Default::default() };
+    let ran = task.run_seen(looker, &task.rootfs, &[], &["/bin/sh", "-c", &script], None);
     let _ = fs::remove_dir(&outside);
     let expected =
         format!("the probe's chroot escape fails and {host_path} (on the host) stays invisible");
@@ -802,6 +1108,23 @@ fn pivot_root(task: &Task) -> Verdict {
             }
             None => return miss(expected, format!("the probe did not report {}", id)),
         }
+    }
+    let Some(seen) = &ran.seen else { return miss(expected_seen(), ran.told()) };
+    if seen.root_is_hosts || seen.mnt_ns == evidence::host_ns("mnt") || seen.visible != Some(false)
+    {
+        return miss(
+            format!(
+                "seen from the host, the command has a mount namespace of its own and a root \
+                 that is not the host's, without {host_path}"
+            ),
+            format!(
+                "pid {}: {}, root {}{}",
+                seen.pid,
+                seen.mnt_ns,
+                seen.root.display(),
+                if seen.root_is_hosts { " (the host's /)" } else { "" }
+            ),
+        );
     }
     Ok(())
 }
@@ -828,10 +1151,42 @@ fn isolab_cgroups() -> BTreeSet<PathBuf> {
     found
 }
 
-/// What a task left on the host, removed as it is found: mounts under the grader's
-/// directory, new cgroups of isolab's, processes whose root is under the grader's directory.
+/// What a task left on the host, removed as it is found: processes still in the task's
+/// cgroup or whose root is under the grader's directory, mounts under the grader's
+/// directory, new cgroups of isolab's.
 fn leftovers(task: &Task, cgroups_before: &BTreeSet<PathBuf>) -> Vec<String> {
     let mut found = Vec::new();
+    // Every run has ended (or was killed at the deadline): what is still in the task's
+    // cgroup a second look later was left running by the binary. The second look lets a
+    // process that was exiting finish.
+    let mut in_cgroup = task_processes(&task.join);
+    if !in_cgroup.is_empty() {
+        std::thread::sleep(Duration::from_millis(100));
+        let again = task_processes(&task.join);
+        in_cgroup.retain(|pid| again.contains(pid));
+    }
+    let mut processes: Vec<String> = Vec::new();
+    let mut killed = BTreeSet::new();
+    for pid in &in_cgroup {
+        processes.push(format!("{pid} {} (in the task's cgroup)", command_name(*pid)));
+        let _ = signal::kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        killed.insert(*pid);
+    }
+    // A process that left the cgroup (root can write any cgroup.procs) but is still rooted
+    // in the grader's directory (a chroot into the rootfs).
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(root) = fs::read_link(entry.path().join("root")) else { continue };
+        if root.starts_with(&task.workdir) && !killed.contains(&pid) {
+            processes.push(format!("{pid} {} (rooted in {})", command_name(pid), root.display()));
+            let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+    if !processes.is_empty() {
+        found.push(format!("processes left running: {}", processes.join(", ")));
+    }
     let mounts = mounts_under(&task.workdir);
     if !mounts.is_empty() {
         let shown: Vec<String> = mounts.iter().map(|p| p.display().to_string()).collect();
@@ -860,22 +1215,14 @@ fn leftovers(task: &Task, cgroups_before: &BTreeSet<PathBuf>) -> Vec<String> {
             let _ = fs::remove_dir(cgroup);
         }
     }
-    let mut processes = Vec::new();
-    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(root) = fs::read_link(entry.path().join("root")) else { continue };
-        if root.starts_with(&task.workdir) {
-            processes.push(pid);
-            let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-    }
-    if !processes.is_empty() {
-        let shown: Vec<String> = processes.iter().map(|p| p.to_string()).collect();
-        found.push(format!("processes rooted in the rootfs: {}", shown.join(", ")));
-    }
     found
+}
+
+/// A process's command name (`/proc/PID/comm`), quoted; the binary chose it, so it is
+/// shown escaped.
+fn command_name(pid: i32) -> String {
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    format!("`{}`", escaped(comm.trim_end_matches('\n')))
 }
 
 // --- Output ----------------------------------------------------------------------------------
@@ -886,9 +1233,9 @@ fn human(grading: &Grading) -> String {
         let word = if outcome.passed { "PASS" } else { "FAIL" };
         text.push_str(&format!("{word} {:<26} {:.1} s\n", outcome.task, outcome.seconds));
         if !outcome.passed {
-            text.push_str(&format!("     expected: {}\n", outcome.expected));
-            text.push_str(&format!("     happened: {}\n", outcome.happened));
-            text.push_str(&format!("     hint:     {}\n", outcome.hint));
+            text.push_str(&format!("     expected: {}\n", escaped(&outcome.expected)));
+            text.push_str(&format!("     happened: {}\n", escaped(&outcome.happened)));
+            text.push_str(&format!("     hint:     {}\n", escaped(&outcome.hint)));
         }
     }
     let passed = grading.outcomes.iter().filter(|o| o.passed).count();
@@ -900,8 +1247,28 @@ fn human(grading: &Grading) -> String {
     text
 }
 
+/// `text` as XML character data or an attribute value. XML 1.0 (section 2.2, `Char`) allows
+/// no C0 control but tab, newline and carriage return, not even as a character reference,
+/// nor U+FFFE and U+FFFF: those are written as Rust escapes (`\u{1b}`), as the human output
+/// shows them.
 fn xml(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\t' | '\n' | '\r' => out.push(c),
+            c if (c as u32) < 0x20 || c == '\u{fffe}' || c == '\u{ffff}' => {
+                out.extend(c.escape_default())
+            }
+            // C1 controls are allowed in XML 1.0 but a terminal may obey them (CSI).
+            c if c.is_control() => out.extend(c.escape_default()),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// JUnit XML, as CI systems read it: one testsuite, one testcase per task.
@@ -937,4 +1304,64 @@ pub fn junit(grading: &Grading) -> String {
     }
     text.push_str("  </testsuite>\n</testsuites>\n");
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grading(happened: &str) -> Grading {
+        Grading {
+            stage: 1,
+            binary: PathBuf::from("bin"),
+            outcomes: vec![Outcome {
+                task: "stage1/chroot".into(),
+                passed: false,
+                expected: "x".into(),
+                happened: happened.into(),
+                hint: "isolab lab hint 1 chroot".into(),
+                seconds: 0.1,
+            }],
+        }
+    }
+
+    #[test]
+    fn what_the_binary_printed_is_shown_escaped() {
+        // An ESC sequence that erases the line and a newline that adds a PASS of its own.
+        let forged = "\u{1b}[1A\u{1b}[2K\rPASS stage1/chroot\n\u{9b}2K\u{7}";
+        let text = human(&grading(forged));
+        assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
+        assert!(
+            text.contains("\\u{1b}[1A\\u{1b}[2K\\rPASS stage1/chroot\\n\\u{9b}2K\\u{7}"),
+            "{text}"
+        );
+        assert!(!text.lines().any(|line| line.starts_with("PASS")), "{text}");
+    }
+
+    #[test]
+    fn junit_holds_only_characters_xml_allows() {
+        let forged = "a\u{0}b\u{1b}c\u{8}d\u{fffe}e<&>\"\tf\u{85}";
+        let text = junit(&grading(forged));
+        // XML 1.0, section 2.2: Char ::= #x9 | #xA | #xD | [#x20-#xD7FF] | [#xE000-#xFFFD] | ...
+        let allowed = |c: char| {
+            matches!(c, '\t' | '\n' | '\r')
+                || ('\u{20}'..='\u{d7ff}').contains(&c)
+                || ('\u{e000}'..='\u{fffd}').contains(&c)
+                || c >= '\u{10000}'
+        };
+        assert!(text.chars().all(allowed), "{text:?}");
+        assert!(text.contains("a\\u{0}b\\u{1b}c\\u{8}d\\u{fffe}e&lt;&amp;&gt;&quot;\tf"), "{text}");
+        // Every element that opens closes, in order.
+        let mut open: Vec<String> = Vec::new();
+        for tag in text.split('<').skip(1).map(|rest| &rest[..rest.find('>').unwrap()]) {
+            if tag.starts_with('?') || tag.ends_with('/') {
+                continue;
+            }
+            match tag.strip_prefix('/') {
+                Some(name) => assert_eq!(open.pop().as_deref(), Some(name), "{text}"),
+                None => open.push(tag.split_whitespace().next().unwrap().to_string()),
+            }
+        }
+        assert!(open.is_empty(), "{text}");
+    }
 }

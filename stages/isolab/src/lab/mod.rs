@@ -5,8 +5,8 @@
 //! the shape of the call, the pitfall), are data in `labs/hints.toml`. From those two:
 //! - `lab list` prints the stages and their tasks;
 //! - `lab new STAGE DIR` writes a standalone starter crate: the crates the stage needs, copied,
-//!   every region of this stage and the earlier ones replaced by `todo!()` (the reference's
-//!   bodies never ship; `--from` carries a student's own earlier answers over), the
+//!   every region replaced by `todo!()`, the later stages' too (the reference's bodies
+//!   never ship; `--from` carries a student's own earlier answers over), the
 //!   workspace's `Cargo.lock`, so that it builds offline as it is;
 //! - `lab hint STAGE TASK` shows the next rung, remembering in the starter how far it got;
 //! - `lab check` (maintainers, and the test suite) builds every starter and grades it: each
@@ -260,7 +260,9 @@ struct State {
     shown: BTreeMap<String, usize>,
 }
 
-/// Writes the starter of `stage` into `dir`.
+/// Writes the starter of `stage` into `dir`, which must be outside the reference and not
+/// exist or be an empty directory. If writing fails, what it wrote is removed again: `dir`
+/// itself (and the parents it made) if it did not exist, else what is in it (it was empty).
 pub fn new(
     root: &Path,
     catalogue: &Catalogue,
@@ -268,10 +270,110 @@ pub fn new(
     dir: &Path,
     from: Option<&Path>,
 ) -> Result<()> {
-    let info = catalogue.stage(stage)?;
-    if dir.exists() && fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
-        bail!("{} exists and is not empty: give a new directory", dir.display());
+    let target = Target::check(root, dir)?;
+    let written = write_starter(root, catalogue, stage, dir, from);
+    if written.is_err() {
+        target.undo(dir);
     }
+    written
+}
+
+/// Where a starter goes, checked before anything is written.
+struct Target {
+    /// The first directory on the way that did not exist (`dir` itself, or a parent that
+    /// `create_dir_all` makes): removing it removes all that was written. None when `dir`
+    /// was there already (empty).
+    made: Option<PathBuf>,
+}
+
+impl Target {
+    fn check(root: &Path, dir: &Path) -> Result<Target> {
+        let shown = dir.display();
+        let absolute =
+            std::env::current_dir().context("cannot read the current directory")?.join(dir);
+        let (resolved, made) = match fs::symlink_metadata(dir) {
+            Ok(meta) if meta.file_type().is_symlink() => match fs::metadata(dir) {
+                Err(_) => bail!(
+                    "{shown} is a symlink to {}, which does not exist: give a new directory",
+                    fs::read_link(dir).map(|t| t.display().to_string()).unwrap_or_default()
+                ),
+                Ok(meta) if !meta.is_dir() => {
+                    bail!("{shown} is a symlink to a file, not a directory: give a new directory")
+                }
+                Ok(_) => (fs::canonicalize(dir)?, None),
+            },
+            Ok(meta) if !meta.is_dir() => {
+                bail!("{shown} is a file, not a directory: give a new directory")
+            }
+            Ok(_) => (fs::canonicalize(dir)?, None),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                // The nearest existing ancestor, resolved, and the rest as given: a `..` in
+                // the rest would climb out of what was resolved.
+                let existing = absolute
+                    .ancestors()
+                    .find(|ancestor| fs::symlink_metadata(ancestor).is_ok())
+                    .context("no ancestor of the directory exists")?;
+                let rest = absolute.strip_prefix(existing).unwrap_or(Path::new(""));
+                if rest.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+                    bail!("{shown}: give a path without `..` in its part that does not exist yet");
+                }
+                let first_missing = rest.components().next().map(|c| existing.join(c));
+                let resolved = fs::canonicalize(existing)
+                    .with_context(|| format!("cannot resolve {}", existing.display()))?
+                    .join(rest);
+                (resolved, first_missing)
+            }
+            Err(error) => bail!("cannot look at {shown}: {error}"),
+        };
+        if made.is_none() && fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+            bail!("{shown} exists and is not empty: give a new directory");
+        }
+        // A starter copies the reference's crates: inside the reference, it would copy
+        // itself into itself until the path is too long.
+        if resolved.starts_with(root) {
+            bail!(
+                "{shown} is inside the reference {}: a starter there would copy itself into \
+                 itself; give a directory outside it",
+                root.display()
+            );
+        }
+        if root.starts_with(&resolved) {
+            bail!(
+                "the reference {} is inside {shown}: give a directory outside it",
+                root.display()
+            );
+        }
+        Ok(Target { made })
+    }
+
+    /// Removes what a failed `lab new` wrote, and nothing else.
+    fn undo(&self, dir: &Path) {
+        match &self.made {
+            Some(made) => {
+                let _ = fs::remove_dir_all(made);
+            }
+            // It was empty before: whatever is in it now is the starter's.
+            None => {
+                for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+                    let path = entry.path();
+                    let _ = match entry.file_type() {
+                        Ok(kind) if kind.is_dir() => fs::remove_dir_all(&path),
+                        _ => fs::remove_file(&path),
+                    };
+                }
+            }
+        }
+    }
+}
+
+fn write_starter(
+    root: &Path,
+    catalogue: &Catalogue,
+    stage: u8,
+    dir: &Path,
+    from: Option<&Path>,
+) -> Result<()> {
+    let info = catalogue.stage(stage)?;
     // Every task of the stage and of the earlier ones must be marked and have hints: a
     // starter whose stubs say nothing, or a task nothing marks, is the catalogue's bug.
     let regions = reference_regions(root, &info.crates)?;
@@ -288,10 +390,15 @@ pub fn new(
     for krate in &info.crates {
         copy_crate(&root.join(krate), &dir.join(krate), &|relative, text| {
             let name = Path::new(krate).join(relative).display().to_string();
+            // Every region is stubbed, a later stage's too: its body is a later lab's
+            // answer, and this stage's binary never runs it (the curriculum: stage N uses
+            // only chapters <= N), so its `todo!` builds and changes nothing graded.
             let stubbed = regions::stub(&name, text, |region| {
-                (region.stage() <= stage).then(|| {
-                    let hint = first_hint(&region.task).unwrap_or_default();
+                let hint = first_hint(&region.task).unwrap_or_default();
+                Some(if region.stage() <= stage {
                     format!("{}: {} (first hint: {hint})", region.task, region.title)
+                } else {
+                    format!("{}: {} (stage {}'s lab)", region.task, region.title, region.stage())
                 })
             })?;
             match from {
@@ -464,7 +571,7 @@ fn check(root: &Path, catalogue: &Catalogue, only: &[u8], target: &Path) -> Resu
             stage,
             &target.join("debug").join(&info.binary),
             None,
-            grade::DEFAULT_MEMORY_MIB,
+            &grade::Limits::default(),
         )?;
         for outcome in stubbed.outcomes.iter().filter(|o| regions::stage_of(&o.task) == stage) {
             let verdict = if outcome.passed { "PASSES (it must fail)" } else { "fails" };
@@ -474,7 +581,7 @@ fn check(root: &Path, catalogue: &Catalogue, only: &[u8], target: &Path) -> Resu
             }
         }
         let reference =
-            grade::grade(stage, &bin_dir.join(&info.binary), None, grade::DEFAULT_MEMORY_MIB)?;
+            grade::grade(stage, &bin_dir.join(&info.binary), None, &grade::Limits::default())?;
         for outcome in &reference.outcomes {
             let verdict = if outcome.passed { "passes" } else { "FAILS (it must pass)" };
             out(&format!("stage {stage} reference: {:<26} {verdict}\n", outcome.task))?;

@@ -15,7 +15,7 @@ use libisolab::cgroups::{self, Backend, ContainerId, Kernel, Version};
 use nix::unistd::{Pid, Uid};
 use rand::Rng;
 
-use super::{miss, Miss, Ran, Task, Verdict};
+use super::{evidence, expected_seen, miss, Miss, Ran, Task, Verdict, SLEEP};
 
 /// Every namespace but cgroup: `/proc/self/cgroup` then shows the host's paths.
 const NO_CGROUP_NS: &str = "mnt,uts,ipc,pid,net,user";
@@ -101,42 +101,46 @@ fn watch(task: &Task, options: &[String], script: &str) -> Result<Watched, Miss>
     let mut dirs = Vec::new();
     let mut seen_dirs: Vec<PathBuf> = Vec::new();
     let mut files = BTreeMap::new();
-    let ran = task.run_watching(&task.rootfs, &all, &["/bin/sh", "-c", script], None, &mut |pid| {
-        // Stage 3 names the cgroup after --hostname; stages 4 and 5 after the container
-        // (its name or id): the runtime's pid, which ends the name, is what tells ours.
-        if id.is_none() {
-            id = backend
-                .containers()
-                .unwrap_or_default()
-                .into_iter()
-                .find(|id| id.runtime_pid() == Pid::from_raw(pid as i32));
-            if let Some(id) = &id {
-                dirs = backend.dirs(id);
-            }
-        }
-        let mut reading = BTreeMap::new();
-        let mut populated = false;
-        for dir in &dirs {
-            if !dir.is_dir() {
-                continue;
-            }
-            if !seen_dirs.contains(dir) {
-                seen_dirs.push(dir.clone());
-            }
-            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-            populated |= !procs.trim().is_empty();
-            for file in LIMIT_FILES {
-                if let Ok(text) = std::fs::read_to_string(dir.join(file)) {
-                    reading.insert(file.to_string(), text.trim().to_string());
+    let mut looker = evidence::Looker::default();
+    let mut ran =
+        task.run_watching(&task.rootfs, &all, &["/bin/sh", "-c", script], None, &mut |pid| {
+            looker.look(pid);
+            // Stage 3 names the cgroup after --hostname; stages 4 and 5 after the container
+            // (its name or id): the runtime's pid, which ends the name, is what tells ours.
+            if id.is_none() {
+                id = backend
+                    .containers()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find(|id| id.runtime_pid() == Pid::from_raw(pid as i32));
+                if let Some(id) = &id {
+                    dirs = backend.dirs(id);
                 }
             }
-        }
-        // The limits are in the files whether or not the command has joined yet (`join`
-        // judges that): a reading with processes in the cgroup wins, any reading will do.
-        if populated || files.is_empty() {
-            files = reading;
-        }
-    });
+            let mut reading = BTreeMap::new();
+            let mut populated = false;
+            for dir in &dirs {
+                if !dir.is_dir() {
+                    continue;
+                }
+                if !seen_dirs.contains(dir) {
+                    seen_dirs.push(dir.clone());
+                }
+                let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+                populated |= !procs.trim().is_empty();
+                for file in LIMIT_FILES {
+                    if let Ok(text) = std::fs::read_to_string(dir.join(file)) {
+                        reading.insert(file.to_string(), text.trim().to_string());
+                    }
+                }
+            }
+            // The limits are in the files whether or not the command has joined yet (`join`
+            // judges that): a reading with processes in the cgroup wins, any reading will do.
+            if populated || files.is_empty() {
+                files = reading;
+            }
+        });
+    ran.seen = looker.seen;
     let left = dirs.iter().filter(|dir| dir.exists()).cloned().collect();
     Ok(Watched { ran, id, dirs, seen_dirs, files, left, version: Some(backend.version()) })
 }
@@ -269,7 +273,7 @@ pub fn join(task: &Task) -> Verdict {
     let asked = Asked::random();
     let mut options = asked.options();
     options.extend(["--ns".to_string(), NO_CGROUP_NS.to_string()]);
-    let watched = watch(task, &options, "cat /proc/self/cgroup")?;
+    let watched = watch(task, &options, &format!("cat /proc/self/cgroup; {SLEEP}"))?;
     let Some(id) = &watched.id else {
         return miss("the runtime starts", watched.ran.told());
     };
@@ -304,6 +308,18 @@ pub fn join(task: &Task) -> Verdict {
     }
     if watched.ran.code != Some(0) {
         return miss(expected, watched.ran.told());
+    }
+    // The same, read by the host from the command's /proc/PID/cgroup: not the command's word.
+    let Some(seen) = &watched.ran.seen else { return miss(expected_seen(), watched.ran.told()) };
+    let host_read: Vec<&str> = seen.cgroup.lines().filter(wanted).collect();
+    if host_read.is_empty() || host_read.iter().any(|line| !line.ends_with(&suffix)) {
+        return miss(
+            format!(
+                "seen from the host, the command's /proc/PID/cgroup shows {suffix} for the \
+                 memory, pids and cpu controllers"
+            ),
+            format!("pid {}: {}", seen.pid, seen.cgroup.lines().collect::<Vec<_>>().join(" ")),
+        );
     }
     Ok(())
 }

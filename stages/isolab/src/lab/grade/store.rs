@@ -16,21 +16,26 @@ use std::process::Command;
 use libisolab::digest::Digest;
 use rand::Rng;
 
-use super::{miss, random_token, Miss, Ran, Task, Verdict};
+use super::{miss, plant, random_token, Miss, Ran, Task, Verdict};
 
-/// Files planted in the rootfs for one check; removed again when dropped.
-struct Planted(Vec<PathBuf>);
+/// Files planted in the rootfs for one check, never through a symlink (see `plant`);
+/// removed again when dropped.
+struct Planted(PathBuf, Vec<PathBuf>);
 
 impl Planted {
     fn new(task: &Task, files: &[(&str, &str)]) -> Result<Planted, Miss> {
-        let mut planted = Planted(Vec::new());
+        let mut planted = Planted(task.rootfs.clone(), Vec::new());
         for (relative, content) in files {
-            let path = task.rootfs.join(relative);
-            fs::write(&path, content).map_err(|error| Miss {
-                expected: format!("the grader plants {} in the rootfs", path.display()),
-                happened: error.to_string(),
-            })?;
-            planted.0.push(path);
+            plant::plant(&task.rootfs, Path::new(relative), content.as_bytes(), 0o644).map_err(
+                |error| Miss {
+                    expected: format!(
+                        "the grader plants {} in the rootfs",
+                        task.rootfs.join(relative).display()
+                    ),
+                    happened: error.to_string(),
+                },
+            )?;
+            planted.1.push(PathBuf::from(relative));
         }
         Ok(planted)
     }
@@ -38,8 +43,8 @@ impl Planted {
 
 impl Drop for Planted {
     fn drop(&mut self) {
-        for path in &self.0 {
-            let _ = fs::remove_file(path);
+        for relative in &self.1 {
+            let _ = plant::remove(&self.0, relative);
         }
     }
 }
@@ -366,14 +371,26 @@ fn corrupt(good: &Path, dir: &Path, bad: &Path, reference: &str) -> Result<Strin
     }
     bytes[4..8].copy_from_slice(&new);
     let hex = layer.trim_start_matches("sha256:");
-    fs::write(dir.join("blobs/sha256").join(hex), &bytes).map_err(|error| error.to_string())?;
+    // The archive is the binary's: its blob may be a symlink out. It is replaced, never
+    // written through (see `plant`).
+    let relative = Path::new("blobs/sha256").join(hex);
+    plant::remove(dir, &relative).map_err(|error| error.to_string())?;
+    plant::plant(dir, &relative, &bytes, 0o644).map_err(|error| error.to_string())?;
     let mut names: Vec<String> = fs::read_dir(dir)
         .map_err(|error| error.to_string())?
         .flatten()
         .map(|entry| entry.file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    tar(Command::new("tar").arg("-cf").arg(bad).arg("-C").arg(dir).args(&names))?;
+    // Written by the grader into a file of its own (O_EXCL|O_NOFOLLOW), not by tar through a
+    // name the binary may have planted.
+    let _ = fs::remove_file(bad);
+    let (Some(parent), Some(name)) = (bad.parent(), bad.file_name()) else {
+        return Err(format!("{} has no directory", bad.display()));
+    };
+    let file = plant::create_new(parent, Path::new(name), 0o644)
+        .map_err(|error| format!("cannot create {}: {error}", bad.display()))?;
+    tar(Command::new("tar").arg("-cf").arg("-").arg("-C").arg(dir).args(&names).stdout(file))?;
     Ok(layer.to_string())
 }
 
