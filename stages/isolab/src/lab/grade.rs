@@ -243,7 +243,8 @@ fn check_binary(binary: &Path) -> Result<()> {
         );
     }
     let mut head = [0u8; 4];
-    let read = fs::File::open(binary).and_then(|mut file| std::io::Read::read(&mut file, &mut head));
+    let read =
+        fs::File::open(binary).and_then(|mut file| std::io::Read::read(&mut file, &mut head));
     let head = &head[..read.with_context(|| format!("cannot read {}", binary.display()))?];
     if head != b"\x7fELF" && !head.starts_with(b"#!") {
         bail!("{} is neither an ELF program nor a #! script", binary.display());
@@ -750,8 +751,11 @@ fn chroot(task: &Task) -> Verdict {
     })?;
     let outside = task.workdir.join(format!("host-{}", task.token));
     let _ = fs::create_dir(&outside);
+    // `cat` by a relative name: the command starts in / of the rootfs, the default workdir
+    // (a chroot without chdir, and an exec without its chdir to the workdir, leave it in the
+    // host's tree, where the name is not found).
     let script =
-        format!("cat /{planted}; test -e {} && echo HOST-VISIBLE; {SLEEP}", outside.display());
+        format!("cat {planted}; test -e {} && echo HOST-VISIBLE; {SLEEP}", outside.display());
     let looker = evidence::Looker {
         file: Some(PathBuf::from(&planted)),
         absent: Some(outside.clone()),
@@ -761,8 +765,8 @@ fn chroot(task: &Task) -> Verdict {
     let _ = plant::remove(&task.rootfs, Path::new(&planted));
     let _ = fs::remove_dir(&outside);
     let expected = format!(
-        "inside, /{planted} (planted in the rootfs) holds {secret}, and {} (on the host, \
-         outside the rootfs) does not exist",
+        "inside, starting in /, {planted} (planted in the rootfs) holds {secret}, and {} (on \
+         the host, outside the rootfs) does not exist",
         outside.display()
     );
     if ran.stdout.contains("HOST-VISIBLE") {
@@ -883,6 +887,16 @@ fn exec_runs(task: &Task, planted: &str) -> Verdict {
     if ran.code != Some(126) {
         return miss(
             format!("/bin/{planted}, mode 0644, exits 126 (found, not executable)"),
+            ran.told(),
+        );
+    }
+    // A bare name is looked up in the command's PATH, as execvp does (every run above names
+    // a path, or a name that is nowhere: an exec without the lookup passed them all).
+    let said = format!("ok-{}", task.token);
+    let ran = task.run(&[], &["sh", "-c", &format!("echo {said}")]);
+    if ran.code != Some(0) || ran.stdout.trim() != said {
+        return miss(
+            format!("`sh -c 'echo {said}'` (a bare name: found in PATH) prints {said}"),
             ran.told(),
         );
     }
