@@ -44,7 +44,7 @@ pub struct Args {
     /// How many rounds of each throughput workload (cpu, mem, disk, net), each side once a round
     /// [default: 5, or 3 with --quick]. start and storage have their own counts (15 starts each
     /// way, or 5 with --quick), which the report shows
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    #[arg(long, value_name = "N", value_parser = parse_runs)]
     runs: Option<u32>,
     /// Print the whole report as JSON (every sample of every run) instead of the tables
     #[arg(long)]
@@ -71,6 +71,14 @@ pub struct Args {
     /// --workspace --bins`, then `sudo target/release/isolab bench`)
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
+}
+
+/// `--runs N`: 1 to 1,000 (the error names the flag: clap's range message alone does not).
+fn parse_runs(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(runs @ 1..=1000) => Ok(runs),
+        _ => Err(format!("--runs {text}: give a number of rounds from 1 to 1000")),
+    }
 }
 
 /// The parts of the benchmark (`--only`).
