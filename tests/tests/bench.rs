@@ -32,6 +32,19 @@ fn numbers(summary: &Value) -> Vec<f64> {
     summary["samples"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()
 }
 
+/// The noise flag the report must give a summary of ratios: too few runs under 3, within
+/// noise when its quartiles include 1, none otherwise (a real difference).
+fn expected_noise(ratio: &Value) -> Value {
+    let (q1, q3) = (ratio["q1"].as_f64().unwrap(), ratio["q3"].as_f64().unwrap());
+    if ratio["runs"].as_u64().unwrap() < 3 {
+        Value::from("too-few-runs")
+    } else if q1 <= 1.0 && 1.0 <= q3 {
+        Value::from("spread-includes-one")
+    } else {
+        Value::Null
+    }
+}
+
 fn check_summary(summary: &Value, runs: usize, what: &str) {
     let samples = numbers(summary);
     assert_eq!(samples.len(), runs, "{what}: {summary}");
@@ -66,7 +79,7 @@ fn quick_run_reports_every_row_cleans_up_and_feeds_the_book() {
     let report: Value = serde_json::from_slice(&output.stdout).expect("the report is JSON");
 
     // Every row, in order, with the runs it claims, positive ratios, and the noise flag
-    // exactly when the ratio's interquartile range is wider than its distance from 1.
+    // exactly when the ratio's interquartile range includes 1 (or there are under 3 runs).
     let runs = report["plan"]["runs"].as_u64().unwrap() as usize;
     // The report names the build it measured, and its directory holds the stages.
     let build = &report["build"];
@@ -83,9 +96,7 @@ fn quick_run_reports_every_row_cleans_up_and_feeds_the_book() {
             check_summary(&row[side], runs, &format!("{id} {side}"));
         }
         let ratio = &row["ratio"];
-        let spread = ratio["q3"].as_f64().unwrap() - ratio["q1"].as_f64().unwrap();
-        let distance = (ratio["median"].as_f64().unwrap() - 1.0).abs();
-        assert_eq!(row["within_noise"].as_bool(), Some(spread > distance), "{id}: {row}");
+        assert_eq!(row["noise"], expected_noise(ratio), "{id}: {row}");
         match row["goal"].as_f64() {
             Some(goal) => assert_eq!(
                 row["meets_goal"].as_bool(),
@@ -120,7 +131,39 @@ fn quick_run_reports_every_row_cleans_up_and_feeds_the_book() {
         let id = row["id"].as_str().unwrap();
         check_summary(&row["back_to_back_ms"], start_runs, id);
         check_summary(&row["spaced_ms"], start_runs, id);
-        assert_eq!(row["to_crun_back_to_back"].is_number(), host_has("crun"), "{id}");
+        for way in ["to_crun_back_to_back", "to_crun_spaced"] {
+            let ratio = &row[way];
+            assert_eq!(ratio.is_object(), host_has("crun"), "{id} {way}");
+            if host_has("crun") {
+                check_summary(ratio, start_runs, &format!("{id} {way}"));
+                assert_eq!(ratio["noise"], expected_noise(ratio), "{id} {way}: {ratio}");
+            }
+        }
+    }
+    // The goals: stage 5 against crun, stage 2 against bwrap, each both ways, judged by the
+    // median, flagged by the same rule.
+    let goals = starts["goals"].as_array().unwrap();
+    let mut judged = Vec::new();
+    for (id, against) in [("stage5", "crun"), ("stage2", "bwrap")] {
+        if host_has(against) {
+            judged.extend([(id, against, "back to back"), (id, against, "spaced")]);
+        }
+    }
+    let found: Vec<_> = goals
+        .iter()
+        .map(|g| {
+            (g["id"].as_str().unwrap(), g["against"].as_str().unwrap(), g["way"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(found, judged, "{}", starts["goals"]);
+    for goal in goals {
+        let (ratio, limit) = (&goal["ratio"], goal["goal"]["at-most"].as_f64().unwrap());
+        assert_eq!(
+            goal["met"].as_bool(),
+            Some(ratio["median"].as_f64().unwrap() <= limit),
+            "{goal}"
+        );
+        assert_eq!(ratio["noise"], expected_noise(ratio), "{goal}");
     }
 
     // The store: both drivers, and a start in each store size.
@@ -139,9 +182,18 @@ fn quick_run_reports_every_row_cleans_up_and_feeds_the_book() {
         .map(|store| store["containers"].as_u64().unwrap())
         .collect();
     assert_eq!(sizes, [0, 10, 50]);
-    for store in storage["stores"].as_array().unwrap() {
+    for (index, store) in storage["stores"].as_array().unwrap().iter().enumerate() {
         check_summary(&store["start_ms"], start_runs, "store");
-        assert!(store["to_empty"].as_f64().unwrap() > 0.0);
+        let ratio = &store["to_empty"];
+        if index == 0 {
+            // The empty store is the base: no ratio, no goal.
+            assert!(ratio.is_null() && store["meets_goal"].is_null(), "{store}");
+            continue;
+        }
+        check_summary(ratio, start_runs, "store ratio");
+        assert_eq!(ratio["noise"], expected_noise(ratio), "{store}");
+        let met = ratio["median"].as_f64().unwrap() >= 0.9;
+        assert_eq!(store["meets_goal"].as_bool(), Some(met), "{store}");
     }
 
     // Nothing left: no working directory, no mount, no process, no veth of this run.
@@ -222,4 +274,76 @@ fn unknown_parts_are_refused_with_the_list() {
     assert_eq!(code(&output), 125);
     let stderr = text(&output.stderr);
     assert!(stderr.contains("gpu") && stderr.contains("storage"), "{stderr}");
+}
+
+#[test]
+fn a_missing_directory_for_the_chart_is_refused_before_the_run() {
+    if !require_root("a_missing_directory_for_the_chart_is_refused_before_the_run") {
+        return;
+    }
+    let env = TestEnv::new();
+    for flag in ["--svg", "--markdown"] {
+        let started = std::time::Instant::now();
+        let output = run(env.cmd("isolab").env("TMPDIR", env.path()).args([
+            "bench",
+            "--only",
+            "cpu",
+            flag,
+            "no-such-dir/out",
+        ]));
+        assert_eq!(code(&output), 125, "{flag}");
+        let stderr = text(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{flag}: one line: {stderr}");
+        assert!(stderr.contains(flag) && stderr.contains("no-such-dir"), "{stderr}");
+        // Refused at once: no rootfs was built, no workload ran.
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{flag}: took {:?}",
+            started.elapsed()
+        );
+    }
+    let left: Vec<_> = fs::read_dir(env.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("isolab-bench-"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn ctrl_c_cleans_up_and_exits_130() {
+    if !require_root("ctrl_c_cleans_up_and_exits_130") {
+        return;
+    }
+    let env = TestEnv::new();
+    let mut command = env.cmd("isolab");
+    command.env("TMPDIR", env.path()).args(["bench", "--quick", "--only", "start"]);
+    command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    let mut bench = Background::spawn(&mut command);
+    // Into the run: once its working directory exists, the rootfs is being built.
+    let working = eventually(std::time::Duration::from_secs(30), || {
+        fs::read_dir(env.path())
+            .unwrap()
+            .any(|entry| entry.unwrap().file_name().to_string_lossy().starts_with("isolab-bench-"))
+    });
+    assert!(working, "the bench never made its working directory");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    nix::sys::signal::kill(bench.pid(), nix::sys::signal::Signal::SIGINT).unwrap();
+    let stopped = eventually(std::time::Duration::from_secs(60), || {
+        matches!(bench.0.try_wait(), Ok(Some(_)))
+    });
+    assert!(stopped, "the bench did not stop within 60 s of SIGINT");
+    let status = bench.0.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut bench.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "stderr: {stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let left: Vec<_> = fs::read_dir(env.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("isolab-bench-"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(mounts_under(env.path()).is_empty(), "{:?}", mounts_under(env.path()));
+    assert!(processes_rooted_in(env.path()).is_empty(), "{:?}", processes_rooted_in(env.path()));
 }

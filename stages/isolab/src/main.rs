@@ -43,7 +43,9 @@ Examples:
   sudo isolab bench --json | jq '.rows[] | {id, ratio: .ratio.median}'
   sudo isolab bench --svg chart.svg --markdown table.md
 
-Exit status: 0 when every part ran, 125 if one failed (not root, a tool missing, ...).";
+Exit status: 0 when every part ran, 125 if one failed (not root, a tool missing, a directory
+for --svg or --markdown missing, ...), 130 after Ctrl-C and 143 after SIGTERM (128 + the
+signal), once everything is cleaned up.";
 
 const COMPARE_EXAMPLES: &str = "\
 Every run plants fresh markers on the host (a directory, a process, a TCP listener on

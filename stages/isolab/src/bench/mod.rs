@@ -26,7 +26,8 @@ use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
@@ -40,8 +41,10 @@ pub use report::Report;
 /// Arguments of `isolab bench`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// How many runs of each workload and side [default: 5, or 3 with --quick]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    /// How many rounds of each throughput workload (cpu, mem, disk, net), each side once a round
+    /// [default: 5, or 3 with --quick]. start and storage have their own counts (15 starts each
+    /// way, or 5 with --quick), which the report shows
+    #[arg(long, value_name = "N", value_parser = parse_runs)]
     runs: Option<u32>,
     /// Print the whole report as JSON (every sample of every run) instead of the tables
     #[arg(long)]
@@ -68,6 +71,14 @@ pub struct Args {
     /// --workspace --bins`, then `sudo target/release/isolab bench`)
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
+}
+
+/// `--runs N`: 1 to 1,000 (the error names the flag: clap's range message alone does not).
+fn parse_runs(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(runs @ 1..=1000) => Ok(runs),
+        _ => Err(format!("--runs {text}: give a number of rounds from 1 to 1000")),
+    }
 }
 
 /// The parts of the benchmark (`--only`).
@@ -175,7 +186,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
              sudo)"
         );
     }
-    compare::catch_interrupts()?;
+    catch_interrupts()?;
     let sections = if args.only.is_empty() {
         vec![
             Section::Cpu,
@@ -188,23 +199,97 @@ pub fn run(args: Args) -> Result<ExitCode> {
     } else {
         args.only.clone()
     };
+    // A file the run cannot write should not cost two minutes of measuring first.
+    for (flag, path) in [("--svg", &args.svg), ("--markdown", &args.markdown)] {
+        if let Some(path) = path {
+            let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty());
+            let dir = dir.unwrap_or(Path::new("."));
+            if !dir.is_dir() {
+                bail!(
+                    "{flag} {}: the directory {} does not exist (create it, or name another \
+                     file)",
+                    path.display(),
+                    dir.display()
+                );
+            }
+        }
+    }
     let plan = Plan::new(&args);
     let build = Build::find(args.bin_dir.as_deref())?;
-    let report = bench(&plan, &sections, &build, args.keep)?;
-    if let Some(path) = &args.svg {
-        fs::write(path, svg::chart(&report)?)
-            .with_context(|| format!("cannot write the chart to {}", path.display()))?;
-    }
-    if let Some(path) = &args.markdown {
-        fs::write(path, report::markdown(&report))
-            .with_context(|| format!("cannot write the tables to {}", path.display()))?;
-    }
+    let report = match bench(&plan, &sections, &build, args.keep) {
+        Ok(report) => report,
+        // Everything is cleaned up by now (the guards ran as `bench` returned): say so, and
+        // exit as a shell says of a command a signal stopped, 128 + its number (130 after
+        // Ctrl-C, 143 after `kill`), as stage 5's push and pull do.
+        Err(error) if compare::interrupted() => {
+            eprintln!("isolab: error: {error:#}");
+            let signal = SIGNAL.load(Ordering::SeqCst).clamp(1, 127) as u8;
+            return Ok(ExitCode::from(128 + signal));
+        }
+        Err(error) => return Err(error),
+    };
+    // The report first: a file that cannot be written now does not lose the run.
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).context("cannot encode JSON")?);
     } else {
         print!("{}", report::text(&report));
     }
+    if let Some(path) = &args.svg {
+        if report.rows.is_empty() {
+            eprintln!(
+                "isolab: --svg {}: not written: the chart shows the throughput rows (cpu, mem, \
+                 disk, net), and this run had none",
+                path.display()
+            );
+        } else {
+            fs::write(path, svg::chart(&report)?)
+                .with_context(|| format!("cannot write the chart to {}", path.display()))?;
+        }
+    }
+    if let Some(path) = &args.markdown {
+        fs::write(path, report::markdown(&report))
+            .with_context(|| format!("cannot write the tables to {}", path.display()))?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The signal that stopped the run, for the exit status; 0 until one comes.
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// The handler `compare::catch_interrupts` installed, which sets the flag every step reads.
+static COMPARE_HANDLER: OnceLock<extern "C" fn(libc::c_int)> = OnceLock::new();
+
+extern "C" fn on_interrupt(signal: libc::c_int) {
+    SIGNAL.store(signal, Ordering::SeqCst);
+    if let Some(handler) = COMPARE_HANDLER.get() {
+        handler(signal);
+    }
+}
+
+/// Ctrl-C, `kill` and a closed terminal stop the run at its next step, every guard running
+/// (`compare::catch_interrupts`); on top of that, the bench remembers which signal it was, for
+/// its exit status. Its handler records the number and calls compare's (man 2 sigaction: the
+/// old action comes back from the call that replaces it).
+fn catch_interrupts() -> Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    compare::catch_interrupts()?;
+    let action =
+        SigAction::new(SigHandler::Handler(on_interrupt), SaFlags::empty(), SigSet::empty());
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler stores to an atomic and calls compare's, which stores to one;
+        // both async-signal-safe (man 7 signal-safety). `OnceLock::get` is an atomic load.
+        let previous = unsafe { sigaction(signal, &action) }
+            .with_context(|| format!("sigaction({signal}) failed"))?;
+        if let SigHandler::Handler(handler) = previous.handler() {
+            let _ = COMPARE_HANDLER.set(handler);
+        }
+    }
+    // A signal in the moment before compare's handler was known: pass it on now.
+    let early = SIGNAL.load(Ordering::SeqCst);
+    if let (true, Some(handler)) = (early != 0, COMPARE_HANDLER.get()) {
+        handler(early);
+    }
+    Ok(())
 }
 
 // ANCHOR: bench

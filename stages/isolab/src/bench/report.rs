@@ -1,23 +1,26 @@
 //! The report: the seed's table (host = 1) with the 2014 column beside it, the starts, the
 //! store; as text for people, markdown for the book, JSON for everything.
 //!
-//! Every figure carries what it measured, with what, and how many runs; a ratio whose rounds
-//! spread wider than its distance from 1 is flagged `~` (within noise).
+//! Every figure carries what it measured, with what, and how many runs; a ratio whose rounds'
+//! interquartile range includes 1 is flagged `~` (within noise), one of fewer than 3 rounds
+//! `?` (too few runs to tell); a ratio not flagged is a real difference ([`super::stats::noise`]).
 
 use std::fmt::Write;
 
 use serde::Serialize;
 
 use super::start::Starts;
-use super::stats::Summary;
-use super::storage::Storage;
+use super::stats::{Noise, Ratio, Summary};
+use super::storage::{Storage, StoreRow, STORE_GOAL};
 use super::workloads::RowInfo;
 use super::{Bench, Build, Plan, Stage};
 
 /// One throughput row.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
-    /// What it measures.
+    /// What it measures, as the table says it.
+    pub what: String,
+    /// The rest of what it measures.
     #[serde(flatten)]
     pub info: RowInfo,
     /// Rounds (each side once per round).
@@ -28,8 +31,8 @@ pub struct Row {
     pub container: Summary,
     /// Container against host, round by round (1 = the host's speed; below 1 is slower).
     pub ratio: Summary,
-    /// Is the ratio's spread wider than its distance from 1?
-    pub within_noise: bool,
+    /// Why the ratio cannot be told from 1, if it cannot (`super::stats::noise`).
+    pub noise: Option<Noise>,
     /// Does the median ratio reach the goal, if the row has one?
     pub meets_goal: Option<bool>,
     /// crun's samples, when crun ran this workload.
@@ -114,10 +117,30 @@ impl Report {
     }
 }
 
-/// `0.9945`, and `~` when within noise.
-fn ratio_cell(ratio: &Summary, noisy: bool) -> String {
-    format!("{:.3}{}", ratio.median, if noisy { " ~" } else { "" })
+/// The mark of a ratio that cannot be told from 1: `~` within noise, `?` too few runs.
+fn flag(noise: Option<Noise>) -> &'static str {
+    match noise {
+        None => "",
+        Some(Noise::SpreadIncludesOne) => " ~",
+        Some(Noise::TooFewRuns) => " ?",
+    }
 }
+
+/// `0.9945`, and its flag.
+fn ratio_cell(ratio: &Summary, noise: Option<Noise>) -> String {
+    format!("{:.3}{}", ratio.median, flag(noise))
+}
+
+/// `0.43`, `1.02 ~`, or `-` when there is none.
+fn short_ratio(ratio: Option<&Ratio>, none: &str) -> String {
+    ratio.map_or(none.into(), |ratio| format!("{:.2}{}", ratio.median(), flag(ratio.noise)))
+}
+
+/// What the flags mean, for the notes under the tables.
+const FLAGS: &str = "~ = the middle half of the rounds' ratios includes 1 (within noise: this \
+                     run cannot tell the two apart); ? = fewer than 3 rounds (too few runs to \
+                     tell); no mark = the middle half lies wholly on one side of 1, a real \
+                     difference";
 
 fn quartiles(ratio: &Summary) -> String {
     format!("{:.3}–{:.3}", ratio.q1, ratio.q3)
@@ -143,15 +166,43 @@ fn load(values: [f64; 3]) -> String {
     format!("{:.2} {:.2} {:.2}", values[0], values[1], values[2])
 }
 
+/// What the run compared, by the parts it ran (`--only`).
+fn compared(report: &Report) -> String {
+    let mut parts = Vec::new();
+    if !report.rows.is_empty() {
+        parts.push(format!("the host against {}", report.stage_name()));
+    }
+    if report.starts.is_some() {
+        parts.push("the start of every stage and sandbox found here".to_string());
+    }
+    if report.storage.is_some() {
+        let binary = match report.stage {
+            Stage::Five => "stage5-images",
+            Stage::Four => "stage4-overlay",
+        };
+        parts.push(format!("{binary}'s start with full and empty stores"));
+    }
+    parts.join("; ")
+}
+
+/// `release build (target/release)`; a directory cargo did not name is an unknown build.
+fn build_label(build: &Build) -> String {
+    match build.profile.as_str() {
+        "unknown" => format!(
+            "an unknown build (not target/debug or target/release: {})",
+            short_dir(&build.dir)
+        ),
+        profile => format!("{profile} build ({})", short_dir(&build.dir)),
+    }
+}
+
 fn header(report: &Report) -> String {
     let machine = &report.machine;
     format!(
-        "run {}: the host against {}, {} build ({}); {} CPUs, kernel {}, load average {} \
-         before, {} after",
+        "run {}: {}, {}; {} CPUs, kernel {}, load average {} before, {} after",
         report.run_id,
-        report.stage_name(),
-        report.build.profile,
-        short_dir(&report.build.dir),
+        compared(report),
+        build_label(&report.build),
         machine.cpus,
         machine.kernel,
         load(machine.load_before),
@@ -201,12 +252,12 @@ pub fn text(report: &Report) -> String {
             let _ = writeln!(
                 out,
                 "{:<48} {:<16} {:>10} {:>10} {:<9} {:>8} {:<13} {:>7} {:>7} {:<11}",
-                row.info.what,
+                row.what,
                 row.info.tool,
                 value(&row.host),
                 value(&row.container),
                 row.info.unit,
-                ratio_cell(&row.ratio, row.within_noise),
+                ratio_cell(&row.ratio, row.noise),
                 quartiles(&row.ratio),
                 row.crun_ratio.as_ref().map_or("-".into(), |r| format!("{:.3}", r.median)),
                 row.info.seed_2014.map_or("-".into(), |seed| format!("{seed:.4}")),
@@ -217,45 +268,87 @@ pub fn text(report: &Report) -> String {
         let _ = writeln!(
             out,
             "\nmedians of {runs} runs per side, the sides taking turns; ratio = container / host \
-             per round (for ms: host / container), its quartiles beside it; ~ = the rounds' \
-             ratios spread wider than the ratio's distance from 1 (within noise)"
+             per round (for ms: host / container), its quartiles beside it;\n{FLAGS}"
         );
     }
     if let Some(starts) = &report.starts {
         let _ = writeln!(
             out,
-            "\nstart of /bin/true, ms (median and quartiles of {} runs; spaced = {} ms pause \
-             before each)",
-            starts.runs, starts.spacing_ms
+            "\nstart of /bin/true, ms (median and quartiles of {} runs; back to back: each \
+             starter's {} starts in a row, after one dropped; spaced: a {} ms pause before each, \
+             the starters taking turns)",
+            starts.runs, starts.runs, starts.spacing_ms
         );
         let _ = writeln!(
             out,
-            "{:<44} {:>8} {:<15} {:>8} {:<15} {:>8} {:>8}",
+            "{:<44} {:>8} {:<15} {:>8} {:<15} {:>9} {:>9}",
             "how", "b2b", "quartiles", "spaced", "quartiles", "b2b/crun", "sp/crun"
         );
         for row in &starts.rows {
-            let ratio = |r: Option<f64>| r.map_or("-".into(), |r| format!("{r:.2}"));
             let _ = writeln!(
                 out,
-                "{:<44} {:>8.1} {:<15} {:>8.1} {:<15} {:>8} {:>8}",
+                "{:<44} {:>8.1} {:<15} {:>8.1} {:<15} {:>9} {:>9}",
                 row.what,
                 row.back_to_back_ms.median,
                 format!("{:.1}–{:.1}", row.back_to_back_ms.q1, row.back_to_back_ms.q3),
                 row.spaced_ms.median,
                 format!("{:.1}–{:.1}", row.spaced_ms.q1, row.spaced_ms.q3),
-                ratio(row.to_crun_back_to_back),
-                ratio(row.to_crun_spaced),
+                short_ratio(row.to_crun_back_to_back.as_ref(), "-"),
+                short_ratio(row.to_crun_spaced.as_ref(), "-"),
             );
         }
         for (id, why) in &starts.skipped {
             let _ = writeln!(out, "skipped {id}: {why}");
         }
+        for line in start_goals(starts) {
+            let _ = writeln!(out, "goal: {line}");
+        }
+        let _ = writeln!(
+            out,
+            "x/crun = this starter's time over crun's, start by start (below 1 is faster); {FLAGS}"
+        );
     }
     if let Some(storage) = &report.storage {
         storage_text(&mut out, storage);
     }
     let _ = writeln!(out, "\n{}", took(report));
     out
+}
+
+/// One line per start goal: `stage5 ÷ crun, back to back: 0.43 (0.40–0.47) ≤ 0.5 yes`.
+fn start_goals(starts: &Starts) -> Vec<String> {
+    starts
+        .goals
+        .iter()
+        .map(|goal| {
+            format!(
+                "{} ÷ {}, {}: {:.2}{} ({:.2}–{:.2}) {} {}",
+                goal.id,
+                goal.against,
+                goal.way,
+                goal.ratio.median(),
+                flag(goal.ratio.noise),
+                goal.ratio.summary.q1,
+                goal.ratio.summary.q3,
+                goal.goal.label(),
+                if goal.met { "yes" } else { "NO" }
+            )
+        })
+        .collect()
+}
+
+/// `0.985 ~ (≥ 0.9 yes)` for a store's ratio to the empty store; `–` for the empty one.
+fn store_cell(store: &StoreRow) -> String {
+    match (&store.to_empty, store.meets_goal) {
+        (Some(ratio), Some(met)) => format!(
+            "{:.3}{} ({} {})",
+            ratio.median(),
+            flag(ratio.noise),
+            STORE_GOAL.label(),
+            if met { "yes" } else { "NO" }
+        ),
+        _ => "–".to_string(),
+    }
 }
 
 /// `took 96 s: setup 9.1, cpu 11.0, ...`.
@@ -294,13 +387,13 @@ fn storage_text(out: &mut String, storage: &Storage) {
         for store in &storage.stores {
             let _ = writeln!(
                 out,
-                "  {:>5} containers {:>8.1} (quartiles {:.1}–{:.1})  empty/this {:.3}  (filled in \
+                "  {:>5} containers {:>8.1} (quartiles {:.1}–{:.1})  empty/this {}  (filled in \
                  {:.1} s)",
                 store.containers,
                 store.start_ms.median,
                 store.start_ms.q1,
                 store.start_ms.q3,
-                store.to_empty,
+                store_cell(store),
                 store.fill_seconds
             );
         }
@@ -330,11 +423,11 @@ pub fn markdown(report: &Report) -> String {
             let _ = writeln!(
                 out,
                 "| {} | {} | 1 ({} {}) | {} | {} | {} | {} | {} |",
-                row.info.what,
+                row.what,
                 row.info.tool,
                 value(&row.host),
                 row.info.unit,
-                ratio_cell(&row.ratio, row.within_noise),
+                ratio_cell(&row.ratio, row.noise),
                 quartiles(&row.ratio),
                 row.crun_ratio.as_ref().map_or("–".into(), |r| format!("{:.3}", r.median)),
                 row.info.seed_2014.map_or("–".into(), |seed| format!("{seed:.4}")),
@@ -343,8 +436,9 @@ pub fn markdown(report: &Report) -> String {
         }
         let _ = writeln!(
             out,
-            "\n`~`: the rounds' ratios spread wider than the ratio's distance from 1 — this run \
-             cannot tell the container from the host.\n"
+            "\n`~`: the middle half of the rounds' ratios includes 1 — this run cannot tell the \
+             two apart; `?`: fewer than 3 rounds, too few to tell; no mark: the middle half lies \
+             wholly on one side of 1, a real difference.\n"
         );
     }
     if let Some(starts) = &report.starts {
@@ -355,22 +449,32 @@ pub fn markdown(report: &Report) -> String {
         );
         let _ = writeln!(out, "|---|--:|--:|--:|--:|");
         for row in &starts.rows {
-            let ratio = |r: Option<f64>| r.map_or("–".into(), |r| format!("{r:.2}"));
             let _ = writeln!(
                 out,
                 "| {} | {} | {} | {} | {} |",
                 row.what.trim(),
                 with_quartiles(&row.back_to_back_ms),
                 with_quartiles(&row.spaced_ms),
-                ratio(row.to_crun_back_to_back),
-                ratio(row.to_crun_spaced)
+                short_ratio(row.to_crun_back_to_back.as_ref(), "–"),
+                short_ratio(row.to_crun_spaced.as_ref(), "–")
             );
         }
         let _ = writeln!(
             out,
-            "\nMedians (quartiles) of {} starts each way, the starters taking turns.\n",
-            starts.runs
+            "\nMedians (quartiles) of {} starts each way. Back to back: each starter's {} starts \
+             in a row, after one dropped; spaced: the starters taking turns, a pause before \
+             each. ÷ crun: this starter's time over crun's, start by start (the `i`th of each \
+             block back to back), flagged as above.\n",
+            starts.runs, starts.runs
         );
+        let goals = start_goals(starts);
+        if !goals.is_empty() {
+            let _ = writeln!(out, "Goals:\n");
+            for line in goals {
+                let _ = writeln!(out, "- {line}");
+            }
+            let _ = writeln!(out);
+        }
     }
     if let Some(storage) = &report.storage {
         if !storage.drivers.is_empty() {
@@ -393,10 +497,10 @@ pub fn markdown(report: &Report) -> String {
             for store in &storage.stores {
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {:.3} |",
+                    "| {} | {} | {} |",
                     store.containers,
                     with_quartiles(&store.start_ms),
-                    store.to_empty
+                    store_cell(store)
                 );
             }
             let runs = storage.stores[0].start_ms.runs;
@@ -409,4 +513,43 @@ pub fn markdown(report: &Report) -> String {
     }
     let _ = writeln!(out, "\n*{}.*", took(report));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::stats::{Better, Ratio};
+    use super::*;
+
+    fn ratio(base: &[f64], other: &[f64]) -> Ratio {
+        Ratio::of(base, other, Better::Higher).unwrap()
+    }
+
+    #[test]
+    fn ratio_cells_carry_the_flag_of_the_rule() {
+        // Quartiles wholly below 1: a real difference, no mark.
+        assert_eq!(short_ratio(Some(&ratio(&[10.0; 3], &[4.0, 5.0, 6.0])), "-"), "0.50");
+        // Quartiles across 1: within noise.
+        assert_eq!(short_ratio(Some(&ratio(&[10.0; 3], &[9.0, 10.0, 11.0])), "-"), "1.00 ~");
+        // Two runs: too few, however clear they look.
+        assert_eq!(short_ratio(Some(&ratio(&[10.0; 2], &[5.0, 5.0])), "-"), "0.50 ?");
+        assert_eq!(short_ratio(None, "–"), "–");
+    }
+
+    #[test]
+    fn a_store_row_says_its_goal() {
+        let start_ms = Summary::of(&[20.0, 20.0, 20.0]).unwrap();
+        let row = |to_empty: Option<Ratio>| StoreRow {
+            containers: 100,
+            meets_goal: to_empty.as_ref().map(|r| STORE_GOAL.met_by(r.median())),
+            to_empty,
+            start_ms: start_ms.clone(),
+            fill_seconds: 1.0,
+        };
+        // empty / this: 20 ms against 25 ms is 0.8, more than 10% slower.
+        let slow = ratio(&[25.0; 3], &[20.0; 3]);
+        assert_eq!(store_cell(&row(Some(slow))), "0.800 (≥ 0.9 NO)");
+        let even = ratio(&[20.0, 21.0, 19.0], &[20.0; 3]);
+        assert_eq!(store_cell(&row(Some(even))), "1.000 ~ (≥ 0.9 yes)");
+        assert_eq!(store_cell(&row(None)), "–");
+    }
 }

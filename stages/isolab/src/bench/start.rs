@@ -1,14 +1,16 @@
 //! Start latency: how long `/bin/true` takes from `exec` of the runtime to its exit, under
 //! every stage and under the other sandboxes this machine has.
 //!
-//! Two ways, because they differ for a reason worth seeing: *back to back* (the next start the
-//! moment the last one ended) and *spaced* (a pause first). On cgroup v1 every container pays
+//! Two ways, because they differ for a reason worth seeing: *back to back* (each starter's N
+//! starts in a row, the next the moment the last one ended) and *spaced* (a pause before each,
+//! the starters taking turns). On cgroup v1 every container pays
 //! one move of a process into a new cgroup, and the kernel makes a move wait for an RCU grace
 //! period (`cgroup_attach_lock` takes `cgroup_threadgroup_rwsem`, a per-CPU rwsem whose write
 //! side waits for readers with `synchronize_rcu`, kernel/cgroup/cgroup.c); right after an
 //! earlier start the rwsem's fast path is still off and the wait is short, after a quiet
 //! period it is a whole grace period. crun pays it too: spaced starts show that floor.
 
+use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use super::stats::Summary;
+use super::stats::{Better, Goal, Ratio, Summary};
 use super::{check_interrupted, compare, last_line, which, Bench, Plan, Progress};
 
 /// How many starters there are at most (the progress bar's estimate).
@@ -37,14 +39,32 @@ pub struct StartRow {
     pub id: &'static str,
     /// What it starts, as the table says it.
     pub what: &'static str,
-    /// Milliseconds, one start right after the other.
+    /// Milliseconds, this starter's starts one right after the other.
     pub back_to_back_ms: Summary,
     /// Milliseconds, each start after a pause.
     pub spaced_ms: Summary,
-    /// Its median over crun's, back to back (the goal for full isolation: at most 0.5).
-    pub to_crun_back_to_back: Option<f64>,
-    /// Its median over crun's, spaced (the goal: at most 0.75).
-    pub to_crun_spaced: Option<f64>,
+    /// Its time over crun's, back to back: the `i`th start of its block over the `i`th of
+    /// crun's (below 1 is faster than crun).
+    pub to_crun_back_to_back: Option<Ratio>,
+    /// Its time over crun's, spaced, round by round.
+    pub to_crun_spaced: Option<Ratio>,
+}
+
+/// A goal of the start (the issue's): one starter's time over another's, one way.
+#[derive(Debug, Clone, Serialize)]
+pub struct StartGoal {
+    /// The starter judged.
+    pub id: &'static str,
+    /// The starter it is compared with.
+    pub against: &'static str,
+    /// `back to back` or `spaced`.
+    pub way: &'static str,
+    /// Its time over the other's, pairing the starts as the rows do.
+    pub ratio: Ratio,
+    /// What the ratio should be.
+    pub goal: Goal,
+    /// Does the median ratio reach it?
+    pub met: bool,
 }
 
 /// Every starter's times, and the ones that could not run here.
@@ -56,13 +76,16 @@ pub struct Starts {
     pub spacing_ms: u64,
     /// The starters, fastest isolation first.
     pub rows: Vec<StartRow>,
+    /// The goals whose starters both ran.
+    pub goals: Vec<StartGoal>,
     /// Starters that failed their first run here, and why.
     pub skipped: Vec<(String, String)>,
 }
 
 /// The progress bar's steps for this part.
 pub fn steps(plan: &Plan) -> u64 {
-    MAX_STARTERS * (1 + 2 * u64::from(plan.start_runs))
+    // A first start each, a warm-up before each back-to-back block, then both ways.
+    MAX_STARTERS * (2 + 2 * u64::from(plan.start_runs))
 }
 
 // ANCHOR: starters
@@ -202,7 +225,13 @@ fn starters(bench: &Bench) -> Vec<Starter> {
 // ANCHOR_END: starters
 
 /// Times every starter: a first run each (dropped: it fills caches, and a starter that fails
-/// here is left out), then back to back and spaced, the starters taking turns.
+/// here is left out); then back to back, a block of starts in a row per starter (after one
+/// more start, dropped, so that the block's first start does not follow another starter's);
+/// then spaced, a pause before each start, the starters taking turns.
+///
+/// Back to back means in a row *for one starter*: between starters taking turns, each start
+/// follows another runtime's, whose cgroup move some tens of ms earlier leaves the next move
+/// neither warm nor cold (crun measured twice its own in-a-row time that way).
 pub fn measure(bench: &Bench, plan: &Plan, progress: &mut Progress) -> Result<Starts> {
     if let Some(bundle) = &bench.crun {
         super::write_crun_config(bundle, &["/bin/true"])?;
@@ -222,50 +251,89 @@ pub fn measure(bench: &Bench, plan: &Plan, progress: &mut Progress) -> Result<St
             Err(error) => skipped.push((starter.id.to_string(), format!("{error:#}"))),
         }
     }
+    let one = |starter: &Starter, count: &mut u64| -> Result<f64> {
+        check_interrupted()?;
+        *count += 1;
+        let elapsed = time(starter, *count)
+            .with_context(|| format!("starting /bin/true with {}", starter.id))?;
+        Ok(elapsed.as_secs_f64() * 1000.0)
+    };
     let mut back_to_back = vec![Vec::new(); ready.len()];
-    let mut spaced = vec![Vec::new(); ready.len()];
-    for (samples, pause) in
-        [(&mut back_to_back, None), (&mut spaced, Some(Duration::from_millis(plan.spacing_ms)))]
-    {
+    for (index, starter) in ready.iter().enumerate() {
+        progress.step(&format!("start back to back: {} (warm-up)", starter.id));
+        one(starter, &mut count)?;
         for round in 0..plan.start_runs {
-            for (index, starter) in ready.iter().enumerate() {
-                let how = if pause.is_some() { "spaced" } else { "back to back" };
-                progress.step(&format!(
-                    "start {how}: {} ({}/{})",
-                    starter.id,
-                    round + 1,
-                    plan.start_runs
-                ));
-                check_interrupted()?;
-                if let Some(pause) = pause {
-                    std::thread::sleep(pause);
-                }
-                count += 1;
-                let elapsed = time(starter, count)
-                    .with_context(|| format!("starting /bin/true with {}", starter.id))?;
-                samples[index].push(elapsed.as_secs_f64() * 1000.0);
-            }
+            progress.step(&format!(
+                "start back to back: {} ({}/{})",
+                starter.id,
+                round + 1,
+                plan.start_runs
+            ));
+            back_to_back[index].push(one(starter, &mut count)?);
         }
     }
-    let median_of = |samples: &[Vec<f64>], id: &str| {
-        let index = ready.iter().position(|starter| starter.id == id)?;
-        Summary::of(&samples[index]).map(|summary| summary.median)
+    let mut spaced = vec![Vec::new(); ready.len()];
+    for round in 0..plan.start_runs {
+        for (index, starter) in ready.iter().enumerate() {
+            progress.step(&format!(
+                "start spaced: {} ({}/{})",
+                starter.id,
+                round + 1,
+                plan.start_runs
+            ));
+            check_interrupted()?;
+            std::thread::sleep(Duration::from_millis(plan.spacing_ms));
+            spaced[index].push(one(starter, &mut count)?);
+        }
+    }
+    let position = |id: &str| ready.iter().position(|starter| starter.id == id);
+    // This starter's time over `other`'s, start by start: a duration over a duration, so
+    // below 1 is faster.
+    let over = |samples: &[Vec<f64>], index: usize, other: usize| {
+        Ratio::of(&samples[other], &samples[index], Better::Higher)
     };
-    let crun = (median_of(&back_to_back, "crun"), median_of(&spaced, "crun"));
+    let crun = position("crun");
     let mut rows = Vec::new();
     for (index, starter) in ready.iter().enumerate() {
-        let back_to_back_ms = Summary::of(&back_to_back[index]).context("no start samples")?;
-        let spaced_ms = Summary::of(&spaced[index]).context("no start samples")?;
         rows.push(StartRow {
             id: starter.id,
             what: starter.what,
-            to_crun_back_to_back: crun.0.map(|crun| back_to_back_ms.median / crun),
-            to_crun_spaced: crun.1.map(|crun| spaced_ms.median / crun),
-            back_to_back_ms,
-            spaced_ms,
+            back_to_back_ms: Summary::of(&back_to_back[index]).context("no start samples")?,
+            spaced_ms: Summary::of(&spaced[index]).context("no start samples")?,
+            to_crun_back_to_back: crun.and_then(|crun| over(&back_to_back, index, crun)),
+            to_crun_spaced: crun.and_then(|crun| over(&spaced, index, crun)),
         });
     }
-    Ok(Starts { runs: plan.start_runs, spacing_ms: plan.spacing_ms, rows, skipped })
+    // The goals: full isolation (the highest stage) at most half of crun's start back
+    // to back and three quarters spaced; stage 2 no slower than bwrap --unshare-all.
+    let full = match bench.stage {
+        super::Stage::Five => "stage5",
+        super::Stage::Four => "stage4",
+    };
+    let wanted: [(&str, &str, Goal, Goal); 2] = [
+        (full, "crun", Goal::AtMost(0.5), Goal::AtMost(0.75)),
+        ("stage2", "bwrap", Goal::AtMost(1.0), Goal::AtMost(1.0)),
+    ];
+    let mut goals = Vec::new();
+    for (id, against, back_to_back_goal, spaced_goal) in wanted {
+        let (Some(index), Some(other)) = (position(id), position(against)) else { continue };
+        for (way, samples, goal) in
+            [("back to back", &back_to_back, back_to_back_goal), ("spaced", &spaced, spaced_goal)]
+        {
+            if let Some(ratio) = over(samples, index, other) {
+                let met = goal.met_by(ratio.median());
+                goals.push(StartGoal {
+                    id: ready[index].id,
+                    against: ready[other].id,
+                    way,
+                    ratio,
+                    goal,
+                    met,
+                });
+            }
+        }
+    }
+    Ok(Starts { runs: plan.start_runs, spacing_ms: plan.spacing_ms, rows, goals, skipped })
 }
 
 /// One start, timed from spawn to exit; an error unless `/bin/true` succeeded. A blocking
@@ -276,8 +344,13 @@ fn time(starter: &Starter, n: u64) -> Result<Duration> {
 }
 
 /// Runs `command` to its end and returns how long it took; an error unless it succeeded.
+///
+/// The child gets a process group of its own (`setpgid(0, 0)`, man 2 setpgid), as
+/// `run_bounded`'s do: a terminal's Ctrl-C goes to its foreground group only, so it reaches
+/// isolab, which stops after this start, and not runc or crun halfway through one (whose
+/// failure the report would then blame on them).
 pub fn timed(mut command: Command, what: &str) -> Result<Duration> {
-    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).process_group(0);
     let started = Instant::now();
     let child = command.spawn().with_context(|| format!("cannot start {what}"))?;
     let output = child.wait_with_output().context("waitpid")?;

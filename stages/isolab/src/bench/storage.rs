@@ -13,7 +13,10 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::start::timed;
-use super::stats::Summary;
+use super::stats::{Better, Goal, Ratio, Summary};
+
+/// The goal: a start in a full store within 10% of an empty store's.
+pub const STORE_GOAL: Goal = Goal::AtLeast(0.9);
 use super::{check_interrupted, output, Bench, Plan, Progress, Stage};
 
 /// One storage driver's cost per container.
@@ -34,8 +37,11 @@ pub struct StoreRow {
     pub containers: u32,
     /// Milliseconds of `run --rm /bin/true` there.
     pub start_ms: Summary,
-    /// The empty store's median over this one's: 1 is as fast, 0.9 is 10% slower.
-    pub to_empty: f64,
+    /// The empty store's time over this one's, round by round (the stores take turns): 1 is as
+    /// fast, 0.9 is 10% slower. `None` for the empty store itself.
+    pub to_empty: Option<Ratio>,
+    /// Does the median reach [`STORE_GOAL`]? `None` for the empty store.
+    pub meets_goal: Option<bool>,
     /// Seconds it took to fill the store (setup, not measured: [`fill`]).
     pub fill_seconds: f64,
 }
@@ -100,18 +106,24 @@ pub fn measure(bench: &Bench, plan: &Plan, progress: &mut Progress) -> Result<St
             samples[index].push(timed(command, "run --rm /bin/true")?.as_secs_f64() * 1000.0);
         }
     }
-    let summaries: Vec<Summary> = samples.iter().filter_map(|s| Summary::of(s)).collect();
-    let empty = summaries.first().context("no store was timed")?.median;
-    let stores = stores
-        .iter()
-        .zip(summaries)
-        .map(|((size, _, _, fill_seconds), start_ms)| StoreRow {
+    let empty = samples.first().context("no store was timed")?;
+    let mut rows = Vec::new();
+    for (index, (size, _, _, fill_seconds)) in stores.iter().enumerate() {
+        let start_ms = Summary::of(&samples[index]).context("no start samples")?;
+        // A duration: empty / this, so that below 1 is slower than the empty store.
+        let to_empty = match index {
+            0 => None,
+            _ => Ratio::of(empty, &samples[index], Better::Lower),
+        };
+        rows.push(StoreRow {
             containers: *size,
-            to_empty: empty / start_ms.median,
+            meets_goal: to_empty.as_ref().map(|ratio| STORE_GOAL.met_by(ratio.median())),
+            to_empty,
             fill_seconds: *fill_seconds,
             start_ms,
-        })
-        .collect();
+        });
+    }
+    let stores = rows;
     Ok(Storage { count: plan.storage_count, base_bytes, drivers, stores, fill_jobs: fill_jobs() })
 }
 // ANCHOR_END: storage

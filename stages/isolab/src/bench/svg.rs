@@ -35,7 +35,7 @@ pub fn chart(report: &Report) -> Result<String> {
             .y_label_area_size(300)
             .build_cartesian_2d(0.0..high, 0.0..count as f64)
             .map_err(|e| anyhow!("cannot lay out the chart: {e}"))?;
-        let labels: Vec<String> = rows.iter().map(|row| row.info.what.to_string()).collect();
+        let labels: Vec<String> = rows.iter().map(|row| row.what.clone()).collect();
         chart
             .configure_mesh()
             .disable_y_mesh()
@@ -56,7 +56,7 @@ pub fn chart(report: &Report) -> Result<String> {
         for (index, row) in rows.iter().enumerate() {
             let (y0, y1) = (top(index) - 0.8, top(index) - 0.2);
             let color =
-                if row.within_noise { RGBColor(150, 170, 200) } else { RGBColor(60, 110, 180) };
+                if row.noise.is_some() { RGBColor(150, 170, 200) } else { RGBColor(60, 110, 180) };
             chart
                 .draw_series(std::iter::once(Rectangle::new(
                     [(0.0, y0), (row.ratio.median, y1)],
@@ -83,7 +83,7 @@ pub fn chart(report: &Report) -> Result<String> {
             )))
             .map_err(|e| anyhow!("cannot draw the host's line: {e}"))?;
         root.draw(&Text::new(
-            "bar: median ratio; black: quartiles; red dot: Docker 1.1.2 in 2014; pale bar: within noise",
+            "bar: median ratio; black: quartiles; red dot: Docker 1.1.2 in 2014; pale bar: within noise or too few runs",
             (12, height as i32 - 16),
             ("sans-serif", 12),
         ))

@@ -38,7 +38,9 @@ pub enum Side {
 pub struct RowInfo {
     /// The row's id in JSON.
     pub id: &'static str,
-    /// What is measured, as the table says it.
+    /// What is measured, as the table says it (`{MiB}` stands for the copy-up file's size;
+    /// the report's row carries the label with it filled in).
+    #[serde(skip)]
     pub what: &'static str,
     /// The tool that measured it.
     pub tool: &'static str,
@@ -50,6 +52,13 @@ pub struct RowInfo {
     pub seed_2014: Option<f64>,
     /// The ratio this project aims at, if any.
     pub goal: Option<f64>,
+}
+
+impl RowInfo {
+    /// What is measured, with the copy-up file's size filled in.
+    pub fn label(&self, plan: &Plan) -> String {
+        self.what.replace("{MiB}", &plan.copy_up_mib.to_string())
+    }
 }
 
 /// A workload: one command per side, whose output gives one sample per row.
@@ -142,7 +151,7 @@ pub const WORKLOADS: &[Workload] = &[
         section: Section::Disk,
         rows: &[RowInfo {
             id: "copy-up",
-            what: "disk, first write to an image's file (copy-up)",
+            what: "disk, first write to an image's {MiB} MiB file (copy-up)",
             tool: "isolab-probe",
             unit: "ms",
             better: Better::Lower,
@@ -202,13 +211,13 @@ pub fn measure(
             let side = sides[index];
             progress.step(&format!(
                 "{} on {side:?} ({}/{})",
-                workload.rows[0].what,
+                workload.rows[0].label(plan),
                 round + 1,
                 plan.runs
             ));
             check_interrupted()?;
             let values = (workload.run)(bench, plan, side)
-                .with_context(|| format!("{} on {side:?}", workload.rows[0].what))?;
+                .with_context(|| format!("{} on {side:?}", workload.rows[0].label(plan)))?;
             for (row, value) in values.into_iter().enumerate() {
                 samples[index][row].push(value);
             }
@@ -227,11 +236,12 @@ pub fn measure(
         let container_ratio = ratio(container).context("a run gave no positive value")?;
         let crun = of(Side::Crun);
         rows.push(Row {
+            what: info.label(plan),
             info: *info,
             runs: plan.runs,
             host: summary(host).context("no host samples")?,
             container: summary(container).context("no container samples")?,
-            within_noise: stats::within_noise(&container_ratio),
+            noise: stats::noise(&container_ratio),
             meets_goal: info.goal.map(|goal| container_ratio.median >= goal),
             ratio: container_ratio,
             crun: crun.and_then(summary),
