@@ -101,6 +101,7 @@ fn watch(task: &Task, options: &[String], script: &str) -> Result<Watched, Miss>
     let mut dirs = Vec::new();
     let mut seen_dirs: Vec<PathBuf> = Vec::new();
     let mut files = BTreeMap::new();
+    let mut files_populated = false;
     let mut looker = evidence::Looker::default();
     let mut ran =
         task.run_watching(&task.rootfs, &all, &["/bin/sh", "-c", script], None, &mut |pid| {
@@ -135,9 +136,12 @@ fn watch(task: &Task, options: &[String], script: &str) -> Result<Watched, Miss>
                 }
             }
             // The limits are in the files whether or not the command has joined yet (`join`
-            // judges that): a reading with processes in the cgroup wins, any reading will do.
-            if populated || files.is_empty() {
+            // judges that): a reading with processes in the cgroup wins; until there is one,
+            // the latest (a reading taken while the runtime still makes the cgroup lacks the
+            // files it has not written yet).
+            if populated || !files_populated {
                 files = reading;
+                files_populated = populated;
             }
         });
     ran.seen = looker.seen;
