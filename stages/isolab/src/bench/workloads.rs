@@ -417,15 +417,7 @@ impl NetNamespace {
         let mut command = Command::new("unshare");
         command.args(["--net", "--", "sleep", "3600"]);
         command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        // SAFETY: prctl(2) is async-signal-safe, and the closure allocates nothing.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        crate::compare::markers::die_with_parent(&mut command);
         let holder = command.spawn().context("cannot start unshare --net")?;
         let netns = NetNamespace { holder };
         // unshare(2) happens after the spawn returns: wait until the holder's namespace is no

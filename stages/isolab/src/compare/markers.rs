@@ -116,17 +116,7 @@ impl MarkerProcess {
         // shows in /proc/<pid>/cmdline and in `ps`.
         command.arg0(format!("isolab-marker-{token}")).arg("600");
         command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        // SAFETY: the closure runs in the forked child before exec and only calls prctl, which
-        // is async-signal-safe. PR_SET_PDEATHSIG makes the kernel kill the marker if isolab dies
-        // without running its guards (man 2 PR_SET_PDEATHSIG).
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        die_with_parent(&mut command);
         let child = command.spawn().context("cannot start the marker process (sleep 600)")?;
         Ok(MarkerProcess { child })
     }
@@ -219,6 +209,21 @@ impl Drop for SharedMemory {
         unsafe {
             libc::shmctl(self.id, libc::IPC_RMID, std::ptr::null_mut());
         }
+    }
+}
+
+/// Makes the kernel kill what `command` starts if isolab dies without running its guards
+/// (man 2 PR_SET_PDEATHSIG): for helper processes a crash must not leave behind.
+pub fn die_with_parent(command: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl, which is
+    // async-signal-safe, and allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 
