@@ -529,6 +529,48 @@ fn rm_removes_everything_and_refuses_a_running_container() {
         .bind(|| insta::assert_snapshot!("stage4_rm", format!("{removed}{refused}{forced}")));
 }
 
+// A `--rm` container's upper goes when it ends: its overlay is mounted `volatile`, so that the
+// unmount at its end does not sync the whole filesystem of the store. A container that stays
+// keeps the sync. While either runs, the journal's entry is a link naming what the runtime
+// does (no data block to write and free).
+#[test]
+fn a_removed_containers_overlay_is_volatile_and_a_kept_ones_is_not() {
+    if !require_root("a_removed_containers_overlay_is_volatile_and_a_kept_ones_is_not") {
+        return;
+    }
+    let env = TestEnv::new();
+    base(&env);
+    // The overlay at the container's / as it sees it: its line of the mount table.
+    let root_line = "grep ' / / ' /proc/self/mountinfo";
+    for (remove, name) in [(true, "gone"), (false, "kept")] {
+        let mut args = vec!["run", "--rootfs", "rootfs", "--name", name];
+        if remove {
+            args.push("--rm");
+        }
+        args.extend(["--", "/bin/sh", "-c", root_line]);
+        let output = run_stage4(&env, &args);
+        assert_eq!(code(&output), 0, "{}", text(&output.stderr));
+        let line = text(&output.stdout);
+        assert!(line.contains(" - overlay overlay "), "{line}");
+        assert_eq!(line.contains("volatile"), remove, "{name}: {line}");
+    }
+    assert_eq!(containers(&env).len(), 1, "{:?}", containers(&env));
+    let running = background(
+        &env,
+        &["run", "--rootfs", "rootfs", "--rm", "--name", "busy", "--", "/bin/sleep", "60"],
+    );
+    let active = env.path().join("store/active");
+    let entry =
+        || fs::read_dir(&active).ok()?.flatten().find_map(|entry| fs::read_link(entry.path()).ok());
+    assert!(
+        eventually(Duration::from_secs(5), || entry() == Some(PathBuf::from("run"))),
+        "no journal link saying run: {:?}",
+        entry()
+    );
+    drop(running);
+    assert!(mounts_under(env.path()).is_empty());
+}
+
 #[test]
 fn sigkill_of_the_runtime_then_gc_leaves_no_mount_and_no_stale_state() {
     if !require_root("sigkill_of_the_runtime_then_gc_leaves_no_mount_and_no_stale_state") {

@@ -53,6 +53,7 @@ impl Container {
             upper: self.dir.join("upper"),
             work: self.dir.join("work"),
             userxattr: self.config.userxattr,
+            volatile: self.config.remove,
         })
     }
 
@@ -211,7 +212,7 @@ impl Container {
         // The directory stays the caller's; its root passes through it by group (see make_dir).
         let group = self.config.owner.map(|(_, gid)| format!("; chown(-1, {gid}); chmod(0710)"));
         let mut steps = vec![
-            format!("write(\"{active}\", create)"),
+            format!("symlink(\"create\", \"{active}\")"),
             format!("mkdir(\"{}\", 0700){}", self.dir.display(), group.unwrap_or_default()),
             format!("flock(\"{}\", LOCK_EX)", dir("lock")),
             format!(
@@ -237,7 +238,7 @@ impl Container {
         }
         steps.push(format!("write(\"{}\")", dir("config.json")));
         steps.push(format!("write(\"{}\", running)", dir("state.json")));
-        steps.push(format!("write(\"{active}\", run)"));
+        steps.push(format!("symlink(\"run\", \"{active}\")"));
         steps
     }
 
@@ -246,7 +247,7 @@ impl Container {
         let active = self.store().active_dir().join(&self.config.id).display().to_string();
         if self.config.remove {
             vec![
-                format!("write(\"{active}\", remove)"),
+                format!("symlink(\"remove\", \"{active}\")"),
                 format!("remove the container (--rm): {}", self.dir.display()),
                 format!("unlink(\"{active}\")"),
             ]

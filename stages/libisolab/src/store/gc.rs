@@ -147,8 +147,9 @@ impl Store {
         // In the order the runtimes last wrote them (then by id): the order they worked in,
         // so that what gc says reads the same from run to run.
         let mut ids = journal::ids(&self.active_dir())?;
-        let written =
-            |id: &String| fs::metadata(self.active_dir().join(id)).and_then(|m| m.modified()).ok();
+        let written = |id: &String| {
+            fs::symlink_metadata(self.active_dir().join(id)).and_then(|m| m.modified()).ok()
+        };
         ids.sort_by_cached_key(|id| (written(id), id.clone()));
         for id in ids {
             // One entry that cannot be settled (a junk file, a full disk) is reported and
