@@ -37,7 +37,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -939,15 +939,20 @@ impl Claim {
 
     /// Rewrites the file: `gid`, `pid` and, kept, `dir`. We hold the lock, so nobody reads it
     /// half-written: a reader that looks takes the lock first.
+    ///
+    /// Written over in place, then cut to its length, never truncated to nothing first: on
+    /// ext4 a file truncated to zero and written again is sent to the disk when it is closed
+    /// (`auto_da_alloc`, ext4(5), for editors that rewrite files that way), and a `--rm`
+    /// container's claim, removed a moment later, would wait for that write.
     fn write(&mut self, dir: Option<&Path>) -> Result<()> {
+        use std::os::unix::fs::FileExt;
         let mut text = format!("gid {}\npid {}\n", self.slot.gid, std::process::id());
         if let Some(dir) = dir {
             text.push_str(&format!("dir {}\n", dir.display()));
         }
-        let file: &mut File = &mut self.file;
-        file.set_len(0)
-            .and_then(|()| file.rewind())
-            .and_then(|()| file.write_all(text.as_bytes()))
+        let file: &File = &self.file;
+        file.write_all_at(text.as_bytes(), 0)
+            .and_then(|()| file.set_len(text.len() as u64))
             .map_err(|error| Error::io("write", &self.path, &error))?;
         self.kept_for = dir.map(Path::to_path_buf);
         Ok(())
