@@ -15,7 +15,7 @@
 //!     upper/ work/ merged/      overlay: its own layer, overlayfs's scratch, the mount point
 //!     rootfs/                   copy: its full copy of the base
 //!   names/<name> -> <id>        the index of names: one symlink per container
-//!   active/<id>                 the journal: create, run or remove, while a runtime does it
+//!   active/<id> -> run          the journal: create, run or remove, while a runtime does it
 //! ```
 //!
 //! Four rules keep the store sound when runtimes crash or are killed:
