@@ -171,6 +171,17 @@ impl Container {
                 state.runtime_pid.unwrap_or(0)
             )));
         };
+        // Not running, then: only a runtime that died leaves a `--rm` container behind (the
+        // next `gc` removes it when the journal says so). Its upper was mounted `volatile`,
+        // which the kernel refuses to mount again after an unclean end; and its user asked
+        // for it to go.
+        if self.config.remove {
+            return Err(Error::Invalid(format!(
+                "container {} was run with --rm and its runtime died before removing it: it \
+                 cannot start again; `rm {}` removes it",
+                self.config.name, self.config.name
+            )));
+        }
         // A container made before isolab idmapped its base has no mount points for it yet.
         for lower in self.idmapped_lowers() {
             match fs::DirBuilder::new().mode(0o755).create(&lower.target) {
@@ -206,13 +217,13 @@ impl Container {
     pub fn create_steps(&self) -> Vec<String> {
         let dir = |name: &str| self.dir.join(name).display().to_string();
         let store = self.store();
-        let active = store.active_dir().join(&self.config.id).display().to_string();
+        let active_dir = store.active_dir();
         let owner = self.config.owner.map(|(uid, gid)| format!("; chown({uid}, {gid})"));
         let chown = owner.clone().unwrap_or_default();
         // The directory stays the caller's; its root passes through it by group (see make_dir).
         let group = self.config.owner.map(|(_, gid)| format!("; chown(-1, {gid}); chmod(0710)"));
         let mut steps = vec![
-            format!("symlink(\"create\", \"{active}\")"),
+            journal::write_step(&active_dir, &self.config.id, Intent::Create),
             format!("mkdir(\"{}\", 0700){}", self.dir.display(), group.unwrap_or_default()),
             format!("flock(\"{}\", LOCK_EX)", dir("lock")),
             format!(
@@ -238,16 +249,17 @@ impl Container {
         }
         steps.push(format!("write(\"{}\")", dir("config.json")));
         steps.push(format!("write(\"{}\", running)", dir("state.json")));
-        steps.push(format!("symlink(\"run\", \"{active}\")"));
+        steps.push(journal::write_step(&active_dir, &self.config.id, Intent::Run));
         steps
     }
 
     /// What the runtime does last, one call a line (the dry run prints it).
     pub fn finish_steps(&self) -> Vec<String> {
-        let active = self.store().active_dir().join(&self.config.id).display().to_string();
+        let active_dir = self.store().active_dir();
+        let active = active_dir.join(&self.config.id).display().to_string();
         if self.config.remove {
             vec![
-                format!("symlink(\"remove\", \"{active}\")"),
+                journal::write_step(&active_dir, &self.config.id, Intent::Remove),
                 format!("remove the container (--rm): {}", self.dir.display()),
                 format!("unlink(\"{active}\")"),
             ]

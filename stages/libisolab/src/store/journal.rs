@@ -66,6 +66,12 @@ pub(super) fn write(active: &Path, id: &str, intent: Intent) -> Result<()> {
     })
 }
 
+/// [`write`] as the dry run shows it: the link under its temporary name, then the rename.
+pub(super) fn write_step(active: &Path, id: &str, intent: Intent) -> String {
+    let path = active.join(id).display().to_string();
+    format!("symlink(\"{}\", \"{path}.tmp-<pid>\"); rename(…, \"{path}\")", intent.word())
+}
+
 /// What the entry for `id` says (`None`: no entry).
 pub(super) fn read(active: &Path, id: &str) -> Result<Option<Intent>> {
     let path = active.join(id);

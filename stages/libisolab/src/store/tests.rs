@@ -95,6 +95,21 @@ fn ps_tells_the_truth_without_gc_and_gc_fixes_it() {
     assert!(store.gc().unwrap().is_empty(), "nothing left to clean");
 }
 
+// Regression: a `--rm` container whose runtime died, and whose journal entry an older
+// version's runtime had cleared, was started again: its volatile upper failed to mount with a
+// bare EINVAL, and it stayed "exited 125" for good.
+#[test]
+fn a_left_over_rm_container_is_not_started_again() {
+    let (_tmp, base, store) = scratch();
+    let gone = store.prepare(New { remove: true, ..new(Some("gone"), &base) }).unwrap();
+    store.create(&gone).unwrap().die();
+    journal::clear(&store.active_dir(), &gone.config.id).unwrap();
+    let error = gone.start().expect_err("started").to_string();
+    assert!(error.contains("was run with --rm"), "{error}");
+    assert!(error.contains("`rm gone` removes it"), "{error}");
+    assert!(store.remove("gone", false).is_ok());
+}
+
 #[test]
 fn gc_never_removes_what_it_did_not_make() {
     let (_tmp, base, store) = scratch();
