@@ -276,7 +276,8 @@ pub fn text(report: &Report) -> String {
             out,
             "\nstart of /bin/true, ms (median and quartiles of {} runs; back to back: each \
              starter's {} starts in a row, after one dropped; spaced: a {} ms pause before each, \
-             the starters taking turns)",
+             the starters taking turns; the filesystem synced before each block and the spaced \
+             rounds)",
             starts.runs, starts.runs, starts.spacing_ms
         );
         let _ = writeln!(
@@ -381,7 +382,8 @@ fn storage_text(out: &mut String, storage: &Storage) {
         let _ = writeln!(
             out,
             "\nrun --rm /bin/true with N stopped containers in the store, ms ({} runs back to \
-             back, the stores taking turns; each store filled with `run --name`, {} at a time)",
+             back, the stores taking turns; each store filled with `run --name`, {} at a time, \
+             then the filesystem synced)",
             first.start_ms.runs, storage.fill_jobs
         );
         for store in &storage.stores {
@@ -463,7 +465,8 @@ pub fn markdown(report: &Report) -> String {
             out,
             "\nMedians (quartiles) of {} starts each way. Back to back: each starter's {} starts \
              in a row, after one dropped; spaced: the starters taking turns, a pause before \
-             each. ÷ crun: this starter's time over crun's, start by start (the `i`th of each \
+             each; the filesystem synced (`syncfs`) before each block and the spaced rounds. \
+             ÷ crun: this starter's time over crun's, start by start (the `i`th of each \
              block back to back), flagged as above.\n",
             starts.runs, starts.runs
         );
@@ -507,7 +510,8 @@ pub fn markdown(report: &Report) -> String {
             let _ = writeln!(
                 out,
                 "\nMedians (quartiles) of {runs} starts per store, back to back, the stores taking turns; \
-                 every store made the same way, from the same image."
+                 every store made the same way, from the same image, then the filesystem \
+                 synced."
             );
         }
     }

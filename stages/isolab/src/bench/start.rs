@@ -261,6 +261,8 @@ pub fn measure(bench: &Bench, plan: &Plan, progress: &mut Progress) -> Result<St
     let mut back_to_back = vec![Vec::new(); ready.len()];
     for (index, starter) in ready.iter().enumerate() {
         progress.step(&format!("start back to back: {} (warm-up)", starter.id));
+        // Each block from a filesystem with nothing of the last one's left to write back.
+        super::settle(&bench.workdir)?;
         one(starter, &mut count)?;
         for round in 0..plan.start_runs {
             progress.step(&format!(
@@ -273,6 +275,7 @@ pub fn measure(bench: &Bench, plan: &Plan, progress: &mut Progress) -> Result<St
         }
     }
     let mut spaced = vec![Vec::new(); ready.len()];
+    super::settle(&bench.workdir)?;
     for round in 0..plan.start_runs {
         for (index, starter) in ready.iter().enumerate() {
             progress.step(&format!(
