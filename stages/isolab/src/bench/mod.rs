@@ -295,10 +295,10 @@ fn catch_interrupts() -> Result<()> {
 /// Writes back what the bench itself left dirty on the working directory's filesystem
 /// (`syncfs(2)`), before a part that times starts: each start should pay for its own work, not
 /// for the rootfs, image or stores the bench wrote a moment before. It matters: on this
-/// project's VM (ext4 without a journal), stage 4's start took 32 ms with the setup's writes
-/// still dirty and 14.5 ms once they were written back, most of the difference in the
-/// inode allocator (`find_inode_bit`, fs/ext4/ialloc.c), which a stage 4 start calls some
-/// twenty times (crun's four). A user's start does not follow a bulk write as a rule.
+/// project's VM (ext4 without a journal), stage 4's start took 31 ms with the setup's writes
+/// still dirty and 14 ms once they were written back, most of the difference in the inode
+/// allocator (`find_inode_bit`, fs/ext4/ialloc.c), which a stage 4 start calls some twenty
+/// times (crun's four). A user's start does not follow a bulk write as a rule.
 pub(crate) fn settle(dir: &Path) -> Result<()> {
     use std::os::fd::AsRawFd;
     let opened = fs::File::open(dir).with_context(|| format!("cannot open {}", dir.display()))?;

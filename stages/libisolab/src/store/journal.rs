@@ -24,7 +24,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
-use super::files::is_temporary;
+use super::files::{is_temporary, temporary};
 
 /// What a runtime was doing to a container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +54,7 @@ impl Intent {
 /// (after one, every lock is free and a lost entry makes `gc` report a directory rather than
 /// remove it: the safe way to be wrong).
 pub(super) fn write(active: &Path, id: &str, intent: Intent) -> Result<()> {
-    let temporary = active.join(format!("{id}.tmp-{}", std::process::id()));
+    let temporary = temporary(active, id);
     // One a dead runtime with our pid left goes first (unlinking a link removes the link).
     let _ = fs::remove_file(&temporary);
     std::os::unix::fs::symlink(intent.word(), &temporary)
