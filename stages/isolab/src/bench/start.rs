@@ -3,12 +3,12 @@
 //!
 //! Two ways, because they differ for a reason worth seeing: *back to back* (each starter's N
 //! starts in a row, the next the moment the last one ended) and *spaced* (a pause before each,
-//! the starters taking turns). On cgroup v1 every container pays
-//! one move of a process into a new cgroup, and the kernel makes a move wait for an RCU grace
-//! period (`cgroup_attach_lock` takes `cgroup_threadgroup_rwsem`, a per-CPU rwsem whose write
-//! side waits for readers with `synchronize_rcu`, kernel/cgroup/cgroup.c); right after an
-//! earlier start the rwsem's fast path is still off and the wait is short, after a quiet
-//! period it is a whole grace period. crun pays it too: spaced starts show that floor.
+//! the starters taking turns). On cgroup v1 a runtime that moves its child into a new cgroup
+//! (crun, runc) makes the kernel wait for an RCU grace period (`cgroup_attach_lock` takes
+//! `cgroup_threadgroup_rwsem`, a per-CPU rwsem whose write side waits for readers with
+//! `synchronize_rcu`, kernel/cgroup/cgroup.c); right after an earlier start the rwsem's fast
+//! path is still off and the wait is short, after a quiet period it is a whole grace period.
+//! isolab's stages skip that lock: the child moves itself in (`cgroups::SelfJoin`).
 
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -178,7 +178,7 @@ fn starters(bench: &Bench) -> Vec<Starter> {
         });
     }
     if let Some(bundle) = &bench.crun {
-        // `Bench::in_crun` rewrites the bundle's config; for starts it is set once, below.
+        // The bundle's own config runs /bin/true (`crun_bundle`); the workloads pass theirs.
         let (bundle, state) = (bundle.clone(), bench.workdir.join("crun-state"));
         let crun_bundle = bundle.clone();
         let pid = std::process::id();
@@ -233,9 +233,6 @@ fn starters(bench: &Bench) -> Vec<Starter> {
 /// follows another runtime's, whose cgroup move some tens of ms earlier leaves the next move
 /// neither warm nor cold (crun measured twice its own in-a-row time that way).
 pub fn measure(bench: &Bench, plan: &Plan, progress: &mut Progress) -> Result<Starts> {
-    if let Some(bundle) = &bench.crun {
-        super::write_crun_config(bundle, &["/bin/true"])?;
-    }
     if bench.stage == super::Stage::Five {
         let store = bench.workdir.join("start-store5");
         super::import_image(&bench.bin_dir, &store, &bench.workdir.join("userns"), &bench.rootfs)?;

@@ -132,9 +132,9 @@ pub fn measure(bench: &Bench, plan: &Plan, progress: &mut Progress) -> Result<St
 // ANCHOR_END: storage
 
 /// Makes `size` stopped containers in `store` with the stage's own `run --name box-N
-/// /bin/true`, several at a time: most of a start is waiting (the cgroup move's RCU grace
-/// period, the exits), so on 2 CPUs four runs at once make the store about three times as fast
-/// as one after the other (1,000 containers: from most of the section's time to a fraction),
+/// /bin/true`, several at a time: part of a start is waiting (for the disk, for the child's
+/// exit and its grace periods), so on 2 CPUs four runs at once make the store about three
+/// times as fast as one after the other (1,000 containers: from most of the section's time to a fraction),
 /// and every container is still exactly what a user's run leaves.
 fn fill(
     bench: &Bench,

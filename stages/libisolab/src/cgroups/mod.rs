@@ -28,7 +28,9 @@
 //! 3. [`gc()`] removes what runtimes killed earlier left behind;
 //! 4. [`Backend::plan`] lists every `mkdir` and `write` (printed by `--dry-run`), and
 //!    [`Backend::create`] runs that very list;
-//! 5. [`Backend::join`] puts the child in, from the parent, *before* the child execs;
+//! 5. the child is in it before it runs a step of its own: born in it on v2 (`clone3`), on
+//!    v1 it moves itself ([`SelfJoin`]); the parent writes its pid ([`Plan::join`]) only on a
+//!    v2 kernel without `clone3`. [`Backend::join`] is that write for a created cgroup;
 //! 6. [`Backend::report`] reads the meters once the child has exited;
 //! 7. [`Backend::destroy`] kills whatever is left inside and removes the directories.
 //!
@@ -342,8 +344,10 @@ pub trait Backend {
     /// Moves process `pid` (and the children it will have) into the cgroup of `id`: one write
     /// of its pid to `cgroup.procs` in every hierarchy the cgroup has.
     ///
-    /// Stage 3 calls this from the parent while the child waits, before the child execs, so
-    /// that everything the command does — its very first allocation included — is counted.
+    /// The parent's way, for a created cgroup (the planned one's is [`Plan::join`]). Stage 3
+    /// joins without it where it can: the child is born in its cgroup on v2 (`clone3`), and
+    /// moves itself on v1 ([`SelfJoin`]), which skips the machine-wide lock a move by another
+    /// process takes.
     fn join(&self, id: &ContainerId, pid: Pid) -> Result<()> {
         let dirs: Vec<PathBuf> =
             self.dirs(id).into_iter().filter(|dir| self.fs().exists(dir)).collect();

@@ -40,8 +40,8 @@ pub struct Plan {
     pub stop_timeout: Duration,
     /// The command.
     pub command: Command,
-    /// Chapter 3: the cgroup the runtime makes before the clone and moves the child into
-    /// before it releases it (see [`Plan::add_cgroup`]).
+    /// Chapter 3: the cgroup the runtime makes before the clone, which the child is in before
+    /// it runs a step of its own (see [`Plan::add_cgroup`]).
     pub cgroup: Option<PlannedCgroup>,
     /// The user namespace's host ids and where they come from (see `idrange`), if there is
     /// one; claimed by [`Plan::claim_ids`].
