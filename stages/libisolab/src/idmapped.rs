@@ -42,6 +42,7 @@ use nix::unistd::Pid;
 
 use crate::error::{errno_name, Error, Result, SysResultExt};
 use crate::idmap::IdMap;
+use crate::idrange;
 use crate::mountinfo;
 use crate::namespaces;
 use crate::overlay;
@@ -192,8 +193,15 @@ pub fn receive(socket: BorrowedFd, count: usize) -> Result<Vec<OwnedFd>> {
 ///
 /// What decides is the mount a base is on (its filesystem, its flags), so one base per mount
 /// is tried: an image's layers and its init layer all sit on the store's. Dropping a detached
-/// mount waits for an RCU grace period (`namespace_unlock`, fs/namespace.c), each one.
+/// mount waits for an RCU grace period (`namespace_unlock`, fs/namespace.c), each one. And
+/// since that is fixed when the mount is made, a mount that passed is noted ([`Verdicts`]):
+/// the next start on it skips the throwaway namespace.
 pub fn check(bases: &[&Path], map: &IdMap) -> Result<()> {
+    check_noting(bases, map, &idrange::claims_dir().join(VERDICTS))
+}
+
+/// [`check`], noting the mounts that passed in the file `verdicts`.
+fn check_noting(bases: &[&Path], map: &IdMap, verdicts: &Path) -> Result<()> {
     if bases.is_empty() {
         return Ok(());
     }
@@ -207,32 +215,43 @@ pub fn check(bases: &[&Path], map: &IdMap) -> Result<()> {
             ),
         ));
     }
-    let userns = throwaway_user_namespace(map)?;
-    let mut tried = Vec::new();
+    let verdicts = Verdicts::read(verdicts);
+    let (mut userns, mut tried, mut passed) = (None, Vec::new(), Vec::new());
     for base in bases {
         // A base whose mount cannot be told is tried all the same.
         let mount = mount_id(base);
         if mount.is_some() && tried.contains(&mount) {
             continue;
         }
-        check_one(base, userns.as_fd(), &release)?;
         tried.push(mount);
+        if mount.is_some_and(|mount| verdicts.passed(mount)) {
+            continue;
+        }
+        let userns = match &userns {
+            Some(userns) => userns,
+            None => userns.insert(throwaway_user_namespace(map)?),
+        };
+        check_one(base, userns.as_fd(), &release)?;
+        passed.extend(mount);
     }
+    verdicts.note(&passed);
     Ok(())
 }
 
-/// The id of the mount `path` is on (`statx(2)`, `STATX_MNT_ID`, Linux 5.8), as
-/// `/proc/self/mountinfo`'s first column names it.
-fn mount_id(path: &Path) -> Option<u64> {
+/// The id of the mount `path` is on (`statx(2)`): unique until the next boot where the kernel
+/// has `STATX_MNT_ID_UNIQUE` (Linux 6.8), else the id of `/proc/self/mountinfo`'s first column
+/// (`STATX_MNT_ID`, 5.8), which a later mount may take again.
+fn mount_id(path: &Path) -> Option<MountId> {
     let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
     let mut stat = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    let mask = libc::STATX_MNT_ID | STATX_MNT_ID_UNIQUE;
     // SAFETY: statx fills the struct it is given, which outlives the call.
-    let done = unsafe {
-        libc::statx(libc::AT_FDCWD, path.as_ptr(), 0, libc::STATX_MNT_ID, stat.as_mut_ptr())
-    };
+    let done = unsafe { libc::statx(libc::AT_FDCWD, path.as_ptr(), 0, mask, stat.as_mut_ptr()) };
     // SAFETY: zeroed, then filled by a successful statx.
     let stat = unsafe { stat.assume_init() };
-    (done == 0 && stat.stx_mask & libc::STATX_MNT_ID != 0).then_some(stat.stx_mnt_id)
+    let unique = stat.stx_mask & STATX_MNT_ID_UNIQUE != 0;
+    let known = unique || stat.stx_mask & libc::STATX_MNT_ID != 0;
+    (done == 0 && known).then_some(MountId { id: stat.stx_mnt_id, unique })
 }
 
 /// One base of [`check`], through the throwaway namespace `userns`.
@@ -263,6 +282,75 @@ fn check_one(base: &Path, userns: BorrowedFd, release: &str) -> Result<()> {
 }
 // ANCHOR_END: check
 
+/// A mount's id, and whether no other mount takes it until the next boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MountId {
+    id: u64,
+    unique: bool,
+}
+
+/// `STATX_MNT_ID_UNIQUE` (include/uapi/linux/stat.h), which the libc crate lacks.
+const STATX_MNT_ID_UNIQUE: u32 = 0x4000;
+
+/// The file in the claims directory ([`idrange::claims_dir`]) where the mounts that passed
+/// [`check`] are noted, a line `<boot id> <euid> <unique mount id>` each.
+pub const VERDICTS: &str = "idmapped-mounts";
+
+/// The mounts that passed [`check`] for this user since this boot: whether a mount can be
+/// idmapped is fixed when it is made (its filesystem, who owns its superblock), so one that
+/// passed passes for as long as it exists, and its unique id is never another mount's before
+/// the next boot. Only the throwaway namespace is saved (about 0.7 ms of a start here).
+#[derive(Debug, Default)]
+struct Verdicts {
+    /// The file.
+    path: std::path::PathBuf,
+    /// This boot's id (`/proc/sys/kernel/random/boot_id`) and our euid, as a line starts.
+    prefix: String,
+    /// The lines of this boot and user.
+    lines: Vec<String>,
+}
+
+impl Verdicts {
+    /// What earlier checks noted in the file `path`; nothing if the boot id cannot be read.
+    fn read(path: &Path) -> Verdicts {
+        let path = path.to_path_buf();
+        let Ok(boot) = std::fs::read_to_string("/proc/sys/kernel/random/boot_id") else {
+            return Verdicts { path, ..Verdicts::default() };
+        };
+        let prefix = format!("{} {} ", boot.trim(), nix::unistd::geteuid());
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines = text.lines().filter(|line| line.starts_with(&prefix)).map(String::from);
+        let lines = lines.collect();
+        Verdicts { path, prefix, lines }
+    }
+
+    fn line(&self, mount: MountId) -> Option<String> {
+        (mount.unique && !self.prefix.is_empty()).then(|| format!("{}{}", self.prefix, mount.id))
+    }
+
+    /// Did `mount` pass before? Only a unique id can tell: another may be a later mount's.
+    fn passed(&self, mount: MountId) -> bool {
+        self.line(mount).is_some_and(|line| self.lines.contains(&line))
+    }
+
+    /// Notes the mounts that passed now, keeping this boot's earlier lines (an earlier boot's
+    /// go). A cache, written whole to a temporary file renamed over the old one: if it cannot
+    /// be written, the next start pays for the throwaway namespace again, nothing else.
+    fn note(mut self, passed: &[MountId]) {
+        let new: Vec<String> = passed.iter().filter_map(|mount| self.line(*mount)).collect();
+        if new.is_empty() {
+            return;
+        }
+        self.lines.extend(new);
+        let temporary = self.path.with_extension(format!("tmp-{}", std::process::id()));
+        let text = self.lines.join("\n") + "\n";
+        let written = std::fs::write(&temporary, text);
+        if written.and_then(|()| std::fs::rename(&temporary, &self.path)).is_err() {
+            let _ = std::fs::remove_file(&temporary);
+        }
+    }
+}
+
 /// Why `base` is refused, and the ways out.
 fn refusal(base: &Path, reason: String) -> Error {
     Error::Invalid(format!(
@@ -283,7 +371,7 @@ fn throwaway_user_namespace(map: &IdMap) -> Result<OwnedFd> {
     {
         nix::unistd::ForkResult::Child => {
             drop(wait_write);
-            // Until the parent closes its end (or dies): then there is nothing left to do.
+            // Until the parent says so (or closes its end, or dies): nothing is left to do.
             let _ = File::from(wait_read).read(&mut [0u8; 1]);
             // SAFETY: _exit never returns and runs none of the parent's exit handlers.
             unsafe { libc::_exit(0) }
@@ -291,6 +379,9 @@ fn throwaway_user_namespace(map: &IdMap) -> Result<OwnedFd> {
         nix::unistd::ForkResult::Parent { child } => {
             drop(wait_read);
             let userns = map.write(child).and_then(|()| user_namespace_of(child));
+            // A byte, not only the close: a fork of another thread (the tests') may hold a
+            // copy of this end, and the child would never see the end of the pipe.
+            let _ = nix::unistd::write(&wait_write, b"x");
             drop(wait_write);
             let _ = nix::sys::wait::waitpid(child, None);
             userns
@@ -321,6 +412,43 @@ mod tests {
     }
 
     #[test]
+    fn a_mount_that_passed_is_noted_for_this_boot_and_not_tried_again() {
+        if !nix::unistd::Uid::effective().is_root() {
+            crate::skip("a_mount_that_passed_is_noted", "needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let verdicts = dir.path().join(VERDICTS);
+        let map = IdMap::root_to(1_000_000_000, 1_000_000_000);
+        let base = tempfile::tempdir().unwrap();
+        let mount = mount_id(base.path()).unwrap();
+        if !mount.unique {
+            crate::skip("a_mount_that_passed_is_noted", "no STATX_MNT_ID_UNIQUE (Linux 6.8)");
+            return;
+        }
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+        let line = |boot: &str, id: u64| format!("{} {} {id}", boot.trim(), nix::unistd::geteuid());
+        check_noting(&[base.path()], &map, &verdicts).unwrap();
+        let noted = std::fs::read_to_string(&verdicts).unwrap();
+        assert_eq!(noted, line(&boot, mount.id) + "\n");
+        // A mount noted for this boot is not tried: procfs, which never can be idmapped,
+        // passes once a line says it did (only root can write the claims directory).
+        let proc = mount_id(Path::new("/proc")).unwrap();
+        std::fs::write(&verdicts, line(&boot, proc.id) + "\n").unwrap();
+        check_noting(&[Path::new("/proc")], &map, &verdicts).unwrap();
+        // Another boot's line is not believed, and goes when this boot's are noted.
+        let old = "00000000-0000-0000-0000-000000000000";
+        std::fs::write(&verdicts, line(old, proc.id) + "\n").unwrap();
+        let error = check_noting(&[Path::new("/proc")], &map, &verdicts).unwrap_err();
+        assert!(error.to_string().contains("cannot be idmapped"), "{error}");
+        check_noting(&[base.path()], &map, &verdicts).unwrap();
+        assert_eq!(std::fs::read_to_string(&verdicts).unwrap(), line(&boot, mount.id) + "\n");
+        let left: Vec<_> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, [VERDICTS], "no temporary file left");
+    }
+
+    #[test]
     fn descriptors_travel_over_the_socket_pair() {
         let (ours, theirs) = socket_pair().unwrap();
         let file = tempfile::tempfile().unwrap();
@@ -344,12 +472,14 @@ mod tests {
         }
         // procfs cannot be idmapped on any kernel.
         let map = IdMap::root_to(1_000_000_000, 1_000_000_000);
-        let error = check(&[Path::new("/proc")], &map).unwrap_err().to_string();
+        let claims = tempfile::tempdir().unwrap();
+        let check = |base: &Path| check_noting(&[base], &map, &claims.path().join(VERDICTS));
+        let error = check(Path::new("/proc")).unwrap_err().to_string();
         assert!(error.contains("its filesystem (proc) cannot be idmapped"), "{error}");
         assert!(error.contains("--ns without user"), "{error}");
         assert!(!error.contains('\n'), "{error}");
         // A directory of the disk can (on kernels from 5.19 on, which the tests run on).
         let dir = tempfile::tempdir().unwrap();
-        check(&[dir.path()], &map).unwrap();
+        check(dir.path()).unwrap();
     }
 }
