@@ -26,8 +26,7 @@ use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
@@ -186,7 +185,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
              sudo)"
         );
     }
-    catch_interrupts()?;
+    compare::catch_interrupts()?;
     let sections = if args.only.is_empty() {
         vec![
             Section::Cpu,
@@ -223,8 +222,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         // Ctrl-C, 143 after `kill`), as stage 5's push and pull do.
         Err(error) if compare::interrupted() => {
             eprintln!("isolab: error: {error:#}");
-            let signal = SIGNAL.load(Ordering::SeqCst).clamp(1, 127) as u8;
-            return Ok(ExitCode::from(128 + signal));
+            let signal = compare::interrupting_signal().unwrap_or(libc::SIGINT).clamp(1, 127);
+            return Ok(ExitCode::from(128 + signal as u8));
         }
         Err(error) => return Err(error),
     };
@@ -251,45 +250,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .with_context(|| format!("cannot write the tables to {}", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The signal that stopped the run, for the exit status; 0 until one comes.
-static SIGNAL: AtomicI32 = AtomicI32::new(0);
-
-/// The handler `compare::catch_interrupts` installed, which sets the flag every step reads.
-static COMPARE_HANDLER: OnceLock<extern "C" fn(libc::c_int)> = OnceLock::new();
-
-extern "C" fn on_interrupt(signal: libc::c_int) {
-    SIGNAL.store(signal, Ordering::SeqCst);
-    if let Some(handler) = COMPARE_HANDLER.get() {
-        handler(signal);
-    }
-}
-
-/// Ctrl-C, `kill` and a closed terminal stop the run at its next step, every guard running
-/// (`compare::catch_interrupts`); on top of that, the bench remembers which signal it was, for
-/// its exit status. Its handler records the number and calls compare's (man 2 sigaction: the
-/// old action comes back from the call that replaces it).
-fn catch_interrupts() -> Result<()> {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    compare::catch_interrupts()?;
-    let action =
-        SigAction::new(SigHandler::Handler(on_interrupt), SaFlags::empty(), SigSet::empty());
-    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        // SAFETY: the handler stores to an atomic and calls compare's, which stores to one;
-        // both async-signal-safe (man 7 signal-safety). `OnceLock::get` is an atomic load.
-        let previous = unsafe { sigaction(signal, &action) }
-            .with_context(|| format!("sigaction({signal}) failed"))?;
-        if let SigHandler::Handler(handler) = previous.handler() {
-            let _ = COMPARE_HANDLER.set(handler);
-        }
-    }
-    // A signal in the moment before compare's handler was known: pass it on now.
-    let early = SIGNAL.load(Ordering::SeqCst);
-    if let (true, Some(handler)) = (early != 0, COMPARE_HANDLER.get()) {
-        handler(early);
-    }
-    Ok(())
 }
 
 /// Writes back what the bench itself left dirty on the working directory's filesystem

@@ -24,7 +24,7 @@ use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -404,22 +404,30 @@ pub(crate) fn last_line(bytes: &[u8]) -> String {
     text.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or("(no output)").trim().into()
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// The signal that interrupted the run; 0 until one comes.
+static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
 
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
+extern "C" fn on_signal(signal: libc::c_int) {
+    INTERRUPTED.store(signal, Ordering::SeqCst);
 }
 
 pub(crate) fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
+    interrupting_signal().is_some()
+}
+
+/// The signal that interrupted the run, if one did (the bench exits with 128 + its number).
+pub(crate) fn interrupting_signal() -> Option<i32> {
+    Some(INTERRUPTED.load(Ordering::SeqCst)).filter(|&signal| signal != 0)
 }
 
 /// Ctrl-C, `kill` and a closed terminal must not leave the host renamed or a tmpfs mounted:
-/// they only set a flag, and the run stops at the next step with every guard running.
+/// they only note which signal came, and the run stops at the next step with every guard
+/// running.
 pub(crate) fn catch_interrupts() -> Result<()> {
     let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::empty(), SigSet::empty());
     for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe
+        // (man 7 signal-safety).
         unsafe { signal::sigaction(signal, &action) }
             .with_context(|| format!("sigaction({signal}) failed"))?;
     }
