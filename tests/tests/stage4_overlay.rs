@@ -341,7 +341,10 @@ fn root_of_a_user_namespace_changes_the_bases_files_over_an_idmapped_base() {
         };
         assert_eq!((uid, gid), expected, "upper/{}", path.display());
     }
-    assert_eq!(fs::read_dir(dir.join("lower0")).unwrap().count(), 0);
+    // The idmapped base was attached in the container's mount namespace only: on the host,
+    // the store's mount point is an empty directory.
+    assert_eq!(fs::read_dir(env.path().join("store/mnt/lower0")).unwrap().count(), 0);
+    assert!(!dir.join("lower0").exists() && !dir.join("merged").exists());
     let stat =
         format!("store/containers/{}/upper/etc/motd", dir.file_name().unwrap().to_str().unwrap());
     let output =
@@ -634,19 +637,24 @@ fn sigkill_of_the_runtime_then_gc_leaves_no_mount_and_no_stale_state() {
         text(&output.stdout)
     );
     assert!(mounts_under(env.path()).is_empty(), "{:?}", mounts_under(env.path()));
-    // A mount left on the host in a container's directory (by hand, here, in a mount
-    // namespace of the test's own) is detached by gc, and said so.
-    let merged = container_dir(&env, "kept").join("merged");
+    // A mount left on the host in a container's directory or on the store's mount point
+    // (by hand, here, in a mount namespace of the test's own) is detached by gc, and said so.
+    let upper = container_dir(&env, "kept").join("upper");
+    let point = env.path().join("store/mnt/root");
     let script = format!(
-        "mount -t tmpfs leftover {} && {} --root store gc && grep -c leftover /proc/self/mountinfo",
-        merged.display(),
+        "mount -t tmpfs leftover {} && mount -t tmpfs leftover {} && {} --root store gc && grep \
+         -c leftover /proc/self/mountinfo",
+        upper.display(),
+        point.display(),
         bin(STAGE).display()
     );
     let output = run(Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c", &script])
         .current_dir(env.path()));
     let stdout = text(&output.stdout);
-    assert!(stdout.contains(&format!("unmounted {} (MNT_DETACH)", merged.display())), "{stdout}");
+    for left in [&upper, &point] {
+        assert!(stdout.contains(&format!("unmounted {} (MNT_DETACH)", left.display())), "{stdout}");
+    }
     assert!(stdout.ends_with("0\n"), "the tmpfs is still mounted: {stdout}");
     let output = run_stage4(&env, &["rm", "kept"]);
     assert_eq!(code(&output), 0, "{}", text(&output.stderr));

@@ -38,12 +38,61 @@ impl State {
 }
 
 impl Container {
-    /// The directory that becomes the container's `/`.
+    /// The directory that becomes the container's `/`: for an overlay, the store's shared
+    /// mount point (see [`Container::mount_points`]); for a copy, the copy.
     pub fn rootfs(&self) -> PathBuf {
         match self.config.storage {
-            Storage::Overlay => self.dir.join("merged"),
+            Storage::Overlay => self.store().mounts_dir().join("root"),
             Storage::Copy => self.dir.join("rootfs"),
         }
+    }
+
+    /// The directories its child mounts on, inside its own mount namespace: the overlay's
+    /// (`root`) and the idmapped base's (`lower0`, …). The store's, not the container's: the
+    /// same directories serve every container, each mounting on them in a mount namespace of
+    /// its own, where no other container and not the host sees the mount (`man 7
+    /// mount_namespaces`). Made once per store, not twice per container, which spares each
+    /// start a `mkdir` and an `rmdir` per mount point (a directory's block allocated and
+    /// freed: on a filesystem mounted with `discard`, as this project's VM is, a trip to the
+    /// disk each).
+    pub fn mount_points(&self) -> Vec<PathBuf> {
+        if self.config.storage != Storage::Overlay {
+            return Vec::new();
+        }
+        let lowers = self.idmapped_lowers().into_iter().map(|lower| lower.target);
+        std::iter::once(self.rootfs()).chain(lowers).collect()
+    }
+
+    /// Makes the mount points that are missing (and `mnt/`, in a store an older version
+    /// made). A mount point that exists must be a directory of the store's owner: a link
+    /// would take the mount elsewhere.
+    pub(super) fn make_mount_points(&self) -> Result<()> {
+        let caller = nix::unistd::Uid::effective().as_raw();
+        let points = self.mount_points();
+        if points.is_empty() {
+            return Ok(());
+        }
+        self.store().make_root()?;
+        for point in points {
+            match fs::DirBuilder::new().mode(0o755).create(&point) {
+                Ok(()) => continue,
+                Err(error) if error.kind() != std::io::ErrorKind::AlreadyExists => {
+                    let root = self.store().root;
+                    return Err(not_writable("mkdir", &root, &point, &error));
+                }
+                Err(_) => {}
+            }
+            let metadata =
+                fs::symlink_metadata(&point).map_err(|e| Error::io("lstat", &point, &e))?;
+            if !metadata.is_dir() || std::os::unix::fs::MetadataExt::uid(&metadata) != caller {
+                return Err(Error::Invalid(format!(
+                    "{} is not a directory of uid {caller}: isolab mounts there and follows no \
+                     link in a store; remove it, and the next run makes it again",
+                    point.display()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Its overlay's layers (`None` for a copy).
@@ -87,13 +136,14 @@ impl Container {
         self.config.storage == Storage::Overlay && self.config.owner.is_some()
     }
 
-    /// Its lowers to idmap, each with the mount point in its directory where the child
-    /// attaches the idmapped mount (`lower0`, …): none if it does not idmap its base.
+    /// Its lowers to idmap, each with the store's mount point where the child attaches the
+    /// idmapped mount (`mnt/lower0`, …): none if it does not idmap its base.
     pub fn idmapped_lowers(&self) -> Vec<Lower> {
         if !self.idmaps_base() {
             return Vec::new();
         }
-        let target = |index: usize| self.dir.join(format!("lower{index}"));
+        let mounts = self.store().mounts_dir();
+        let target = |index: usize| mounts.join(format!("lower{index}"));
         let lowers = self.config.lowers.iter().enumerate();
         lowers.map(|(index, base)| Lower { base: base.clone(), target: target(index) }).collect()
     }
@@ -182,15 +232,8 @@ impl Container {
                 self.config.name, self.config.name
             )));
         }
-        // A container made before isolab idmapped its base has no mount points for it yet.
-        for lower in self.idmapped_lowers() {
-            match fs::DirBuilder::new().mode(0o755).create(&lower.target) {
-                Err(error) if error.kind() != std::io::ErrorKind::AlreadyExists => {
-                    return Err(Error::io("mkdir", &lower.target, &error));
-                }
-                _ => {}
-            }
-        }
+        // An image of more layers than any before it in this store needs more of them.
+        self.make_mount_points()?;
         let store = self.store();
         journal::write(&store.active_dir(), &self.config.id, Intent::Run)
             .map_err(|e| store.full_hint(e))?;
@@ -237,9 +280,8 @@ impl Container {
                 for name in ["upper", "work"] {
                     steps.push(format!("mkdir(\"{}\", 0755){chown}", dir(name)));
                 }
-                steps.push(format!("mkdir(\"{}\", 0755)", dir("merged")));
-                for lower in self.idmapped_lowers() {
-                    steps.push(format!("mkdir(\"{}\", 0755)", lower.target.display()));
+                for point in self.mount_points() {
+                    steps.push(format!("mkdir(\"{}\", 0755) unless it exists", point.display()));
                 }
             }
             Storage::Copy => {
@@ -303,7 +345,8 @@ impl Container {
         }
     }
 
-    /// Makes what is in its directory: upper, work and merged (or the copy).
+    /// Makes what is in its directory: upper and work (or the copy); and the store's mount
+    /// points it needs.
     pub(super) fn make_contents(&self) -> Result<()> {
         let mkdir = |path: &Path, mode: u32| {
             fs::DirBuilder::new().mode(mode).create(path).map_err(|error| {
@@ -322,10 +365,7 @@ impl Container {
                     .map_or(0o755, |metadata| metadata.mode() & 0o7777);
                 mkdir(&layers.upper, base_mode)?;
                 mkdir(&layers.work, 0o755)?;
-                mkdir(&self.rootfs(), 0o755)?;
-                for lower in self.idmapped_lowers() {
-                    mkdir(&lower.target, 0o755)?;
-                }
+                self.make_mount_points()?;
                 fs::set_permissions(&layers.upper, fs::Permissions::from_mode(base_mode))
                     .map_err(|e| Error::io("chmod", &layers.upper, &e))?;
                 if let Some((uid, gid)) = self.config.owner {

@@ -270,6 +270,9 @@ impl Store {
         // Mounts on the host in the store: none, unless something mounted there by hand
         // (the overlay is mounted in the container's own namespace).
         let mounted = files::mount_points_under(&self.containers_dir())?;
+        // Nor on its mount points, where containers mount only in namespaces of their own.
+        let strays = files::unmount_under(&self.mounts_dir())?;
+        cleaned.extend(strays.into_iter().map(|path| Cleaned::Unmounted { path }));
         for (name, dir) in self.foreign_entries()? {
             cleaned.push(Cleaned::LeftAlone {
                 dir,

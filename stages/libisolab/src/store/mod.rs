@@ -12,10 +12,12 @@
 //!     config.json               what it is: name, base, storage, the command line that made it
 //!     state.json                what it is doing: created, running (runtime pid), exited (code)
 //!     lock                      held (flock) by the runtime while the container runs
-//!     upper/ work/ merged/      overlay: its own layer, overlayfs's scratch, the mount point
+//!     upper/ work/              overlay: its own layer, overlayfs's scratch
 //!     rootfs/                   copy: its full copy of the base
 //!   names/<name> -> <id>        the index of names: one symlink per container
 //!   active/<id> -> run          the journal: create, run or remove, while a runtime does it
+//!   mnt/root/ mnt/lower0/ …     0711, the mount points every container's child mounts its
+//!                               overlay and idmapped base on, each in its own mount namespace
 //! ```
 //!
 //! Four rules keep the store sound when runtimes crash or are killed:
@@ -345,7 +347,8 @@ impl Store {
                 )));
             }
         }
-        for dir in [self.root.clone(), self.containers_dir(), self.names_dir(), self.active_dir()] {
+        let dirs = [self.root.clone(), self.containers_dir(), self.names_dir(), self.active_dir()];
+        for dir in dirs.into_iter().chain([self.mounts_dir()]) {
             let metadata = match fs::symlink_metadata(&dir) {
                 Ok(metadata) => metadata,
                 Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
@@ -385,6 +388,11 @@ impl Store {
 
     fn active_dir(&self) -> PathBuf {
         self.root.join("active")
+    }
+
+    /// The mount points, shared by every container ([`Container::mount_points`]).
+    fn mounts_dir(&self) -> PathBuf {
+        self.root.join("mnt")
     }
 
     fn container_dir(&self, id: &str) -> PathBuf {
@@ -702,16 +710,17 @@ impl Store {
         Ok(())
     }
 
-    /// Makes the store's directories if they are missing: the root and `containers/` are
-    /// `0711`, so that root of a user namespace (an ordinary uid outside) may pass through to
-    /// its own container's directory (which is `0700`, its own); the index and the journal
-    /// are `0700`.
-    fn make_root(&self) -> Result<()> {
+    /// Makes the store's directories if they are missing: the root, `containers/` and `mnt/`
+    /// are `0711`, so that root of a user namespace (an ordinary uid outside) may pass through
+    /// to its own container's directory (which is `0700`, its own) and to the mount points;
+    /// the index and the journal are `0700`.
+    pub(super) fn make_root(&self) -> Result<()> {
         for (dir, mode) in [
             (self.root.clone(), 0o711),
             (self.containers_dir(), 0o711),
             (self.names_dir(), 0o700),
             (self.active_dir(), 0o700),
+            (self.mounts_dir(), 0o711),
         ] {
             if dir.is_dir() {
                 continue;

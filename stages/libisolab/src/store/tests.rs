@@ -36,9 +36,14 @@ fn create_list_find_remove() {
     let container = store.prepare(new(Some("web"), &base)).unwrap();
     assert!(!container.dir.exists(), "prepare writes nothing");
     let running = store.create(&container).unwrap();
-    for dir in ["upper", "work", "merged"] {
+    for dir in ["upper", "work"] {
         assert!(container.dir.join(dir).is_dir(), "{dir}");
     }
+    // Its root's mount point is the store's, shared: each container mounts on it in its own
+    // mount namespace.
+    assert!(!container.dir.join("merged").exists());
+    assert_eq!(container.rootfs(), store.root().join("mnt/root"));
+    assert!(container.rootfs().is_dir());
     let mode = fs::metadata(&container.dir).unwrap().mode() & 0o7777;
     assert_eq!(mode, 0o700, "no other user may reach the upper");
     // The name is taken; the lock is held.
@@ -355,4 +360,29 @@ fn a_non_link_in_the_index_is_reported() {
     fs::create_dir(store.names_dir().join("keep-me")).unwrap();
     let cleaned = store.gc().unwrap();
     assert!(said(&cleaned).iter().any(|line| line.contains("cannot hold keep-me")), "{cleaned:?}");
+}
+
+#[test]
+fn the_mount_points_are_the_stores_and_a_link_there_is_refused() {
+    let (tmp, base, store) = scratch();
+    let one = store.create(&store.prepare(new(Some("one"), &base)).unwrap()).unwrap();
+    let two = store.create(&store.prepare(new(Some("two"), &base)).unwrap()).unwrap();
+    assert_eq!(one.container.rootfs(), two.container.rootfs(), "one mount point for both");
+    let mode = fs::metadata(store.root().join("mnt")).unwrap().mode() & 0o7777;
+    assert_eq!(mode, 0o711, "root of a user namespace passes through, and lists nothing");
+    one.exited(0).unwrap();
+    two.exited(0).unwrap();
+    // A link where a mount point should be would take the mount elsewhere.
+    let point = store.root().join("mnt/root");
+    fs::remove_dir(&point).unwrap();
+    std::os::unix::fs::symlink(tmp.path(), &point).unwrap();
+    let error = store.create(&store.prepare(new(Some("three"), &base)).unwrap()).err().unwrap();
+    assert!(error.to_string().contains("follows no link"), "{error}");
+    // And `mnt` itself, the store's own directory, is checked like the others.
+    fs::remove_file(&point).unwrap();
+    let mnt = store.root().join("mnt");
+    fs::remove_dir(&mnt).unwrap();
+    std::os::unix::fs::symlink(tmp.path(), &mnt).unwrap();
+    let error = store.check_owner().unwrap_err().to_string();
+    assert!(error.contains("follows no link"), "{error}");
 }
