@@ -34,6 +34,7 @@
 use std::fs::File;
 use std::io::{IoSlice, IoSliceMut, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -343,8 +344,16 @@ impl Verdicts {
         }
         self.lines.extend(new);
         let temporary = self.path.with_extension(format!("tmp-{}", std::process::id()));
+        // One a dead runtime with our pid left goes first; then a file of our own, never one
+        // that is there already (O_EXCL: not through a link either).
+        let _ = std::fs::remove_file(&temporary);
         let text = self.lines.join("\n") + "\n";
-        let written = std::fs::write(&temporary, text);
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temporary)
+            .and_then(|mut file| std::io::Write::write_all(&mut file, text.as_bytes()));
         if written.and_then(|()| std::fs::rename(&temporary, &self.path)).is_err() {
             let _ = std::fs::remove_file(&temporary);
         }
