@@ -7,6 +7,7 @@
 
 use std::fs;
 use std::path::Path;
+use std::process::Command;
 
 use isolab_tests::*;
 use serde_json::Value;
@@ -86,6 +87,11 @@ fn quick_run_reports_every_row_cleans_up_and_feeds_the_book() {
     assert!(matches!(build["profile"].as_str(), Some("debug" | "release")), "{build}");
     let dir = Path::new(build["dir"].as_str().unwrap());
     assert!(dir.join("stage5-images").is_file(), "{build}");
+    // And how it is linked, as `readelf -l` (binutils, which the C compiler brought) says it.
+    let headers = Command::new("readelf").arg("-l").arg(dir.join("stage5-images")).output();
+    let headers = text(&headers.unwrap().stdout);
+    let linked = if headers.contains("INTERP") { "dynamic" } else { "static" };
+    assert_eq!(build["linking"].as_str(), Some(linked), "{build}");
     assert_eq!(runs, 3, "--quick runs 3 rounds");
     let rows = report["rows"].as_array().unwrap();
     let ids: Vec<&str> = rows.iter().map(|row| row["id"].as_str().unwrap()).collect();

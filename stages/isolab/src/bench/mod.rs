@@ -66,8 +66,8 @@ pub struct Args {
     /// Where the stage binaries, the probe and rootfs-builder are [default: the running
     /// isolab's directory; from target/debug, target/release instead when it has every one of
     /// them, none older than its debug build]. The report names the build it measured: starts
-    /// of a debug build are not what a reader compares with crun (`cargo build --release
-    /// --workspace --bins`, then `sudo target/release/isolab bench`)
+    /// of a debug build are not what a reader compares with crun (`scripts/build-release`, then
+    /// `sudo target/release/isolab bench`)
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
 }
@@ -352,6 +352,9 @@ pub struct Build {
     pub dir: PathBuf,
     /// Why this directory: `--bin-dir`, the running isolab's own, or target/release beside it.
     pub chosen: String,
+    /// How its stage binaries are linked: `static`, `dynamic` or `unknown` (see
+    /// [`linking_of`]).
+    pub linking: String,
 }
 
 /// The binaries a run uses from the build's directory (those that are there).
@@ -374,7 +377,8 @@ impl Build {
         if let Some(dir) = asked {
             let dir = fs::canonicalize(dir)
                 .with_context(|| format!("--bin-dir {}: no such directory", dir.display()))?;
-            return Ok(Build { profile: profile_of(&dir), dir, chosen: "--bin-dir".into() });
+            let (profile, linking) = (profile_of(&dir), linking_of(&dir));
+            return Ok(Build { profile, linking, dir, chosen: "--bin-dir".into() });
         }
         let own = compare::bin_dir()?;
         let release = own.parent().map(|target| target.join("release"));
@@ -383,14 +387,52 @@ impl Build {
         }) {
             return Ok(Build {
                 profile: "release".into(),
+                linking: linking_of(&release),
                 dir: release,
                 chosen: "target/release beside this debug isolab: every binary built there too, \
                          none older"
                     .into(),
             });
         }
-        Ok(Build { profile: profile_of(&own), dir: own, chosen: "the running isolab's".into() })
+        let (profile, linking) = (profile_of(&own), linking_of(&own));
+        Ok(Build { profile, linking, dir: own, chosen: "the running isolab's".into() })
     }
+}
+
+/// How the highest stage binary in `dir` is linked: `dynamic` if its ELF program headers
+/// name an interpreter (`PT_INTERP`, the dynamic loader: man 5 elf), else `static`;
+/// `unknown` if there is none or it cannot be read. A dynamic runtime pays the loader on
+/// every start (`scripts/build-release` says how much).
+fn linking_of(dir: &Path) -> String {
+    let binary = ["stage5-images", "stage4-overlay", "stage3-cgroups", "stage2-namespaces"]
+        .iter()
+        .map(|name| dir.join(name))
+        .find(|path| path.is_file());
+    let interpreter =
+        binary.and_then(|path| fs::read(path).ok()).and_then(|elf| has_interpreter(&elf));
+    match interpreter {
+        Some(true) => "dynamic",
+        Some(false) => "static",
+        None => "unknown",
+    }
+    .to_string()
+}
+
+/// Whether a 64-bit little-endian ELF file has a `PT_INTERP` program header (`None`: not one).
+fn has_interpreter(elf: &[u8]) -> Option<bool> {
+    const PT_INTERP: u32 = 3;
+    if elf.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let u16_at = |at: usize| Some(u16::from_le_bytes(elf.get(at..at + 2)?.try_into().ok()?));
+    let offset = u64::from_le_bytes(elf.get(0x20..0x28)?.try_into().ok()?) as usize;
+    let (size, count) = (usize::from(u16_at(0x36)?), usize::from(u16_at(0x38)?));
+    let mut found = false;
+    for index in 0..count {
+        let at = offset.checked_add(index.checked_mul(size)?)?;
+        found |= u32::from_le_bytes(elf.get(at..at + 4)?.try_into().ok()?) == PT_INTERP;
+    }
+    Some(found)
 }
 
 /// cargo's profile by the directory's name (`target/<profile>`).
@@ -772,4 +814,35 @@ pub fn check_interrupted() -> Result<()> {
         bail!("interrupted: stopped and cleaned up");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_tells_a_static_binary_from_a_dynamic_one() {
+        // This test program: linked dynamically, as cargo links a test.
+        let own = fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert_eq!(has_interpreter(&own), Some(true));
+        // The same headers with the interpreter's type changed: what a static-pie has.
+        let offset = u64::from_le_bytes(own[0x20..0x28].try_into().unwrap()) as usize;
+        let size = usize::from(u16::from_le_bytes(own[0x36..0x38].try_into().unwrap()));
+        let count = usize::from(u16::from_le_bytes(own[0x38..0x3a].try_into().unwrap()));
+        let mut without = own.clone();
+        for index in 0..count {
+            let at = offset + index * size;
+            if without[at..at + 4] == 3u32.to_le_bytes() {
+                without[at..at + 4].copy_from_slice(&1u32.to_le_bytes());
+            }
+        }
+        assert_eq!(has_interpreter(&without), Some(false));
+        // Not an ELF file, or one cut short: unknown, never a guess.
+        assert_eq!(has_interpreter(b"#!/bin/sh\n"), None);
+        assert_eq!(has_interpreter(&own[..0x30]), None);
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(linking_of(dir.path()), "unknown");
+        fs::write(dir.path().join("stage3-cgroups"), &without).unwrap();
+        assert_eq!(linking_of(dir.path()), "static");
+    }
 }
