@@ -195,14 +195,14 @@ pub fn receive(socket: BorrowedFd, count: usize) -> Result<Vec<OwnedFd>> {
 /// What decides is the mount a base is on (its filesystem, its flags), so one base per mount
 /// is tried: an image's layers and its init layer all sit on the store's. Dropping a detached
 /// mount waits for an RCU grace period (`namespace_unlock`, fs/namespace.c), each one. And
-/// since that is fixed when the mount is made, a mount that passed is noted ([`Verdicts`]):
-/// the next start on it skips the throwaway namespace.
+/// since that is fixed when the mount is made, a mount on which a container's base was
+/// idmapped is noted ([`note_idmapped`]): the next start on it skips the throwaway namespace.
 pub fn check(bases: &[&Path], map: &IdMap) -> Result<()> {
-    check_noting(bases, map, &idrange::claims_dir().join(VERDICTS))
+    check_with(bases, map, &idrange::claims_dir().join(VERDICTS))
 }
 
-/// [`check`], noting the mounts that passed in the file `verdicts`.
-fn check_noting(bases: &[&Path], map: &IdMap, verdicts: &Path) -> Result<()> {
+/// [`check`], with the notes in the file `verdicts`.
+fn check_with(bases: &[&Path], map: &IdMap, verdicts: &Path) -> Result<()> {
     if bases.is_empty() {
         return Ok(());
     }
@@ -217,7 +217,7 @@ fn check_noting(bases: &[&Path], map: &IdMap, verdicts: &Path) -> Result<()> {
         ));
     }
     let verdicts = Verdicts::read(verdicts);
-    let (mut userns, mut tried, mut passed) = (None, Vec::new(), Vec::new());
+    let (mut userns, mut tried) = (None, Vec::new());
     for base in bases {
         // A base whose mount cannot be told is tried all the same.
         let mount = mount_id(base);
@@ -233,10 +233,32 @@ fn check_noting(bases: &[&Path], map: &IdMap, verdicts: &Path) -> Result<()> {
             None => userns.insert(throwaway_user_namespace(map)?),
         };
         check_one(base, userns.as_fd(), &release)?;
-        passed.extend(mount);
     }
-    verdicts.note(&passed);
     Ok(())
+}
+
+/// Notes the mounts of `bases`, which a container's idmapped mounts were just made of (the
+/// runtime's step, never a dry run's): the next [`check`] on them skips the throwaway
+/// namespace.
+pub fn note_idmapped(bases: &[&Path]) {
+    note_with(bases, &idrange::claims_dir().join(VERDICTS));
+}
+
+/// An idmapped mount that failed after [`check`] passed its base: what to do about it (the
+/// check skips a mount noted in [`VERDICTS`], so a wrong note is one way there).
+pub fn after_the_check(error: Error) -> Error {
+    let notes = idrange::claims_dir().join(VERDICTS);
+    error.hint(format!(
+        "the check before the run passed this base's mount; if {} noted it wrongly, remove \
+         that file and run again, and the check tries the mount itself",
+        notes.display()
+    ))
+}
+
+/// [`note_idmapped`], in the file `verdicts`.
+fn note_with(bases: &[&Path], verdicts: &Path) {
+    let mounts: Vec<MountId> = bases.iter().filter_map(|base| mount_id(base)).collect();
+    Verdicts::read(verdicts).note(&mounts);
 }
 
 /// The id of the mount `path` is on (`statx(2)`): unique until the next boot where the kernel
@@ -293,56 +315,90 @@ struct MountId {
 /// `STATX_MNT_ID_UNIQUE` (include/uapi/linux/stat.h), which the libc crate lacks.
 const STATX_MNT_ID_UNIQUE: u32 = 0x4000;
 
-/// The file in the claims directory ([`idrange::claims_dir`]) where the mounts that passed
-/// [`check`] are noted, a line `<boot id> <euid> <unique mount id>` each.
+/// The file in the claims directory ([`idrange::claims_dir`]) where the mounts whose bases
+/// were idmapped are noted, a line `<boot id> <euid> <unique mount id>` each.
 pub const VERDICTS: &str = "idmapped-mounts";
 
-/// The mounts that passed [`check`] for this user since this boot: whether a mount can be
-/// idmapped is fixed when it is made (its filesystem, who owns its superblock), so one that
-/// passed passes for as long as it exists, and its unique id is never another mount's before
-/// the next boot. Only the throwaway namespace is saved (about 0.7 ms of a start here).
+/// The most of it that is read (64 KiB: over a thousand lines), and the most lines kept.
+const VERDICTS_MAX_BYTES: u64 = 64 * 1024;
+const VERDICTS_MAX_LINES: usize = 1024;
+
+/// The mounts noted since this boot: whether a mount can be idmapped is fixed when it is made
+/// (its filesystem, who owns its superblock), so one that was passes for as long as it
+/// exists, and its unique id is never another mount's before the next boot. Only the
+/// throwaway namespace is saved (about 0.7 ms of a start here). A cache: a line lost to two
+/// runtimes writing at once costs one more check, and a file that is not a regular one
+/// (a FIFO, a device through a link) is not read, nor more than [`VERDICTS_MAX_BYTES`] of one.
 #[derive(Debug, Default)]
 struct Verdicts {
     /// The file.
     path: std::path::PathBuf,
-    /// This boot's id (`/proc/sys/kernel/random/boot_id`) and our euid, as a line starts.
-    prefix: String,
-    /// The lines of this boot and user.
+    /// This boot's id (`/proc/sys/kernel/random/boot_id`), and our euid.
+    boot: String,
+    euid: u32,
+    /// This boot's lines, well formed, any user's.
     lines: Vec<String>,
 }
 
 impl Verdicts {
-    /// What earlier checks noted in the file `path`; nothing if the boot id cannot be read.
+    /// What was noted in the file `path`; nothing if the boot id cannot be read.
     fn read(path: &Path) -> Verdicts {
         let path = path.to_path_buf();
+        let euid = nix::unistd::geteuid().as_raw();
         let Ok(boot) = std::fs::read_to_string("/proc/sys/kernel/random/boot_id") else {
-            return Verdicts { path, ..Verdicts::default() };
+            return Verdicts { path, euid, ..Verdicts::default() };
         };
-        let prefix = format!("{} {} ", boot.trim(), nix::unistd::geteuid());
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let lines = text.lines().filter(|line| line.starts_with(&prefix)).map(String::from);
-        let lines = lines.collect();
-        Verdicts { path, prefix, lines }
+        let boot = boot.trim().to_string();
+        let text = Self::read_regular(&path).unwrap_or_default();
+        let well_formed = |line: &&str| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            matches!(fields[..], [b, uid, id] if b == boot
+                && uid.parse::<u32>().is_ok() && id.parse::<u64>().is_ok())
+        };
+        let lines = text.lines().filter(well_formed).map(String::from).collect();
+        Verdicts { path, boot, euid, lines }
+    }
+
+    /// The file's text, if it is a regular file (opened without following a link and
+    /// without waiting for a writer), at most [`VERDICTS_MAX_BYTES`] of it.
+    fn read_regular(path: &Path) -> Option<String> {
+        use std::io::Read as _;
+        let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK;
+        let file = std::fs::OpenOptions::new().read(true).custom_flags(flags).open(path).ok()?;
+        if !file.metadata().ok()?.is_file() {
+            return None;
+        }
+        let mut text = String::new();
+        file.take(VERDICTS_MAX_BYTES).read_to_string(&mut text).ok()?;
+        Some(text)
     }
 
     fn line(&self, mount: MountId) -> Option<String> {
-        (mount.unique && !self.prefix.is_empty()).then(|| format!("{}{}", self.prefix, mount.id))
+        let known = mount.unique && !self.boot.is_empty();
+        known.then(|| format!("{} {} {}", self.boot, self.euid, mount.id))
     }
 
-    /// Did `mount` pass before? Only a unique id can tell: another may be a later mount's.
+    /// Was `mount` noted? Only a unique id can tell: another may be a later mount's.
     fn passed(&self, mount: MountId) -> bool {
         self.line(mount).is_some_and(|line| self.lines.contains(&line))
     }
 
-    /// Notes the mounts that passed now, keeping this boot's earlier lines (an earlier boot's
-    /// go). A cache, written whole to a temporary file renamed over the old one: if it cannot
-    /// be written, the next start pays for the throwaway namespace again, nothing else.
-    fn note(mut self, passed: &[MountId]) {
-        let new: Vec<String> = passed.iter().filter_map(|mount| self.line(*mount)).collect();
-        if new.is_empty() {
+    /// Notes `mounts` with this boot's earlier lines (an earlier boot's go, and the oldest
+    /// beyond [`VERDICTS_MAX_LINES`]), written whole to a temporary file renamed over the old
+    /// one. Nothing is written if every one is noted already.
+    fn note(mut self, mounts: &[MountId]) {
+        let before = self.lines.len();
+        let lines: Vec<String> = mounts.iter().filter_map(|mount| self.line(*mount)).collect();
+        for line in lines {
+            if !self.lines.contains(&line) {
+                self.lines.push(line);
+            }
+        }
+        if self.lines.len() == before {
             return;
         }
-        self.lines.extend(new);
+        let excess = self.lines.len().saturating_sub(VERDICTS_MAX_LINES);
+        self.lines.drain(..excess);
         let temporary = self.path.with_extension(format!("tmp-{}", std::process::id()));
         // One a dead runtime with our pid left goes first; then a file of our own, never one
         // that is there already (O_EXCL: not through a link either).
@@ -421,9 +477,9 @@ mod tests {
     }
 
     #[test]
-    fn a_mount_that_passed_is_noted_for_this_boot_and_not_tried_again() {
+    fn a_mount_that_was_idmapped_is_noted_for_this_boot_and_not_tried_again() {
         if !nix::unistd::Uid::effective().is_root() {
-            crate::skip("a_mount_that_passed_is_noted", "needs root");
+            crate::skip("a_mount_that_was_idmapped_is_noted", "needs root");
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -432,29 +488,42 @@ mod tests {
         let base = tempfile::tempdir().unwrap();
         let mount = mount_id(base.path()).unwrap();
         if !mount.unique {
-            crate::skip("a_mount_that_passed_is_noted", "no STATX_MNT_ID_UNIQUE (Linux 6.8)");
+            crate::skip("a_mount_that_was_idmapped_is_noted", "no STATX_MNT_ID_UNIQUE (Linux 6.8)");
             return;
         }
         let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
-        let line = |boot: &str, id: u64| format!("{} {} {id}", boot.trim(), nix::unistd::geteuid());
-        check_noting(&[base.path()], &map, &verdicts).unwrap();
-        let noted = std::fs::read_to_string(&verdicts).unwrap();
-        assert_eq!(noted, line(&boot, mount.id) + "\n");
+        let euid = nix::unistd::geteuid();
+        let line = |boot: &str, id: u64| format!("{} {euid} {id}", boot.trim());
+        // The check writes nothing (a dry run makes it too); the runtime's step notes.
+        check_with(&[base.path()], &map, &verdicts).unwrap();
+        assert!(!verdicts.exists(), "the check noted something");
+        note_with(&[base.path(), base.path()], &verdicts);
+        assert_eq!(std::fs::read_to_string(&verdicts).unwrap(), line(&boot, mount.id) + "\n");
         // A mount noted for this boot is not tried: procfs, which never can be idmapped,
-        // passes once a line says it did (only root can write the claims directory).
+        // passes once a line says it was (only root can write the claims directory).
         let proc = mount_id(Path::new("/proc")).unwrap();
         std::fs::write(&verdicts, line(&boot, proc.id) + "\n").unwrap();
-        check_noting(&[Path::new("/proc")], &map, &verdicts).unwrap();
-        // Another boot's line is not believed, and goes when this boot's are noted.
+        check_with(&[Path::new("/proc")], &map, &verdicts).unwrap();
+        // Another boot's line is not believed, and goes when this boot's are noted; another
+        // user's of this boot stays, and so does nothing malformed.
         let old = "00000000-0000-0000-0000-000000000000";
-        std::fs::write(&verdicts, line(old, proc.id) + "\n").unwrap();
-        let error = check_noting(&[Path::new("/proc")], &map, &verdicts).unwrap_err();
+        let other = format!("{} 1234 {}", boot.trim(), proc.id);
+        let junk = format!("{} 0 notanumber", boot.trim());
+        std::fs::write(&verdicts, [line(old, proc.id), other.clone(), junk].join("\n")).unwrap();
+        let error = check_with(&[Path::new("/proc")], &map, &verdicts).unwrap_err();
         assert!(error.to_string().contains("cannot be idmapped"), "{error}");
-        check_noting(&[base.path()], &map, &verdicts).unwrap();
-        assert_eq!(std::fs::read_to_string(&verdicts).unwrap(), line(&boot, mount.id) + "\n");
+        note_with(&[base.path()], &verdicts);
+        let noted = std::fs::read_to_string(&verdicts).unwrap();
+        assert_eq!(noted, format!("{other}\n{}\n", line(&boot, mount.id)));
         let left: Vec<_> =
             std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left, [VERDICTS], "no temporary file left");
+        // Not a regular file: not read (a FIFO would hang the start), and replaced.
+        std::fs::remove_file(&verdicts).unwrap();
+        nix::unistd::mkfifo(&verdicts, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        check_with(&[base.path()], &map, &verdicts).unwrap();
+        note_with(&[base.path()], &verdicts);
+        assert_eq!(std::fs::read_to_string(&verdicts).unwrap(), line(&boot, mount.id) + "\n");
     }
 
     #[test]
@@ -482,7 +551,7 @@ mod tests {
         // procfs cannot be idmapped on any kernel.
         let map = IdMap::root_to(1_000_000_000, 1_000_000_000);
         let claims = tempfile::tempdir().unwrap();
-        let check = |base: &Path| check_noting(&[base], &map, &claims.path().join(VERDICTS));
+        let check = |base: &Path| check_with(&[base], &map, &claims.path().join(VERDICTS));
         let error = check(Path::new("/proc")).unwrap_err().to_string();
         assert!(error.contains("its filesystem (proc) cannot be idmapped"), "{error}");
         assert!(error.contains("--ns without user"), "{error}");

@@ -92,8 +92,12 @@ impl IdmappedLowers {
             .lowers
             .iter()
             .map(|lower| idmapped::idmapped_tree(&lower.base, userns.as_fd()))
-            .collect::<Result<Vec<_>, _>>()?;
-        idmapped::send(self.sockets()?.0.as_fd(), &trees)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(idmapped::after_the_check)?;
+        idmapped::send(self.sockets()?.0.as_fd(), &trees)?;
+        // Their mounts could be idmapped: the next start's check skips them.
+        idmapped::note_idmapped(&self.lowers.iter().map(|l| l.base.as_path()).collect::<Vec<_>>());
+        Ok(())
     }
 
     /// In the child, in its own mount namespace once it is private: receives the mounts and

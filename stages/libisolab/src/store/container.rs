@@ -37,6 +37,22 @@ impl State {
     }
 }
 
+/// Is `path` the root of a mount (`statx(2)`'s `STATX_ATTR_MOUNT_ROOT`, Linux 5.8; false
+/// where it cannot be told)?
+fn is_mount_root(path: &Path) -> bool {
+    let Ok(path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    let mut stat = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    let flags = libc::AT_SYMLINK_NOFOLLOW;
+    // SAFETY: statx fills the struct it is given, which outlives the call.
+    let done = unsafe { libc::statx(libc::AT_FDCWD, path.as_ptr(), flags, 0, stat.as_mut_ptr()) };
+    // SAFETY: zeroed, then filled by a successful statx.
+    let stat = unsafe { stat.assume_init() };
+    let known = stat.stx_attributes_mask & libc::STATX_ATTR_MOUNT_ROOT as u64 != 0;
+    done == 0 && known && stat.stx_attributes & libc::STATX_ATTR_MOUNT_ROOT as u64 != 0
+}
+
 impl Container {
     /// The directory that becomes the container's `/`: for an overlay, the store's shared
     /// mount point (see [`Container::mount_points`]); for a copy, the copy.
@@ -82,12 +98,29 @@ impl Container {
                 }
                 Err(_) => {}
             }
+            if is_mount_root(&point) {
+                return Err(Error::Invalid(format!(
+                    "{} has a mount on it on the host, where isolab mounts only inside \
+                     containers: `gc` detaches it (do not remove what is under it: that is the \
+                     mounted directory's)",
+                    point.display()
+                )));
+            }
             let metadata =
                 fs::symlink_metadata(&point).map_err(|e| Error::io("lstat", &point, &e))?;
+            let mode = std::os::unix::fs::MetadataExt::mode(&metadata);
             if !metadata.is_dir() || std::os::unix::fs::MetadataExt::uid(&metadata) != caller {
                 return Err(Error::Invalid(format!(
                     "{} is not a directory of uid {caller}: isolab mounts there and follows no \
                      link in a store; remove it, and the next run makes it again",
+                    point.display()
+                )));
+            }
+            if mode & 0o022 != 0 {
+                return Err(Error::Invalid(format!(
+                    "{} is mode {:04o}: others may write in the mount point; `chmod go-w {}`",
+                    point.display(),
+                    mode & 0o7777,
                     point.display()
                 )));
             }
@@ -234,6 +267,12 @@ impl Container {
         }
         // An image of more layers than any before it in this store needs more of them.
         self.make_mount_points()?;
+        // A container made before the mount points were the store's has its own, empty:
+        // they go (rmdir removes only an empty directory, and never follows a link).
+        let lowers = (0..self.config.lowers.len()).map(|index| format!("lower{index}"));
+        for old in std::iter::once("merged".to_string()).chain(lowers) {
+            let _ = fs::remove_dir(self.dir.join(old));
+        }
         let store = self.store();
         journal::write(&store.active_dir(), &self.config.id, Intent::Run)
             .map_err(|e| store.full_hint(e))?;

@@ -362,15 +362,30 @@ impl Store {
                     dir.display()
                 )));
             }
+            let what = match dir == self.root {
+                true => format!("the store {}", self.root.display()),
+                false => format!("{}, the store's own directory,", dir.display()),
+            };
             if metadata.uid() != caller {
                 return Err(Error::Invalid(format!(
-                    "the store {} belongs to uid {}, not to uid {caller} who runs this: a store \
+                    "{what} belongs to uid {}, not to uid {caller} who runs this: a store \
                      is used by its owner only (what another user put in it could make this \
                      run remove or create files elsewhere); run as uid {}, or pass --root with \
                      a store of your own",
-                    self.root.display(),
                     metadata.uid(),
                     metadata.uid()
+                )));
+            }
+            // Nor may another user rename what is in the directories isolab made (a mount
+            // point swapped for a link between our check and the container's mount). (The
+            // root may be the user's own `mkdir`, made with their umask.)
+            let loose = metadata.mode() & 0o022 != 0 && metadata.mode() & 0o1000 == 0;
+            if loose && dir != self.root {
+                return Err(Error::Invalid(format!(
+                    "{what} is mode {:04o}: others may write in it, and replace what isolab \
+                     made there; `chmod go-w {}`",
+                    metadata.mode() & 0o7777,
+                    dir.display()
                 )));
             }
         }
@@ -422,9 +437,21 @@ impl Store {
             command: new.command,
         };
         let container = Container { config, dir: self.container_dir(&id) };
+        // The mount points are every container's: a base there would be written to by a
+        // container's set-up, and hidden by the next container's mount.
+        if let Some(base) =
+            container.config.lowers.iter().find(|b| b.starts_with(self.mounts_dir()))
+        {
+            return Err(Error::Invalid(format!(
+                "the base {} is inside the store's mount points ({}), where containers mount \
+                 their roots: pass a base outside the store",
+                base.display(),
+                self.mounts_dir().display()
+            )));
+        }
         // An idmapped base is handed to the mounter (root of the user namespace) by file
-        // descriptor: it must reach the mount points in the container's directory, not the
-        // base's own path, which may be closed to everyone but root (stage 5's layers are).
+        // descriptor: it must reach the store's mount points, not the base's own path, which
+        // may be closed to everyone but root (stage 5's layers are).
         let idmapped = container.idmaps_base();
         if let Some(layers) = container.layers() {
             layers.check(if idmapped { None } else { container.config.owner })?;
@@ -432,8 +459,8 @@ impl Store {
         if let Some(mounted) = container.mounted_layers() {
             if idmapped {
                 if let Some((uid, gid)) = container.config.owner {
-                    for layer in mounted.lowers.iter().chain([&mounted.upper, &mounted.work]) {
-                        crate::mounts::check_reachable(layer, uid, gid)?;
+                    for dir in [&self.mounts_dir(), &mounted.upper, &mounted.work] {
+                        crate::mounts::check_reachable(dir, uid, gid)?;
                     }
                 }
             }

@@ -386,3 +386,30 @@ fn the_mount_points_are_the_stores_and_a_link_there_is_refused() {
     let error = store.check_owner().unwrap_err().to_string();
     assert!(error.contains("follows no link"), "{error}");
 }
+
+#[test]
+fn a_mount_point_others_may_write_or_a_base_among_the_mount_points_is_refused() {
+    let (_tmp, base, store) = scratch();
+    let one = store.create(&store.prepare(new(Some("one"), &base)).unwrap()).unwrap();
+    let dir = one.container.dir.clone();
+    one.exited(0).unwrap();
+    // A container of the older layout: its own empty mount points go when it starts again.
+    for old in ["merged", "lower0"] {
+        fs::create_dir(dir.join(old)).unwrap();
+    }
+    let again = store.find("one").unwrap().start().unwrap();
+    assert!(!dir.join("merged").exists() && !dir.join("lower0").exists());
+    again.exited(0).unwrap();
+    let point = store.root().join("mnt/root");
+    fs::set_permissions(&point, fs::Permissions::from_mode(0o777)).unwrap();
+    let error = store.create(&store.prepare(new(Some("two"), &base)).unwrap()).err().unwrap();
+    assert!(error.to_string().contains("chmod go-w"), "{error}");
+    fs::set_permissions(&point, fs::Permissions::from_mode(0o755)).unwrap();
+    let mnt = store.root().join("mnt");
+    fs::set_permissions(&mnt, fs::Permissions::from_mode(0o777)).unwrap();
+    let error = store.check_owner().unwrap_err().to_string();
+    assert!(error.contains("the store's own directory") && error.contains("chmod go-w"), "{error}");
+    fs::set_permissions(&mnt, fs::Permissions::from_mode(0o711)).unwrap();
+    let error = store.prepare(new(Some("three"), &point)).err().unwrap().to_string();
+    assert!(error.contains("inside the store's mount points"), "{error}");
+}
