@@ -189,8 +189,12 @@ fn compared(report: &Report) -> String {
 fn build_label(build: &Build) -> String {
     match build.profile.as_str() {
         "unknown" => format!(
-            "an unknown build (not target/debug or target/release: {})",
-            short_dir(&build.dir)
+            "an unknown build (not target/debug or target/release: {}){}",
+            short_dir(&build.dir),
+            match build.linking.as_str() {
+                "unknown" => String::new(),
+                linking => format!(", {linking}"),
+            }
         ),
         profile => match build.linking.as_str() {
             "unknown" => format!("{profile} build ({})", short_dir(&build.dir)),

@@ -133,6 +133,10 @@ impl IdmappedLowers {
         }
         let trees: Vec<String> = (0..self.lowers.len()).map(tree).collect();
         lines.push(format!("sendmsg({SOCKET}, SCM_RIGHTS [{}])", trees.join(", ")));
+        lines.push(format!(
+            "write(\"{}\") unless it notes their mounts already",
+            idmapped::verdicts_path().display()
+        ));
         lines
     }
 

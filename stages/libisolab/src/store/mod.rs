@@ -366,7 +366,7 @@ impl Store {
                 true => format!("the store {}", self.root.display()),
                 false => format!("{}, the store's own directory,", dir.display()),
             };
-            if metadata.uid() != caller {
+            if metadata.uid() != caller && dir == self.root {
                 return Err(Error::Invalid(format!(
                     "{what} belongs to uid {}, not to uid {caller} who runs this: a store \
                      is used by its owner only (what another user put in it could make this \
@@ -376,11 +376,23 @@ impl Store {
                     metadata.uid()
                 )));
             }
-            // Nor may another user rename what is in the directories isolab made (a mount
-            // point swapped for a link between our check and the container's mount). (The
-            // root may be the user's own `mkdir`, made with their umask.)
-            let loose = metadata.mode() & 0o022 != 0 && metadata.mode() & 0o1000 == 0;
-            if loose && dir != self.root {
+            if metadata.uid() != caller {
+                return Err(Error::Invalid(format!(
+                    "{what} belongs to uid {}, not to uid {caller} who owns the store and runs \
+                     this: isolab made it, so another user changed it, and what they put in \
+                     it could make this run remove or create files elsewhere; look into it, \
+                     then `chown -R {caller} {}` or remove it",
+                    metadata.uid(),
+                    dir.display()
+                )));
+            }
+            // Nor may another user rename what is in them (a mount point swapped for a link
+            // between our check and the container's mount): not others for the root, which
+            // may be the user's own `mkdir` (group-writable under a umask of 002), nor the
+            // group either for the directories isolab made.
+            let writers = if dir == self.root { 0o002 } else { 0o022 };
+            let loose = metadata.mode() & writers != 0 && metadata.mode() & 0o1000 == 0;
+            if loose {
                 return Err(Error::Invalid(format!(
                     "{what} is mode {:04o}: others may write in it, and replace what isolab \
                      made there; `chmod go-w {}`",

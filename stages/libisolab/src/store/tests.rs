@@ -410,6 +410,21 @@ fn a_mount_point_others_may_write_or_a_base_among_the_mount_points_is_refused() 
     let error = store.check_owner().unwrap_err().to_string();
     assert!(error.contains("the store's own directory") && error.contains("chmod go-w"), "{error}");
     fs::set_permissions(&mnt, fs::Permissions::from_mode(0o711)).unwrap();
+    // The root may be the user's own group-writable mkdir (a umask of 002), not writable by
+    // all: then anyone could put their own `mnt/` or `containers/` in its place.
+    fs::set_permissions(store.root(), fs::Permissions::from_mode(0o775)).unwrap();
+    store.check_owner().unwrap();
+    fs::set_permissions(store.root(), fs::Permissions::from_mode(0o777)).unwrap();
+    let error = store.check_owner().unwrap_err().to_string();
+    assert!(error.contains("others may write") && error.contains("chmod go-w"), "{error}");
+    fs::set_permissions(store.root(), fs::Permissions::from_mode(0o711)).unwrap();
+    // Another owner of a directory isolab made: look, then chown it back or remove it.
+    if nix::unistd::Uid::effective().is_root() {
+        nix::unistd::chown(&mnt, Some(nix::unistd::Uid::from_raw(1234)), None).unwrap();
+        let error = store.check_owner().unwrap_err().to_string();
+        assert!(error.contains("chown -R") && !error.contains("run as uid"), "{error}");
+        nix::unistd::chown(&mnt, Some(nix::unistd::Uid::effective()), None).unwrap();
+    }
     let error = store.prepare(new(Some("three"), &point)).err().unwrap().to_string();
     assert!(error.contains("inside the store's mount points"), "{error}");
 }
