@@ -197,14 +197,15 @@ pub fn receive(socket: BorrowedFd, count: usize) -> Result<Vec<OwnedFd>> {
 /// mount waits for an RCU grace period (`namespace_unlock`, fs/namespace.c), each one. And
 /// since that is fixed when the mount is made, a mount on which a container's base was
 /// idmapped is noted ([`note_idmapped`]): the next start on it skips the throwaway namespace.
-pub fn check(bases: &[&Path], map: &IdMap) -> Result<()> {
+/// Says whether it tried a mount that a note would spare the next check.
+pub fn check(bases: &[&Path], map: &IdMap) -> Result<bool> {
     check_with(bases, map, &verdicts_path())
 }
 
 /// [`check`], with the notes in the file `verdicts`.
-fn check_with(bases: &[&Path], map: &IdMap, verdicts: &Path) -> Result<()> {
+fn check_with(bases: &[&Path], map: &IdMap, verdicts: &Path) -> Result<bool> {
     if bases.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let release = overlay::kernel_release()?;
     if !overlay::kernel_at_least(OVERLAY_MINIMUM)? {
@@ -217,7 +218,7 @@ fn check_with(bases: &[&Path], map: &IdMap, verdicts: &Path) -> Result<()> {
         ));
     }
     let verdicts = Verdicts::read(verdicts);
-    let (mut userns, mut tried) = (None, Vec::new());
+    let (mut userns, mut tried, mut to_note) = (None, Vec::new(), false);
     for base in bases {
         // A base whose mount cannot be told is tried all the same.
         let mount = mount_id(base);
@@ -233,8 +234,9 @@ fn check_with(bases: &[&Path], map: &IdMap, verdicts: &Path) -> Result<()> {
             None => userns.insert(throwaway_user_namespace(map)?),
         };
         check_one(base, userns.as_fd(), &release)?;
+        to_note |= mount.is_some_and(|mount| mount.unique);
     }
-    Ok(())
+    Ok(to_note)
 }
 
 /// Notes the mounts of `bases`, which a container's idmapped mounts were just made of (the
@@ -271,16 +273,10 @@ fn note_with(bases: &[&Path], verdicts: &Path) {
 /// has `STATX_MNT_ID_UNIQUE` (Linux 6.8), else the id of `/proc/self/mountinfo`'s first column
 /// (`STATX_MNT_ID`, 5.8), which a later mount may take again.
 fn mount_id(path: &Path) -> Option<MountId> {
-    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
-    let mut stat = std::mem::MaybeUninit::<libc::statx>::zeroed();
-    let mask = libc::STATX_MNT_ID | STATX_MNT_ID_UNIQUE;
-    // SAFETY: statx fills the struct it is given, which outlives the call.
-    let done = unsafe { libc::statx(libc::AT_FDCWD, path.as_ptr(), 0, mask, stat.as_mut_ptr()) };
-    // SAFETY: zeroed, then filled by a successful statx.
-    let stat = unsafe { stat.assume_init() };
+    let stat = mountinfo::statx(path, 0, libc::STATX_MNT_ID | STATX_MNT_ID_UNIQUE)?;
     let unique = stat.stx_mask & STATX_MNT_ID_UNIQUE != 0;
     let known = unique || stat.stx_mask & libc::STATX_MNT_ID != 0;
-    (done == 0 && known).then_some(MountId { id: stat.stx_mnt_id, unique })
+    known.then_some(MountId { id: stat.stx_mnt_id, unique })
 }
 
 /// One base of [`check`], through the throwaway namespace `userns`.
@@ -333,9 +329,9 @@ const VERDICTS_MAX_LINES: usize = 1024;
 /// (its filesystem, who owns its superblock), so one that was passes for as long as it
 /// exists, and its unique id is never another mount's before the next boot. Only the
 /// throwaway namespace is saved (a clone of the runtime and a wait: 0.2 to 0.75 ms of a start
-/// here, measured several times). A cache: a line lost to two
-/// runtimes writing at once costs one more check, and a file that is not a regular one
-/// (a FIFO, a device through a link) is not read, nor more than [`VERDICTS_MAX_BYTES`] of one.
+/// here, measured several times). A cache: a line lost to two runtimes writing at once costs
+/// one more check, and a file that is not a regular one (a FIFO, a device through a link) is
+/// not read, nor more than [`VERDICTS_MAX_BYTES`] of one.
 #[derive(Debug, Default)]
 struct Verdicts {
     /// The file.

@@ -15,13 +15,28 @@
 //!
 //! Several modules read this table (cgroups finds its hierarchies in it, overlay the layers of
 //! a mount, the store what is mounted in a container's directory, the probe its cgroups), so
-//! the parsing is written once, here.
+//! the parsing is written once, here. So is [`statx`], which tells of one path which mount it
+//! is on and whether it is a mount's root, without reading the table.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
+
+/// `statx(2)` of `path` with `flags` (`AT_SYMLINK_NOFOLLOW` for the path itself) and `mask`,
+/// or `None` if it fails. Besides what `stat` gives, it names the mount the path is on
+/// (`STATX_MNT_ID`, Linux 5.8; `STATX_MNT_ID_UNIQUE`, 6.8) and says whether the path is a
+/// mount's root (`STATX_ATTR_MOUNT_ROOT`, 5.8).
+pub fn statx(path: &std::path::Path, flags: i32, mask: u32) -> Option<libc::statx> {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: statx fills the struct it is given, which outlives the call.
+    let done =
+        unsafe { libc::statx(libc::AT_FDCWD, path.as_ptr(), flags, mask, stat.as_mut_ptr()) };
+    // SAFETY: zeroed, then filled by a successful statx.
+    (done == 0).then(|| unsafe { stat.assume_init() })
+}
 
 /// Where a process reads its own mount table.
 pub const SELF: &str = "/proc/self/mountinfo";

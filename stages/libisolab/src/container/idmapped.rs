@@ -51,13 +51,17 @@ pub struct Lower {
 pub struct IdmappedLowers {
     /// Topmost first, as the overlay lists them.
     pub lowers: Vec<Lower>,
+    /// The check tried a mount of theirs: the runtime notes them once they are idmapped.
+    note: bool,
     handoff: Rc<OnceCell<(OwnedFd, OwnedFd)>>,
 }
 
 /// Two parts are the same when they list the same lowers and share one socket pair.
 impl PartialEq for IdmappedLowers {
     fn eq(&self, other: &Self) -> bool {
-        self.lowers == other.lowers && Rc::ptr_eq(&self.handoff, &other.handoff)
+        self.lowers == other.lowers
+            && self.note == other.note
+            && Rc::ptr_eq(&self.handoff, &other.handoff)
     }
 }
 
@@ -96,7 +100,11 @@ impl IdmappedLowers {
             .map_err(idmapped::after_the_check)?;
         idmapped::send(self.sockets()?.0.as_fd(), &trees)?;
         // Their mounts could be idmapped: the next start's check skips them.
-        idmapped::note_idmapped(&self.lowers.iter().map(|l| l.base.as_path()).collect::<Vec<_>>());
+        if self.note {
+            let bases: Vec<&std::path::Path> =
+                self.lowers.iter().map(|l| l.base.as_path()).collect();
+            idmapped::note_idmapped(&bases);
+        }
         Ok(())
     }
 
@@ -183,8 +191,8 @@ impl Plan {
         };
         let bases: Vec<&std::path::Path> =
             lowers.iter().map(|lower| lower.base.as_path()).collect();
-        idmapped::check(&bases, &map)?;
-        let part = IdmappedLowers { lowers, handoff: Rc::default() };
+        let note = idmapped::check(&bases, &map)?;
+        let part = IdmappedLowers { lowers, note, handoff: Rc::default() };
         // The runtime: once the child's maps are written (mount_setattr needs them).
         let maps = self.outside.iter().position(|step| matches!(step, Outside::IdMaps(_)));
         let after_maps = maps.map_or(0, |at| at + 1);

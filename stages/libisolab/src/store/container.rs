@@ -20,6 +20,7 @@ use crate::changes::{self, Change, UpperEntry};
 use crate::container::idmapped::Lower;
 use crate::copy;
 use crate::error::{Error, Result};
+use crate::mountinfo;
 use crate::mounts::Step;
 use crate::overlay::Layers;
 
@@ -35,22 +36,6 @@ impl State {
             runtime_died: false,
         }
     }
-}
-
-/// Is `path` the root of a mount (`statx(2)`'s `STATX_ATTR_MOUNT_ROOT`, Linux 5.8; false
-/// where it cannot be told)?
-fn is_mount_root(path: &Path) -> bool {
-    let Ok(path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    let mut stat = std::mem::MaybeUninit::<libc::statx>::zeroed();
-    let flags = libc::AT_SYMLINK_NOFOLLOW;
-    // SAFETY: statx fills the struct it is given, which outlives the call.
-    let done = unsafe { libc::statx(libc::AT_FDCWD, path.as_ptr(), flags, 0, stat.as_mut_ptr()) };
-    // SAFETY: zeroed, then filled by a successful statx.
-    let stat = unsafe { stat.assume_init() };
-    let known = stat.stx_attributes_mask & libc::STATX_ATTR_MOUNT_ROOT as u64 != 0;
-    done == 0 && known && stat.stx_attributes & libc::STATX_ATTR_MOUNT_ROOT as u64 != 0
 }
 
 impl Container {
@@ -80,17 +65,19 @@ impl Container {
     }
 
     /// Makes the mount points that are missing (and `mnt/`, in a store an older version
-    /// made). A mount point that exists must be a directory of the store's owner: a link
-    /// would take the mount elsewhere.
+    /// made). A mount point that exists must be a directory of the store's owner that others
+    /// may not write, and no mount on the host: a link would take the mount elsewhere. One
+    /// `mkdir` and one `statx` each, on every start.
     pub(super) fn make_mount_points(&self) -> Result<()> {
         let caller = nix::unistd::Uid::effective().as_raw();
-        let points = self.mount_points();
-        if points.is_empty() {
-            return Ok(());
-        }
-        self.store().make_root()?;
-        for point in points {
-            match fs::DirBuilder::new().mode(0o755).create(&point) {
+        let mkdir = |point: &Path| fs::DirBuilder::new().mode(0o755).create(point);
+        for point in self.mount_points() {
+            let mut made = mkdir(&point);
+            if made.as_ref().is_err_and(|error| error.kind() == std::io::ErrorKind::NotFound) {
+                self.store().make_root()?;
+                made = mkdir(&point);
+            }
+            match made {
                 Ok(()) => continue,
                 Err(error) if error.kind() != std::io::ErrorKind::AlreadyExists => {
                     let root = self.store().root;
@@ -98,7 +85,11 @@ impl Container {
                 }
                 Err(_) => {}
             }
-            if is_mount_root(&point) {
+            let mask = libc::STATX_TYPE | libc::STATX_MODE | libc::STATX_UID;
+            let stat = mountinfo::statx(&point, libc::AT_SYMLINK_NOFOLLOW, mask)
+                .ok_or_else(|| Error::sys("statx", point.display(), Errno::last()))?;
+            let mount_root = libc::STATX_ATTR_MOUNT_ROOT as u64;
+            if stat.stx_attributes_mask & stat.stx_attributes & mount_root != 0 {
                 return Err(Error::Invalid(format!(
                     "{} has a mount on it on the host, where isolab mounts only inside \
                      containers: `gc` detaches it (do not remove what is under it: that is the \
@@ -106,10 +97,8 @@ impl Container {
                     point.display()
                 )));
             }
-            let metadata =
-                fs::symlink_metadata(&point).map_err(|e| Error::io("lstat", &point, &e))?;
-            let mode = std::os::unix::fs::MetadataExt::mode(&metadata);
-            if !metadata.is_dir() || std::os::unix::fs::MetadataExt::uid(&metadata) != caller {
+            let mode = u32::from(stat.stx_mode);
+            if mode & libc::S_IFMT != libc::S_IFDIR || stat.stx_uid != caller {
                 return Err(Error::Invalid(format!(
                     "{} is not a directory of uid {caller}: isolab mounts there and follows no \
                      link in a store; remove it, and the next run makes it again",

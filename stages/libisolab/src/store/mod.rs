@@ -16,8 +16,9 @@
 //!     rootfs/                   copy: its full copy of the base
 //!   names/<name> -> <id>        the index of names: one symlink per container
 //!   active/<id> -> run          the journal: create, run or remove, while a runtime does it
-//!   mnt/root/ mnt/lower0/ …     0711, the mount points every container's child mounts its
-//!                               overlay and idmapped base on, each in its own mount namespace
+//!   mnt/                        0711: root/ lower0/ … the mount points every container's
+//!                               child mounts its overlay and idmapped base on, each in its
+//!                               own mount namespace
 //! ```
 //!
 //! Four rules keep the store sound when runtimes crash or are killed:
