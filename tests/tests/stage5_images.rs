@@ -685,6 +685,45 @@ fn dry_run_of_an_image_stacks_its_layers_idmapped() {
     settings(&env).bind(|| insta::assert_snapshot!("stage5_dry_run", plan));
 }
 
+/// A dry run checks its plan on the image's real layers, so it unpacks the ones not unpacked
+/// yet: it writes nothing of the plan it prints, and says what it did write.
+#[test]
+fn a_dry_run_says_which_layers_it_unpacked() {
+    if !require_root("a_dry_run_says_which_layers_it_unpacked") {
+        return;
+    }
+    let env = TestEnv::new();
+    base(&env);
+    ok(&env, &["import", "rootfs", "base:1.0"]);
+    // The image again, as blobs only: saved, removed (gc takes its unpacked layer), loaded.
+    ok(&env, &["save", "base:1.0", "-o", "base.tar"]);
+    ok(&env, &["rmi", "base:1.0"]);
+    ok(&env, &["gc"]);
+    let layers = env.path().join("store/layers");
+    let unpacked = || names_in(&layers).into_iter().filter(|name| !name.starts_with('.'));
+    assert_eq!(unpacked().count(), 0, "gc left a layer: {:?}", names_in(&layers));
+    ok(&env, &["load", "-i", "base.tar"]);
+    assert_eq!(unpacked().count(), 0, "load unpacks nothing");
+
+    let dry_run = ["run", "--dry-run", "base:1.0", "--", "/bin/true"];
+    let (shown, output) = stage5(&env, &dry_run);
+    assert_eq!(code(&output), 0, "{shown}");
+    let said = text(&output.stderr);
+    assert!(
+        said.contains(
+            "stage5-images: the dry run unpacked 1 layer of base:1.0 into the store's layers/"
+        ),
+        "{said}"
+    );
+    let layer = diff_ids(&env, "base:1.0")[0].strip_prefix("sha256:").unwrap().to_string();
+    assert_eq!(unpacked().collect::<Vec<_>>(), vec![layer], "what it said it unpacked");
+    assert!(containers(&env).is_empty(), "a dry run makes no container");
+    // Unpacked now: the next dry run writes nothing at all, and says nothing of layers.
+    let (shown, output) = stage5(&env, &dry_run);
+    assert_eq!(code(&output), 0, "{shown}");
+    assert!(!text(&output.stderr).contains("unpacked"), "{shown}");
+}
+
 #[test]
 fn umoci_and_skopeo_read_and_write_what_stage5_does() {
     if !require_root("umoci_and_skopeo_read_and_write_what_stage5_does") {

@@ -167,8 +167,21 @@ pub fn for_run(
             let images = Images::open(store)?;
             let image = images.find(word)?;
             // Unpacked once, the first time any container needs them (a dry run too: its plan
-            // is checked on the real layers, and a USER name read in their /etc/passwd).
+            // is checked on the real layers, and a USER name read in their /etc/passwd). A dry
+            // run promises to write nothing of the plan it prints, so it says what it unpacked.
+            let missing = if args.dry_run { images.missing_layers(&image)? } else { 0 };
             let lowers = images.lowers(&image)?;
+            if missing > 0 {
+                let layers = if missing == 1 { "layer" } else { "layers" };
+                libisolab::cli::say(
+                    crate::PROGRAM,
+                    &[format!(
+                        "the dry run unpacked {missing} {layers} of {word} into the store's \
+                         layers/: its plan is checked on them (a run unpacks them once, the \
+                         same way)"
+                    )],
+                );
+            }
             let reference = image.reference(word)?;
             (image, reference, lowers)
         }

@@ -309,6 +309,12 @@ impl Images {
         Ok(all)
     }
 
+    /// How many of `image`'s layers are not unpacked yet: what [`Images::lowers`] would unpack.
+    pub fn missing_layers(&self, image: &Image) -> Result<usize> {
+        let diff_ids = image.diff_ids()?;
+        Ok(diff_ids.iter().filter(|diff_id| !self.layers.join(diff_id.hex()).is_dir()).count())
+    }
+
     // ANCHOR: lowers
     /// The directories of `image`'s layers for an overlay, topmost first: each unpacked once,
     /// the first time a container needs it, into `layers/<diff_id hex>/` (into a temporary
