@@ -294,6 +294,7 @@ impl Container {
         // The directory stays the caller's; its root passes through it by group (see make_dir).
         let group = self.config.owner.map(|(_, gid)| format!("; chown(-1, {gid}); chmod(0710)"));
         let mut steps = vec![
+            store.root_step(),
             journal::write_step(&active_dir, &self.config.id, Intent::Create),
             format!("mkdir(\"{}\", 0700){}", self.dir.display(), group.unwrap_or_default()),
             format!("flock(\"{}\", LOCK_EX)", dir("lock")),

@@ -755,13 +755,7 @@ impl Store {
     /// to its own container's directory (which is `0700`, its own) and to the mount points;
     /// the index and the journal are `0700`.
     pub(super) fn make_root(&self) -> Result<()> {
-        for (dir, mode) in [
-            (self.root.clone(), 0o711),
-            (self.containers_dir(), 0o711),
-            (self.names_dir(), 0o700),
-            (self.active_dir(), 0o700),
-            (self.mounts_dir(), 0o711),
-        ] {
+        for (dir, mode) in self.root_dirs() {
             if dir.is_dir() {
                 continue;
             }
@@ -773,6 +767,34 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// The store's own directories and their modes, parents first (see [`Store::make_root`]).
+    fn root_dirs(&self) -> [(PathBuf, u32); 5] {
+        [
+            (self.root.clone(), 0o711),
+            (self.containers_dir(), 0o711),
+            (self.names_dir(), 0o700),
+            (self.active_dir(), 0o700),
+            (self.mounts_dir(), 0o711),
+        ]
+    }
+
+    /// What [`Store::make_root`] does, as the dry run lists it: one line.
+    pub(super) fn root_step(&self) -> String {
+        let [(root, mode), inside @ ..] = self.root_dirs();
+        let inside: Vec<String> = inside
+            .iter()
+            .map(|(dir, mode)| {
+                let name = dir.strip_prefix(&root).unwrap_or(dir).display();
+                format!("{name}/ {mode:04o}")
+            })
+            .collect();
+        format!(
+            "mkdir(\"{}\", {mode:04o}), in it {}: each unless it exists",
+            root.display(),
+            inside.join(", ")
+        )
     }
 
     /// A store made before the index of names had none: builds it once (under the store's
