@@ -299,6 +299,21 @@ fn a_runtime_killed_at_any_step_leaves_nothing_half_made() {
     assert!(said.contains("was being removed") || said.contains("removed"), "{said}");
     assert_eq!(container_dirs(&env).len(), 1);
     check_sound(&env);
+    // No claim of user namespace ids outlives its container: `keep`'s is the only one left.
+    assert_eq!(claims(&env).len(), 1, "claims left: {:?} ({said})", claims(&env));
+}
+
+/// The claim files of user namespace ids in the test's claims directory (one per container
+/// that keeps its ids, and one per runtime running).
+fn claims(env: &TestEnv) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(env.path().join("userns")) else { return vec![] };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.parse::<u32>().is_ok())
+        .collect();
+    names.sort();
+    names
 }
 
 /// A runtime of stage 4 on the test's store, started in the background (see [`Background`]).

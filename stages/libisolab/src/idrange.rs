@@ -815,6 +815,19 @@ impl Claims {
         Ok(true)
     }
 
+    /// Removes every claim nobody holds any more ([`Claims::release_stale`] for each file):
+    /// the full `gc` calls this, for claims whose container went without `rm` (a dead
+    /// runtime's, removed by the journal's gc, or a store deleted by hand). Returns how many.
+    pub fn release_all_stale(&self) -> Result<usize> {
+        let mut released = 0;
+        for uid in self.list()? {
+            if self.release_stale(uid)? {
+                released += 1;
+            }
+        }
+        Ok(released)
+    }
+
     /// How many slots of `pool` no live claim holds (for `isolab doctor`).
     pub fn free_slots(&self, pool: &Pool) -> Result<usize> {
         let names = self.list()?;
@@ -1164,6 +1177,32 @@ mod tests {
             .unwrap()
             .contains(&format!("pid {}", std::process::id())));
         assert_eq!(claims.claim_free(&pool()).unwrap().slot(), slot(1));
+    }
+
+    #[test]
+    fn the_full_gc_removes_only_the_claims_nobody_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (claims_dir, container) = (dir.path().join("userns"), dir.path().join("c1"));
+        fs::create_dir_all(&claims_dir).unwrap();
+        fs::create_dir(&container).unwrap();
+        let claims = Claims::at(&claims_dir);
+        assert_eq!(Claims::at(dir.path().join("none")).release_all_stale().unwrap(), 0);
+        // Held by a live runtime (us), kept for a directory that exists, and two stale ones: a
+        // killed runtime's and one kept for a directory that is gone. The notes file stays.
+        let held = claims.claim_free(&pool()).unwrap();
+        let uid = |n: u32| slot(n).uid.to_string();
+        let kept = format!("gid {}\ndir {}\n", slot(1).gid, container.display());
+        fs::write(claims_dir.join(uid(1)), kept).unwrap();
+        fs::write(claims_dir.join(uid(2)), "gid 1000131072\npid 1\n").unwrap();
+        fs::write(claims_dir.join(uid(3)), "gid 1000196608\ndir /nonexistent/c2\n").unwrap();
+        fs::write(claims_dir.join("idmapped-mounts"), "").unwrap();
+        assert_eq!(claims.release_all_stale().unwrap(), 2);
+        let left: BTreeSet<u32> = claims.list().unwrap();
+        assert_eq!(left, BTreeSet::from([slot(0).uid, slot(1).uid]));
+        assert!(claims_dir.join("idmapped-mounts").exists());
+        drop(held);
+        assert_eq!(claims.release_all_stale().unwrap(), 0, "a dropped claim removes its file");
+        assert_eq!(claims.list().unwrap(), BTreeSet::from([slot(1).uid]));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::error::Result;
+use crate::idrange::Claims;
 
 use super::files::{self, Lock};
 use super::journal::{self, Intent};
@@ -74,6 +75,14 @@ pub enum Cleaned {
         /// Its id.
         id: String,
     },
+    /// Claims of user namespace ids whose containers are gone, removed (see
+    /// [`Claims::release_all_stale`](crate::idrange::Claims::release_all_stale)).
+    StaleClaims {
+        /// How many.
+        count: usize,
+        /// The claims directory.
+        dir: PathBuf,
+    },
     /// Something gc cannot account for: reported, not touched.
     LeftAlone {
         /// The directory.
@@ -121,6 +130,13 @@ impl fmt::Display for Cleaned {
             Cleaned::Indexed { name, id } => {
                 write!(f, "container {name} ({id}) was missing from the index of names: added")
             }
+            Cleaned::StaleClaims { count, dir } => write!(
+                f,
+                "removed {count} stale claim{} of user namespace ids from {} (their containers \
+                 are gone)",
+                if *count == 1 { "" } else { "s" },
+                dir.display()
+            ),
             Cleaned::LeftAlone { dir, why } => write!(f, "left {} alone: {why}", dir.display()),
         }
     }
@@ -210,6 +226,7 @@ impl Store {
         let id = id.to_string();
         match (intent, container) {
             (Intent::Create | Intent::Remove, container) => {
+                let owner = container.as_ref().ok().and_then(|container| container.config.owner);
                 // Its name may point here; with the config gone, the index is read whole.
                 match container {
                     Ok(container) => names::release(&self.names_dir(), &container.config.name, &id),
@@ -220,6 +237,7 @@ impl Store {
                     .unwrap_or(false);
                 let unmounted = files::dismantle(dir)?;
                 cleaned.extend(unmounted.into_iter().map(|path| Cleaned::Unmounted { path }));
+                release_claim(owner);
                 // A removal that got as far as the lock is finished but for the journal (its
                 // runtime may be clearing it right now): nothing to say about it.
                 if had_content || intent == Intent::Create {
@@ -250,6 +268,7 @@ impl Store {
             journal::write(&self.active_dir(), &id, Intent::Remove)?;
             names::release(&self.names_dir(), &name, &id);
             files::dismantle(&container.dir)?;
+            release_claim(container.config.owner);
             return Ok(Cleaned::RemovedDead { id, name });
         }
         let state = State { status: Status::Exited, finished: Some(timestamp()), ..state };
@@ -354,6 +373,12 @@ impl Store {
             }
         }
         cleaned.extend(remove_half_written(&self.active_dir(), true)?);
+        // The claims of ids of containers that are gone (kept claims of stopped containers
+        // and live runtimes' claims stay): a tidy-up, so a failure is no error of gc's.
+        let claims = Claims::host();
+        if let Ok(count @ 1..) = claims.release_all_stale() {
+            cleaned.push(Cleaned::StaleClaims { count, dir: claims.dir().to_path_buf() });
+        }
         Ok(cleaned)
     }
     // ANCHOR_END: gc
@@ -400,6 +425,15 @@ impl Cleaned {
 /// Removes the temporary files of atomic writes a dead runtime did not finish: in a
 /// container's directory whose lock we hold, all of them; in the journal, which every runtime
 /// writes, those whose writer (the pid in their name) is gone.
+/// The claim of the ids a removed container's files were owned by, stale now that its
+/// directory is gone: removed, as `rm` does (a failure to tidy it is no error: a stale claim
+/// is taken over when its slot is wanted, and the full `gc` sweeps them).
+fn release_claim(owner: Option<(u32, u32)>) {
+    if let Some((uid, _)) = owner {
+        let _ = Claims::host().release_stale(uid);
+    }
+}
+
 fn remove_half_written(dir: &Path, shared: bool) -> Result<Vec<Cleaned>> {
     let mut cleaned = Vec::new();
     let Ok(entries) = fs::read_dir(dir) else { return Ok(cleaned) };
