@@ -282,6 +282,7 @@ impl Store {
     pub fn gc(&self) -> Result<Vec<Cleaned>> {
         let mut cleaned = self.gc_journal()?;
         if !self.containers_dir().is_dir() {
+            cleaned.extend(release_stale_claims());
             return Ok(cleaned);
         }
         let _store = self.lock()?;
@@ -373,12 +374,7 @@ impl Store {
             }
         }
         cleaned.extend(remove_half_written(&self.active_dir(), true)?);
-        // The claims of ids of containers that are gone (kept claims of stopped containers
-        // and live runtimes' claims stay): a tidy-up, so a failure is no error of gc's.
-        let claims = Claims::host();
-        if let Ok(count @ 1..) = claims.release_all_stale() {
-            cleaned.push(Cleaned::StaleClaims { count, dir: claims.dir().to_path_buf() });
-        }
+        cleaned.extend(release_stale_claims());
         Ok(cleaned)
     }
     // ANCHOR_END: gc
@@ -422,9 +418,17 @@ impl Cleaned {
     }
 }
 
-/// Removes the temporary files of atomic writes a dead runtime did not finish: in a
-/// container's directory whose lock we hold, all of them; in the journal, which every runtime
-/// writes, those whose writer (the pid in their name) is gone.
+/// The full gc's last step: the claims of ids whose containers are gone, in this store or any
+/// other (kept claims of stopped containers and live runtimes' claims stay). A tidy-up, so a
+/// failure is no error of gc's.
+fn release_stale_claims() -> Option<Cleaned> {
+    let claims = Claims::host();
+    match claims.release_all_stale() {
+        Ok(count @ 1..) => Some(Cleaned::StaleClaims { count, dir: claims.dir().to_path_buf() }),
+        _ => None,
+    }
+}
+
 /// The claim of the ids a removed container's files were owned by, stale now that its
 /// directory is gone: removed, as `rm` does (a failure to tidy it is no error: a stale claim
 /// is taken over when its slot is wanted, and the full `gc` sweeps them).
@@ -434,6 +438,9 @@ fn release_claim(owner: Option<(u32, u32)>) {
     }
 }
 
+/// Removes the temporary files of atomic writes a dead runtime did not finish: in a
+/// container's directory whose lock we hold, all of them; in the journal, which every runtime
+/// writes, those whose writer (the pid in their name) is gone.
 fn remove_half_written(dir: &Path, shared: bool) -> Result<Vec<Cleaned>> {
     let mut cleaned = Vec::new();
     let Ok(entries) = fs::read_dir(dir) else { return Ok(cleaned) };
