@@ -303,6 +303,38 @@ fn a_runtime_killed_at_any_step_leaves_nothing_half_made() {
     assert_eq!(claims(&env).len(), 1, "claims left: {:?} ({said})", claims(&env));
 }
 
+/// A container its runtime died making or removing is removed by the journal's gc, which
+/// every `run`, `start` and `rm` does first; its claim of user namespace ids goes with it,
+/// also when the runtime died before the config (which names the ids) was written.
+#[test]
+fn a_dead_runtimes_claim_of_ids_goes_with_its_container() {
+    if !require_root("a_dead_runtimes_claim_of_ids_goes_with_its_container") {
+        return;
+    }
+    let env = TestEnv::new();
+    set_up(&env);
+    let run = ["run", "--rootfs", "rootfs", "--name", "victim", "--", "/bin/true"];
+    let run_rm = ["run", "--rootfs", "rootfs", "--name", "victim", "--rm", "--", "/bin/true"];
+    let cases: [(&str, &[&str]); 4] = [
+        ("create:locked", &run),
+        ("create:contents", &run),
+        ("create:files", &run),
+        ("remove:journal", &run_rm),
+    ];
+    for (point, args) in cases {
+        let output = stage4_killed_at(&env, point, args);
+        assert_eq!(output.status.signal(), Some(9), "{point}: {}", text(&output.stderr));
+        assert_eq!(claims(&env).len(), 2, "{point}: keep's and the victim's: {:?}", claims(&env));
+        // `rm` of nothing: only its journal gc runs (a `run` would take the stale claim over).
+        let output = stage4(&env, &["rm", "no-such-container"]);
+        let said = text(&output.stderr);
+        assert!(said.contains("gc: container"), "{point}: {said}");
+        assert_eq!(claims(&env).len(), 1, "{point}: claims left: {:?} ({said})", claims(&env));
+        assert_eq!(container_dirs(&env).len(), 1, "{point}: {:?}", container_dirs(&env));
+    }
+    check_sound(&env);
+}
+
 /// The claim files of user namespace ids in the test's claims directory (one per container
 /// that keeps its ids, and one per runtime running).
 fn claims(env: &TestEnv) -> Vec<String> {

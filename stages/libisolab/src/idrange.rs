@@ -653,10 +653,10 @@ impl Claims {
     /// at once on a file opened read-only.
     pub fn holder(&self, uid: u32) -> Result<Holder> {
         let path = self.path(uid);
-        let file = match File::open(&path) {
+        let file = match open_claim(&path, false) {
             Ok(file) => file,
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Holder::Nobody),
-            Err(error) => return Err(Error::io("open", &path, &error)),
+            Err(error) => return Err(claim_error("open", &path, &error)),
         };
         let mut file = match Flock::lock(file, FlockArg::LockSharedNonblock) {
             Ok(locked) => locked,
@@ -796,10 +796,10 @@ impl Claims {
     /// sees the file gone and makes its own. Returns whether a file was removed.
     pub fn release_stale(&self, uid: u32) -> Result<bool> {
         let path = self.path(uid);
-        let file = match OpenOptions::new().read(true).write(true).open(&path) {
+        let file = match open_claim(&path, true) {
             Ok(file) => file,
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(error) => return Err(Error::io("open", &path, &error)),
+            Err(error) => return Err(claim_error("open", &path, &error)),
         };
         let mut locked = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(locked) => locked,
@@ -818,14 +818,31 @@ impl Claims {
     /// Removes every claim nobody holds any more ([`Claims::release_stale`] for each file):
     /// the full `gc` calls this, for claims whose container went without `rm` (a dead
     /// runtime's, removed by the journal's gc, or a store deleted by hand). Returns how many.
+    /// An entry that cannot be looked into (not a regular file, not ours to open) is left
+    /// alone and the sweep goes on.
     pub fn release_all_stale(&self) -> Result<usize> {
         let mut released = 0;
         for uid in self.list()? {
-            if self.release_stale(uid)? {
+            if let Ok(true) = self.release_stale(uid) {
                 released += 1;
             }
         }
         Ok(released)
+    }
+
+    /// Removes the claim kept for `dir`, a container directory that is gone: for a container
+    /// removed before its config (which names its ids) was written. Reads every claim, so only
+    /// the clean-up after a dead runtime calls it. Returns whether a file was removed.
+    pub fn release_stale_for(&self, dir: &Path) -> Result<bool> {
+        let wanted = format!("dir {}", dir.display());
+        for uid in self.list()? {
+            let Ok(mut file) = open_claim(&self.path(uid), false) else { continue };
+            let text = read_text(&mut file, &self.path(uid)).unwrap_or_default();
+            if text.lines().any(|line| line == wanted) {
+                return self.release_stale(uid);
+            }
+        }
+        Ok(false)
     }
 
     /// How many slots of `pool` no live claim holds (for `isolab doctor`).
@@ -878,11 +895,11 @@ impl Claims {
             let (file, fresh) = match created {
                 Ok(file) => (file, true),
                 Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
-                    match OpenOptions::new().read(true).write(true).open(&path) {
+                    match open_claim(&path, true) {
                         Ok(file) => (file, false),
                         // Unlinked by its holder since: try to create it again.
                         Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
-                        Err(error) => return Err(Error::io("open", &path, &error)),
+                        Err(error) => return Err(claim_error("open", &path, &error)),
                     }
                 }
                 Err(error) => return Err(Error::io("open", &path, &error)),
@@ -913,6 +930,27 @@ impl Claims {
             return Ok(Take::Taken(claim));
         }
         Ok(Take::Held(Holder::Runtime))
+    }
+}
+
+/// Opens an existing claim file, never blocking (`O_NONBLOCK`: a FIFO planted under a claim's
+/// name would make a read wait for a writer forever): a regular file only, else `EINVAL`.
+fn open_claim(path: &Path, write: bool) -> io::Result<File> {
+    let file =
+        OpenOptions::new().read(true).write(write).custom_flags(libc::O_NONBLOCK).open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    Ok(file)
+}
+
+/// An error opening a claim file; one that is not a regular file is named as such.
+fn claim_error(call: &'static str, path: &Path, error: &io::Error) -> Error {
+    let named = Error::io(call, path, error);
+    match error.raw_os_error() {
+        Some(libc::EINVAL) => named
+            .hint("not a regular file: isolab's claims are regular files; remove what is there"),
+        _ => named,
     }
 }
 
@@ -1196,13 +1234,28 @@ mod tests {
         fs::write(claims_dir.join(uid(2)), "gid 1000131072\npid 1\n").unwrap();
         fs::write(claims_dir.join(uid(3)), "gid 1000196608\ndir /nonexistent/c2\n").unwrap();
         fs::write(claims_dir.join("idmapped-mounts"), "").unwrap();
+        // Entries that are no claim files, lower than the stale ones: a directory and a FIFO
+        // (a read of which would wait for a writer forever) are passed over, not fatal.
+        fs::create_dir(claims_dir.join("999999998")).unwrap();
+        nix::unistd::mkfifo(&claims_dir.join("999999999"), nix::sys::stat::Mode::S_IRWXU).unwrap();
         assert_eq!(claims.release_all_stale().unwrap(), 2);
+        let error = claims.holder(999_999_999).unwrap_err().to_string();
+        assert!(error.contains("not a regular file"), "{error}");
+        fs::remove_dir(claims_dir.join("999999998")).unwrap();
+        fs::remove_file(claims_dir.join("999999999")).unwrap();
         let left: BTreeSet<u32> = claims.list().unwrap();
         assert_eq!(left, BTreeSet::from([slot(0).uid, slot(1).uid]));
         assert!(claims_dir.join("idmapped-mounts").exists());
         drop(held);
         assert_eq!(claims.release_all_stale().unwrap(), 0, "a dropped claim removes its file");
         assert_eq!(claims.list().unwrap(), BTreeSet::from([slot(1).uid]));
+        // A container removed before its config named its ids: found by its directory, once
+        // the directory is gone (not before: then it is live).
+        assert!(!claims.release_stale_for(&container).unwrap());
+        fs::remove_dir(&container).unwrap();
+        assert!(!claims.release_stale_for(&dir.path().join("c2")).unwrap());
+        assert!(claims.release_stale_for(&container).unwrap());
+        assert!(claims.list().unwrap().is_empty());
     }
 
     #[test]

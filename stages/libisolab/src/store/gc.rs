@@ -237,7 +237,13 @@ impl Store {
                     .unwrap_or(false);
                 let unmounted = files::dismantle(dir)?;
                 cleaned.extend(unmounted.into_iter().map(|path| Cleaned::Unmounted { path }));
-                release_claim(owner);
+                match owner {
+                    Some(_) => release_claim(owner),
+                    // Killed before its config was written: its claim names its directory.
+                    None => {
+                        let _ = Claims::host().release_stale_for(dir);
+                    }
+                }
                 // A removal that got as far as the lock is finished but for the journal (its
                 // runtime may be clearing it right now): nothing to say about it.
                 if had_content || intent == Intent::Create {
