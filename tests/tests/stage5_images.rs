@@ -712,7 +712,7 @@ fn a_dry_run_says_which_layers_it_unpacked() {
     assert!(
         said.contains(
             "stage5-images: the dry run unpacked 1 layer of base:1.0 into the store's layers/"
-        ),
+        ) && said.contains("its plan is checked on it ("),
         "{said}"
     );
     let layer = diff_ids(&env, "base:1.0")[0].strip_prefix("sha256:").unwrap().to_string();

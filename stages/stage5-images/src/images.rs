@@ -172,12 +172,13 @@ pub fn for_run(
             let missing = if args.dry_run { images.missing_layers(&image)? } else { 0 };
             let lowers = images.lowers(&image)?;
             if missing > 0 {
-                let layers = if missing == 1 { "layer" } else { "layers" };
+                let (layers, them) =
+                    if missing == 1 { ("layer", "it") } else { ("layers", "them") };
                 libisolab::cli::say(
                     crate::PROGRAM,
                     &[format!(
                         "the dry run unpacked {missing} {layers} of {word} into the store's \
-                         layers/: its plan is checked on them (a run unpacks them once, the \
+                         layers/: its plan is checked on {them} (a run unpacks {them} once, the \
                          same way)"
                     )],
                 );

@@ -310,9 +310,11 @@ impl Images {
     }
 
     /// How many of `image`'s layers are not unpacked yet: what [`Images::lowers`] would unpack.
+    /// A layer an image lists twice (the same diff_id) is one directory, counted once.
     pub fn missing_layers(&self, image: &Image) -> Result<usize> {
-        let diff_ids = image.diff_ids()?;
-        Ok(diff_ids.iter().filter(|diff_id| !self.layers.join(diff_id.hex()).is_dir()).count())
+        let diff_ids: BTreeSet<String> =
+            image.diff_ids()?.iter().map(|diff_id| diff_id.hex().to_string()).collect();
+        Ok(diff_ids.iter().filter(|hex| !self.layers.join(hex).is_dir()).count())
     }
 
     // ANCHOR: lowers

@@ -293,8 +293,8 @@ impl Container {
         let chown = owner.clone().unwrap_or_default();
         // The directory stays the caller's; its root passes through it by group (see make_dir).
         let group = self.config.owner.map(|(_, gid)| format!("; chown(-1, {gid}); chmod(0710)"));
-        let mut steps = vec![
-            store.root_step(),
+        let mut steps = store.root_steps();
+        steps.extend([
             journal::write_step(&active_dir, &self.config.id, Intent::Create),
             format!("mkdir(\"{}\", 0700){}", self.dir.display(), group.unwrap_or_default()),
             format!("flock(\"{}\", LOCK_EX)", dir("lock")),
@@ -303,7 +303,7 @@ impl Container {
                 self.config.id,
                 store.names_dir().join(&self.config.name).display()
             ),
-        ];
+        ]);
         match self.config.storage {
             Storage::Overlay => {
                 for name in ["upper", "work"] {

@@ -780,8 +780,9 @@ impl Store {
         ]
     }
 
-    /// What [`Store::make_root`] does, as the dry run lists it: one line.
-    pub(super) fn root_step(&self) -> String {
+    /// What [`Store::make_root`] and the store's lock and index do first, as the dry run lists
+    /// them.
+    pub(super) fn root_steps(&self) -> Vec<String> {
         let [(root, mode), inside @ ..] = self.root_dirs();
         let inside: Vec<String> = inside
             .iter()
@@ -790,11 +791,19 @@ impl Store {
                 format!("{name}/ {mode:04o}")
             })
             .collect();
-        format!(
-            "mkdir(\"{}\", {mode:04o}), in it {}: each unless it exists",
-            root.display(),
-            inside.join(", ")
-        )
+        vec![
+            format!(
+                "mkdir(\"{}\", {mode:04o}) and its missing parents, in it {}: each unless it exists",
+                root.display(),
+                inside.join(", ")
+            ),
+            format!(
+                "flock(\"{}\", LOCK_EX), made unless it exists; \"{}\" too (the index of names \
+                 is whole)",
+                root.join("lock").display(),
+                self.names_dir().join(".complete").display()
+            ),
+        ]
     }
 
     /// A store made before the index of names had none: builds it once (under the store's
