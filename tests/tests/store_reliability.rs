@@ -335,6 +335,37 @@ fn a_dead_runtimes_claim_of_ids_goes_with_its_container() {
     check_sound(&env);
 }
 
+/// The full `gc` removes every claim whose container is gone, whichever store it was in: also
+/// run on a store that does not exist (any more), and past entries that are no claim files.
+#[test]
+fn the_full_gc_sweeps_stale_claims_of_any_store() {
+    if !require_root("the_full_gc_sweeps_stale_claims_of_any_store") {
+        return;
+    }
+    let env = TestEnv::new();
+    let claims_dir = env.path().join("userns");
+    fs::create_dir(&claims_dir).unwrap();
+    // A killed runtime's claim, one kept for a container directory deleted by hand, a live
+    // kept one, and a FIFO under a claim's name (reading it would wait forever).
+    fs::create_dir(env.path().join("alive")).unwrap();
+    let kept = |dir: &str| format!("gid 1\ndir {}\n", env.path().join(dir).display());
+    fs::write(claims_dir.join("1000131072"), "gid 1000131072\npid 1\n").unwrap();
+    fs::write(claims_dir.join("1000196608"), kept("deleted")).unwrap();
+    fs::write(claims_dir.join("1000262144"), kept("alive")).unwrap();
+    let fifo = claims_dir.join("1000000000");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let said = ok(&stage4(&env, &["gc"]));
+    let line = format!(
+        "removed 2 stale claims of user namespace ids from {} (their containers are gone)",
+        claims_dir.display()
+    );
+    assert!(said.contains(&line), "{said}");
+    assert_eq!(claims(&env), ["1000000000", "1000262144"], "the FIFO and the live claim stay");
+    assert!(!env.path().join("store").exists(), "gc made no store");
+    let said = ok(&stage4(&env, &["gc"]));
+    assert!(said.contains("no stale isolab cgroups, container states or mounts"), "{said}");
+}
+
 /// The claim files of user namespace ids in the test's claims directory (one per container
 /// that keeps its ids, and one per runtime running).
 fn claims(env: &TestEnv) -> Vec<String> {
