@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use libisolab::cgroups::format_size;
 use libisolab::process::Failure;
 use libisolab::store::{self, runtime, Container, Listed, State, Status, Store};
-use libisolab::{cli, copy, idrange};
+use libisolab::{cli, copy};
 
 use crate::PROGRAM;
 
@@ -107,11 +107,6 @@ pub fn rm(store: &Store, names: &[String], force: bool) -> Result<u8, Failure> {
     cli::say(PROGRAM, &runtime::collect_garbage(store));
     for name in names {
         let removed = store.remove(name, force)?;
-        // The user namespace ids its files were owned by are free once it is gone: the claim
-        // is stale now, and would be taken over anyway; a failure to tidy it is no error.
-        if let Some((uid, _)) = removed.owner {
-            let _ = idrange::Claims::host().release_stale(uid);
-        }
         println!("{removed}");
     }
     Ok(0)

@@ -237,13 +237,7 @@ impl Store {
                     .unwrap_or(false);
                 let unmounted = files::dismantle(dir)?;
                 cleaned.extend(unmounted.into_iter().map(|path| Cleaned::Unmounted { path }));
-                match owner {
-                    Some(_) => release_claim(owner),
-                    // Killed before its config was written: its claim names its directory.
-                    None => {
-                        let _ = Claims::host().release_stale_for(dir);
-                    }
-                }
+                release_claim(owner, dir);
                 // A removal that got as far as the lock is finished but for the journal (its
                 // runtime may be clearing it right now): nothing to say about it.
                 if had_content || intent == Intent::Create {
@@ -274,7 +268,7 @@ impl Store {
             journal::write(&self.active_dir(), &id, Intent::Remove)?;
             names::release(&self.names_dir(), &name, &id);
             files::dismantle(&container.dir)?;
-            release_claim(container.config.owner);
+            release_claim(container.config.owner, &container.dir);
             return Ok(Cleaned::RemovedDead { id, name });
         }
         let state = State { status: Status::Exited, finished: Some(timestamp()), ..state };
@@ -435,13 +429,17 @@ fn release_stale_claims() -> Option<Cleaned> {
     }
 }
 
-/// The claim of the ids a removed container's files were owned by, stale now that its
-/// directory is gone: removed, as `rm` does (a failure to tidy it is no error: a stale claim
-/// is taken over when its slot is wanted, and the full `gc` sweeps them).
-fn release_claim(owner: Option<(u32, u32)>) {
-    if let Some((uid, _)) = owner {
-        let _ = Claims::host().release_stale(uid);
-    }
+/// The claim of the ids a removed container's files were owned by (`owner`, from its config),
+/// stale now that its directory `dir` is gone: removed (by `rm`, and by gc after a dead
+/// runtime). Without a config, killed before it was written, the claim is found by the
+/// directory it names. A failure to tidy it is no error: a stale claim is taken over when its
+/// slot is wanted, and the full `gc` sweeps them.
+pub(super) fn release_claim(owner: Option<(u32, u32)>, dir: &Path) {
+    let claims = Claims::host();
+    let _ = match owner {
+        Some((uid, _)) => claims.release_stale(uid),
+        None => claims.release_stale_for(dir),
+    };
 }
 
 /// Removes the temporary files of atomic writes a dead runtime did not finish: in a

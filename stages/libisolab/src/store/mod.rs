@@ -691,7 +691,7 @@ impl Store {
         let state = read_json::<State>(&dir.join("state.json"));
         let mut removed = Removed { id: id.clone(), ..Removed::default() };
         removed.name = config.as_ref().map_or_else(|_| "?".to_string(), |c| c.name.clone());
-        removed.owner = config.as_ref().ok().and_then(|config| config.owner);
+        let owner = config.as_ref().ok().and_then(|config| config.owner);
         if let Err(error) = config.as_ref().map(drop).and_then(|()| state.as_ref().map(drop)) {
             if !force {
                 return Err(Error::Invalid(error.to_string()));
@@ -733,6 +733,8 @@ impl Store {
         // The word itself, if it was another name of the index for this container.
         names::release(&self.names_dir(), word, &id);
         removed.unmounted = files::dismantle(&dir)?;
+        // The user namespace ids its files were owned by are free once it is gone.
+        gc::release_claim(owner, &dir);
         journal::clear(&self.active_dir(), &id)?;
         drop(lock);
         Ok(removed)
@@ -883,8 +885,6 @@ pub struct Removed {
     pub unmounted: Vec<PathBuf>,
     /// Bytes of disk given back.
     pub freed: u64,
-    /// The host ids its files were owned by (root of its user namespace), if its config said.
-    pub owner: Option<(u32, u32)>,
 }
 
 impl fmt::Display for Removed {
